@@ -1,0 +1,28 @@
+"""Framework lowerings of a cnnspec Graph, one module per framework.
+
+Each backend module is imported by name, only when asked for, so that ``cnnspec check``
+and everything else under ``cnnspec`` never loads a framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from cnnspec.diagnostics import did_you_mean
+
+# Backend name -> module under cnnspec.backends. Each later backend adds one row.
+BACKENDS: dict[str, str] = {}
+
+
+class BackendUnavailable(LookupError):
+    """An unknown backend, or one whose framework is not installed."""
+
+
+def load_backend(name: str) -> ModuleType:
+    """Import a backend module by name, on demand."""
+    module = BACKENDS.get(name)
+    if module is None:
+        known = ", ".join(BACKENDS) or "none yet"
+        raise BackendUnavailable(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)} (available: {known})")
+    return importlib.import_module(f"cnnspec.backends.{module}")

@@ -1,0 +1,174 @@
+"""The layer-kind base class and its registry.
+
+A layer kind is one final Pydantic class: its fields are the spec arguments, ``kind`` is
+its name in specs (the only place that name is written), and ``infer`` returns the output
+shape, parameter counts and MACs from the pure rules in ``cnnspec.calculators``. Backends
+register a lowering per class; nothing dispatches on kind strings.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
+
+Shape = tuple[int, ...]  # channels-first, batch axis left out: (C, H, W) or (features,)
+
+
+class ShapeError(ValueError):
+    """The layer cannot take its input; ``field`` names the argument to point at."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Window:
+    """The sliding window of a layer, for receptive-field arithmetic: effective kernel
+    (dilation included) and stride, (h, w)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    output_shape: Shape
+    params: int = 0  # learned parameters
+    non_trainable: int = 0  # state such as batchnorm running statistics
+    macs: int = 0  # multiply-accumulates per sample, bias excluded
+    window: Window | None = None  # a spatial window (conv, pool, padding)
+    is_global: bool = False  # each output sees the whole input (global pool, dense)
+
+
+class Layer(BaseModel):
+    """Abstract base of every layer kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ClassVar[str]
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (least, most) inputs; None: any
+
+    @abstractmethod
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        """Shapes, counts and cost for these input shapes; raises ShapeError."""
+
+
+LAYERS: dict[str, type[Layer]] = {}
+L = TypeVar("L", bound=type[Layer])
+
+
+def register(cls: L) -> L:
+    """Class decorator: make ``cls`` usable in specs under ``cls.kind``."""
+    if cls.kind in LAYERS:
+        raise ValueError(f"layer kind '{cls.kind}' is registered twice")
+    LAYERS[cls.kind] = cls
+    return cls
+
+
+# ---- argument types shared by several kinds -------------------------------------------
+
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pair(value: Any, minimum: int, what: str) -> tuple[int, int]:
+    if _is_int(value) and value >= minimum:
+        return (value, value)
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_is_int(v) and v >= minimum for v in value)
+    ):
+        return (value[0], value[1])
+    raise ValueError(f"expected {what} or a pair [h, w] of them, got {value!r}")
+
+
+def _positive_pair(value: Any) -> tuple[int, int]:
+    return _pair(value, 1, "a positive integer")
+
+
+_PAIR_SCHEMA = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
+    ]
+}
+Size2 = Annotated[
+    tuple[int, int], BeforeValidator(_positive_pair), WithJsonSchema(_PAIR_SCHEMA)
+]
+"""A kernel, stride or dilation: a scalar for both axes or an [h, w] pair."""
+
+Padding4 = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
+
+
+def _padding(value: Any) -> Padding4 | str:
+    if value in ("same", "valid"):
+        return str(value)
+    try:
+        h, w = _pair(value, 0, "a non-negative integer")
+        return ((h, h), (w, w))
+    except ValueError:
+        pass
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        try:
+            return (_pair(value[0], 0, ""), _pair(value[1], 0, ""))
+        except ValueError:
+            pass
+    raise ValueError(
+        "expected 'same', 'valid', a non-negative integer, a pair [h, w] "
+        f"or [[top, bottom], [left, right]], got {value!r}"
+    )
+
+
+Padding = Annotated[
+    Padding4 | str,
+    BeforeValidator(_padding),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"enum": ["same", "valid"]},
+                {"type": "integer", "minimum": 0},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+                {
+                    "type": "array",
+                    "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+            ]
+        }
+    ),
+]
+"""Padding: 'same', 'valid', a scalar, [h, w], or asymmetric [[top, bottom], [left, right]]."""
+
+
+def feature_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
+    """The (C, H, W) of an input that must be a feature map."""
+    if len(shape) != 3:
+        raise ShapeError(
+            f"needs a C x H x W feature map, got a vector of {shape[0]} features"
+            if len(shape) == 1
+            else f"needs a C x H x W feature map, got shape {format_shape(shape)}"
+        )
+    return shape[0], shape[1], shape[2]
+
+
+def format_shape(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape)

@@ -1,0 +1,61 @@
+"""conv2d: 2-D convolution (cross-correlation, as every framework computes it)."""
+
+from __future__ import annotations
+
+from typing import Literal, final
+
+from pydantic import Field, StrictBool
+
+from cnnspec.calculators import conv2d_macs, conv2d_params
+from cnnspec.calculators.sizes import effective_kernel
+from cnnspec.layers.activation import ActivationArg, activation_params
+from cnnspec.layers.base import (
+    Layer,
+    LayerInfo,
+    Padding,
+    PositiveInt,
+    Shape,
+    ShapeError,
+    Size2,
+    Window,
+    feature_map,
+    register,
+)
+from cnnspec.layers.window import resolve_padding, window_out
+
+
+@final
+@register
+class Conv2d(Layer):
+    kind = "conv2d"
+
+    filters: PositiveInt
+    kernel: Size2
+    stride: Size2 = (1, 1)
+    padding: Padding = ((0, 0), (0, 0))
+    dilation: Size2 = (1, 1)
+    groups: PositiveInt = 1
+    bias: StrictBool = True
+    activation: ActivationArg = None
+    rounding: Literal["exact", "floor", "ceil"] = Field(
+        default="exact", description="how a non-integer output size is rounded; 'exact' refuses it"
+    )
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, height, width = feature_map(self, inputs[0])
+        if channels % self.groups:
+            raise ShapeError(f"input channels {channels} are not divisible by groups {self.groups}", "groups")
+        if self.filters % self.groups:
+            raise ShapeError(f"filters {self.filters} are not divisible by groups {self.groups}", "groups")
+        padding = resolve_padding(self.padding, (height, width), self.kernel, self.stride, self.dilation)
+        rounding = "floor" if self.padding == "same" else self.rounding
+        out = window_out((channels, height, width), self.kernel, self.stride, padding, self.dilation, rounding, pool=False)
+        shape = (self.filters, *out)
+        span = (effective_kernel(self.kernel[0], self.dilation[0]), effective_kernel(self.kernel[1], self.dilation[1]))
+        return LayerInfo(
+            output_shape=shape,
+            params=conv2d_params(channels, self.filters, self.kernel, self.groups, self.bias)
+            + activation_params(self.activation, shape),
+            macs=conv2d_macs(channels, self.filters, self.kernel, out, self.groups),
+            window=Window(kernel=span, stride=self.stride),
+        )

@@ -1,0 +1,94 @@
+"""Layers that reshape, connect densely, pad or drop: flatten, dense, zero_padding2d,
+dropout."""
+
+from __future__ import annotations
+
+from typing import Annotated, final
+
+from pydantic import Field, StrictBool
+
+from cnnspec.calculators import dense_macs, dense_params
+from cnnspec.layers.activation import ActivationArg, activation_params
+from cnnspec.layers.base import (
+    Layer,
+    LayerInfo,
+    Number,
+    Padding,
+    PositiveInt,
+    Shape,
+    ShapeError,
+    Window,
+    feature_map,
+    format_shape,
+    register,
+)
+
+
+@final
+@register
+class Flatten(Layer):
+    """C x H x W -> C*H*W, channels-first order (PyTorch's ``flatten``)."""
+
+    kind = "flatten"
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        size = 1
+        for dim in inputs[0]:
+            size *= dim
+        return LayerInfo(output_shape=(size,), is_global=len(inputs[0]) == 3)
+
+
+@final
+@register
+class Dense(Layer):
+    """Fully connected: out = W x + b with W of shape units x in."""
+
+    kind = "dense"
+
+    units: PositiveInt
+    bias: StrictBool = True
+    activation: ActivationArg = None
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        shape = inputs[0]
+        if len(shape) != 1:
+            raise ShapeError(
+                f"needs a vector but gets a {format_shape(shape)} feature map; "
+                "add 'flatten: {}' or 'global_avgpool2d: {}' before it"
+            )
+        out = (self.units,)
+        return LayerInfo(
+            output_shape=out,
+            params=dense_params(shape[0], self.units, self.bias) + activation_params(self.activation, out),
+            macs=dense_macs(shape[0], self.units),
+            is_global=True,
+        )
+
+
+@final
+@register
+class Dropout(Layer):
+    """Zero each element with probability ``rate`` in training (inverted dropout)."""
+
+    kind = "dropout"
+    rate: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.5
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        return LayerInfo(output_shape=inputs[0])
+
+
+@final
+@register
+class ZeroPadding2d(Layer):
+    kind = "zero_padding2d"
+    padding: Padding
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, height, width = feature_map(self, inputs[0])
+        if isinstance(self.padding, str):
+            raise ShapeError("needs explicit amounts, not 'same' or 'valid'", "padding")
+        (top, bottom), (left, right) = self.padding
+        return LayerInfo(
+            output_shape=(channels, height + top + bottom, width + left + right),
+            window=Window(kernel=(1, 1), stride=(1, 1)),
+        )

@@ -1,0 +1,43 @@
+"""Normalisation: batchnorm and local response normalisation (AlexNet's LRN)."""
+
+from __future__ import annotations
+
+from typing import Annotated, final
+
+from pydantic import Field
+
+from cnnspec.calculators import batchnorm_params
+from cnnspec.layers.base import Layer, LayerInfo, Number, PositiveInt, Shape, feature_map, register
+
+
+@final
+@register
+class BatchNorm(Layer):
+    """Per-channel batch normalisation (Ioffe and Szegedy 2015) of a feature map or
+    vector. ``momentum`` weighs the new batch in the running statistics, as in PyTorch
+    (Keras' momentum is 1 minus this)."""
+
+    kind = "batchnorm"
+    eps: Annotated[Number, Field(gt=0.0)] = 1e-5
+    momentum: Annotated[Number, Field(gt=0.0, le=1.0)] = 0.1
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        learned, state = batchnorm_params(inputs[0][0])
+        return LayerInfo(output_shape=inputs[0], params=learned, non_trainable=state)
+
+
+@final
+@register
+class LRN(Layer):
+    """Local response normalisation across channels (Krizhevsky et al. 2012), with
+    PyTorch's ``LocalResponseNorm`` semantics: b = a / (k + alpha/size * sum a^2)^beta."""
+
+    kind = "lrn"
+    size: PositiveInt = 5
+    alpha: Number = 1e-4
+    beta: Number = 0.75
+    k: Number = 1.0
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        feature_map(self, inputs[0])
+        return LayerInfo(output_shape=inputs[0])

@@ -1,0 +1,77 @@
+"""Pooling: windowed max and average, and their global forms."""
+
+from __future__ import annotations
+
+from typing import Literal, final
+
+from pydantic import StrictBool
+
+from cnnspec.layers.base import (
+    Layer,
+    LayerInfo,
+    Padding,
+    Shape,
+    ShapeError,
+    Size2,
+    Window,
+    feature_map,
+    register,
+)
+from cnnspec.layers.window import resolve_padding, window_out
+
+
+class Pool2d(Layer):
+    """Abstract: a pooling window. ``stride`` defaults to the kernel size."""
+
+    kernel: Size2
+    stride: Size2 | None = None
+    padding: Padding = ((0, 0), (0, 0))
+    rounding: Literal["exact", "floor", "ceil"] = "exact"
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, height, width = feature_map(self, inputs[0])
+        stride = self.stride or self.kernel
+        padding = resolve_padding(self.padding, (height, width), self.kernel, stride)
+        for (before, after), k in zip(padding, self.kernel, strict=True):
+            # PyTorch's rule: a window must not lie wholly in padding.
+            if max(before, after) > k // 2:
+                raise ShapeError(f"padding {max(before, after)} exceeds half the kernel {k}", "padding")
+        rounding = "floor" if self.padding == "same" else self.rounding
+        out = window_out((channels, height, width), self.kernel, stride, padding, (1, 1), rounding, pool=True)
+        return LayerInfo(output_shape=(channels, *out), window=Window(kernel=self.kernel, stride=stride))
+
+
+@final
+@register
+class MaxPool2d(Pool2d):
+    kind = "maxpool2d"
+
+
+@final
+@register
+class AvgPool2d(Pool2d):
+    kind = "avgpool2d"
+    count_include_pad: StrictBool = True  # PyTorch's default: zeros in padding count
+
+
+class GlobalPool2d(Layer):
+    """Abstract: pool each channel over the whole map, C x H x W -> C (or C x 1 x 1)."""
+
+    keepdims: StrictBool = False
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, _, _ = feature_map(self, inputs[0])
+        shape = (channels, 1, 1) if self.keepdims else (channels,)
+        return LayerInfo(output_shape=shape, is_global=True)
+
+
+@final
+@register
+class GlobalAvgPool2d(GlobalPool2d):
+    kind = "global_avgpool2d"
+
+
+@final
+@register
+class GlobalMaxPool2d(GlobalPool2d):
+    kind = "global_maxpool2d"

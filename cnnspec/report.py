@@ -1,0 +1,110 @@
+"""What ``cnnspec check`` shows: a Keras-style summary table, or one JSON object."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from cnnspec.graph import Graph
+from cnnspec.layers import format_shape
+from cnnspec.spec import INPUT
+
+
+def check_json(graph: Graph) -> dict[str, Any]:
+    """The machine-readable summary: shapes channels-first, batch axis left out."""
+    rf = graph.receptive_field
+    return {
+        "name": graph.name,
+        "description": graph.description,
+        "input_shape": list(graph.input_shape),
+        "output_shape": list(graph.output_shape),
+        "output": graph.output,
+        "params": graph.params,
+        "non_trainable": graph.non_trainable,
+        "macs": graph.macs,
+        "flops": graph.flops,
+        "activation_bytes": graph.activation_bytes,
+        "receptive_field": list(rf.size) if rf else None,
+        "layers": [
+            {
+                "name": node.name,
+                "kind": node.kind,
+                "inputs": list(node.inputs),
+                "output_shape": list(node.output_shape),
+                "params": node.params,
+                "non_trainable": node.non_trainable,
+                "macs": node.macs,
+                "receptive_field": list(node.receptive_field.size) if node.receptive_field else None,
+            }
+            for node in graph.nodes
+        ],
+    }
+
+
+def check_table(graph: Graph) -> Table:
+    dag = not graph.is_sequential
+    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
+    table.add_column("Layer", footer="Total")
+    table.add_column("Kind")
+    table.add_column("Output shape", footer=format_shape(graph.output_shape))
+    table.add_column("Params", justify="right", footer=f"{graph.params:,}")
+    table.add_column("MACs", justify="right", footer=f"{graph.macs:,}")
+    if dag:
+        table.add_column("Inputs")
+    table.add_row("input", "input", format_shape(graph.input_shape), "", "", *([""] if dag else []))
+    previous = INPUT
+    for node in graph.nodes:
+        row = [node.name, node.kind, format_shape(node.output_shape), f"{node.params:,}", f"{node.macs:,}"]
+        if dag:
+            row.append("" if node.inputs == (previous,) else ", ".join(node.inputs))
+        table.add_row(*row)
+        previous = node.name
+    return table
+
+
+def check_totals(graph: Graph) -> list[str]:
+    rf = graph.receptive_field
+    lines = [
+        f"Params:          {graph.params:,} learned ({_bytes(graph.params * 4)} float32), "
+        f"{graph.non_trainable:,} non-trainable",
+        f"MACs:            {_si(graph.macs)} per sample (FLOPs = 2 x MACs = {_si(graph.flops)})",
+        f"Activations:     {_bytes(graph.activation_bytes)} per sample (float32, all layer outputs)",
+    ]
+    if rf is not None:
+        lines.append(f"Receptive field: {rf.size[0]}x{rf.size[1]} input pixels (largest feature map)")
+    return lines
+
+
+def render_check(graph: Graph, console: Console) -> None:
+    title = f"{graph.name}: {format_shape(graph.input_shape)} -> {format_shape(graph.output_shape)}"
+    console.print(title, style="bold", markup=False, highlight=False)
+    if graph.description:
+        console.print(graph.description, style="dim", markup=False, highlight=False)
+    console.print(check_table(graph))
+    for line in check_totals(graph):
+        console.print(line, markup=False, highlight=False)
+
+
+def check_text(graph: Graph, width: int = 100) -> str:
+    """Plain-text rendering, as stored in tests/golden/."""
+    buffer = io.StringIO()
+    render_check(graph, Console(file=buffer, width=width, color_system=None, force_terminal=False))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _si(value: int) -> str:
+    for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return str(value)
+
+
+def _bytes(value: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value} B"
