@@ -49,18 +49,18 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
         kind = "a list" if isinstance(raw, list) else f"a {type(raw).__name__} scalar"
         raise SpecError([Diagnostic(top, f"a spec must be a mapping with 'name', 'input' and 'layers', got {kind}")])
     header: SpecHeader | None = None
-    problems: set[Diagnostic] = set()
+    problems: dict[Diagnostic, None] = {}  # ordered, without repeats
     try:
         header = SpecHeader.model_validate(dict(raw))
     except ValidationError as exc:
-        problems.update(pydantic_diagnostics(exc, raw, top, "", fields=SpecHeader.model_fields))
+        problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", fields=SpecHeader.model_fields)))
     expander = Expander(path, raw, header)
     expanded = expander.run()
-    problems.update(expander.diagnostics)
+    problems.update(dict.fromkeys(expander.diagnostics))
     try:
         graph = build_graph(expanded)
     except SpecError as exc:
-        problems.update(exc.diagnostics)
+        problems.update(dict.fromkeys(exc.diagnostics))
     if problems:
         raise SpecError(problems)
     return graph

@@ -48,13 +48,15 @@ def check_json(graph: Graph) -> dict[str, Any]:
 def check_table(graph: Graph) -> Table:
     dag = not graph.is_sequential
     table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
-    table.add_column("Layer", footer="Total")
-    table.add_column("Kind")
-    table.add_column("Output shape", footer=format_shape(graph.output_shape))
-    table.add_column("Params", justify="right", footer=f"{graph.params:,}")
-    table.add_column("MACs", justify="right", footer=f"{graph.macs:,}")
+    # Names and numbers are never cut; only the inputs column wraps on a narrow terminal.
+    longest = max(len(node.name) for node in graph.nodes)
+    table.add_column("Layer", footer="Total", no_wrap=True, min_width=max(longest, 5))
+    table.add_column("Kind", no_wrap=True)
+    table.add_column("Output shape", footer=format_shape(graph.output_shape), no_wrap=True)
+    table.add_column("Params", justify="right", footer=f"{graph.params:,}", no_wrap=True)
+    table.add_column("MACs", justify="right", footer=f"{graph.macs:,}", no_wrap=True)
     if dag:
-        table.add_column("Inputs")
+        table.add_column("Inputs", overflow="fold")
     table.add_row("input", "input", format_shape(graph.input_shape), "", "", *([""] if dag else []))
     previous = INPUT
     for node in graph.nodes:
@@ -89,7 +91,7 @@ def render_check(graph: Graph, console: Console) -> None:
         console.print(line, markup=False, highlight=False)
 
 
-def check_text(graph: Graph, width: int = 100) -> str:
+def check_text(graph: Graph, width: int = 120) -> str:
     """Plain-text rendering, as stored in tests/golden/."""
     buffer = io.StringIO()
     render_check(graph, Console(file=buffer, width=width, color_system=None, force_terminal=False))

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from cnnspec.layers import LAYERS
-from cnnspec.spec import LayerExpect, NetworkExpect, SpecHeader
+from cnnspec.spec import PARAM_REFERENCE, LayerExpect, NetworkExpect, SpecHeader
 
+_PARAM = {"type": "string", "pattern": PARAM_REFERENCE.pattern, "description": "a block parameter"}
 _META = {
     "name": {"type": ["string", "integer"], "description": "layer name; repeats append .0, .1, ..."},
     "inputs": {
@@ -15,43 +16,50 @@ _META = {
         "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
     },
     "expect": LayerExpect.model_json_schema(),
-    "repeat": {"description": "repeat this entry n times", "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string"}]},
+    "repeat": {"description": "repeat this entry n times", "oneOf": [{"type": "integer", "minimum": 1}, _PARAM]},
 }
 
 
+def _arguments(kind: str, in_block: bool) -> dict[str, Any]:
+    schema = LAYERS[kind].model_json_schema()
+    schema.pop("required", None)  # 'defaults:' may supply them; 'cnnspec check' enforces it
+    schema["title"] = kind
+    if in_block:  # inside a block any argument may be a $parameter
+        schema["properties"] = {key: {"anyOf": [value, _PARAM]} for key, value in schema["properties"].items()}
+    return schema
+
+
+def _layer_list(in_block: bool) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {kind: _arguments(kind, in_block), **_META},
+            "required": [kind],
+            "additionalProperties": False,
+        }
+        for kind in LAYERS
+    ]
+    entries.append(
+        {
+            "description": "a block from 'blocks:', with its parameters",
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"not": {"enum": list(LAYERS)}},  # a layer kind must match its own entry
+            "additionalProperties": {"type": ["object", "null"]},
+            "properties": _META,
+        }
+    )
+    return {"type": "array", "items": {"anyOf": entries}, "minItems": 1}
+
+
 def spec_json_schema() -> dict[str, Any]:
-    defs: dict[str, Any] = {}
-    entries = []
-    defaults = {}
-    for kind, cls in LAYERS.items():
-        schema = cls.model_json_schema()
-        defs.update(schema.pop("$defs", {}))
-        schema["title"] = kind
-        entries.append(
-            {
-                "type": "object",
-                "properties": {kind: schema, **_META},
-                "required": [kind],
-                "additionalProperties": False,
-            }
-        )
-        defaults[kind] = {**schema, "required": []}
-    block_use = {
-        "description": "a block from 'blocks:', with its parameters",
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": {"type": ["object", "null"]},
-        "properties": _META,
-    }
-    layer_list = {"type": "array", "items": {"anyOf": [*entries, block_use]}, "minItems": 1}
     schema = SpecHeader.model_json_schema()
-    defs.update(schema.pop("$defs", {}))
     properties = schema["properties"]
-    properties["layers"] = layer_list
+    properties["layers"] = _layer_list(in_block=False)
     properties["defaults"] = {
         "type": "object",
         "description": "default arguments per layer kind",
-        "properties": defaults,
+        "properties": {kind: _arguments(kind, in_block=False) for kind in LAYERS},
         "additionalProperties": False,
     }
     properties["blocks"] = {
@@ -59,7 +67,7 @@ def spec_json_schema() -> dict[str, Any]:
         "description": "reusable blocks: parameters (a default, or 'required') and layers using $parameter",
         "additionalProperties": {
             "type": "object",
-            "properties": {"description": {"type": "string"}, "params": {"type": "object"}, "layers": layer_list},
+            "properties": {"description": {"type": "string"}, "params": {"type": "object"}, "layers": _layer_list(in_block=True)},
             "required": ["layers"],
             "additionalProperties": False,
         },
@@ -67,6 +75,4 @@ def spec_json_schema() -> dict[str, Any]:
     properties["expect"] = NetworkExpect.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cnnspec network spec"
-    if defs:
-        schema["$defs"] = defs
     return schema

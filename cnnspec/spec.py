@@ -377,8 +377,11 @@ class Expander:
         if not defaults:
             return args
         merged = marked_dict(args.location)
+        fields = LAYERS[kind].model_fields
         for source in (defaults, args):
             for key, value in source.items():
+                if source is defaults and key not in fields:
+                    continue  # reported once, at the defaults entry
                 merged[key] = value
                 merged.key_locations[key] = source.key_locations[key]
                 merged.value_locations[key] = source.value_locations[key]

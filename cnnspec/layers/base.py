@@ -75,13 +75,18 @@ PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 
-def _number(value: Any) -> Any:
+def number_value(value: Any) -> Any:
+    """Accept ints and floats, not booleans or numeric strings."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {value!r}")
     return float(value)
 
 
-Number = Annotated[float, BeforeValidator(_number)]
+Number = Annotated[float, BeforeValidator(number_value)]
+# Constrained numbers put Field before the validator so the JSON Schema shows the bounds.
+Rate = Annotated[float, Field(ge=0.0, lt=1.0), BeforeValidator(number_value)]
+PositiveNumber = Annotated[float, Field(gt=0.0), BeforeValidator(number_value)]
+Momentum = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(number_value)]
 
 
 def _is_int(value: Any) -> bool:

@@ -3,18 +3,18 @@ dropout."""
 
 from __future__ import annotations
 
-from typing import Annotated, final
+from typing import final
 
-from pydantic import Field, StrictBool
+from pydantic import StrictBool
 
 from cnnspec.calculators import dense_macs, dense_params
 from cnnspec.layers.activation import ActivationArg, activation_params
 from cnnspec.layers.base import (
     Layer,
     LayerInfo,
-    Number,
     Padding,
     PositiveInt,
+    Rate,
     Shape,
     ShapeError,
     Window,
@@ -71,7 +71,7 @@ class Dropout(Layer):
     """Zero each element with probability ``rate`` in training (inverted dropout)."""
 
     kind = "dropout"
-    rate: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.5
+    rate: Rate = 0.5
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         return LayerInfo(output_shape=inputs[0])

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, final
-
-from pydantic import Field
+from typing import final
 
 from cnnspec.calculators import batchnorm_params
-from cnnspec.layers.base import Layer, LayerInfo, Number, PositiveInt, Shape, feature_map, register
+from cnnspec.layers.base import (
+    Layer,
+    LayerInfo,
+    Momentum,
+    Number,
+    PositiveInt,
+    PositiveNumber,
+    Shape,
+    feature_map,
+    register,
+)
 
 
 @final
@@ -18,8 +26,8 @@ class BatchNorm(Layer):
     (Keras' momentum is 1 minus this)."""
 
     kind = "batchnorm"
-    eps: Annotated[Number, Field(gt=0.0)] = 1e-5
-    momentum: Annotated[Number, Field(gt=0.0, le=1.0)] = 0.1
+    eps: PositiveNumber = 1e-5
+    momentum: Momentum = 0.1
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         learned, state = batchnorm_params(inputs[0][0])

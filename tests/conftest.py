@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+
+import pytest
+
+import cnnspec
+from cnnspec.diagnostics import SpecError
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", help="rewrite tests/golden/ from the current output"
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+def parse(text: str) -> cnnspec.Graph:
+    """Parse dedented spec text as 'net.yaml'."""
+    return cnnspec.parse_spec(textwrap.dedent(text).lstrip("\n"), "net.yaml")
+
+
+def errors(text: str) -> list[str]:
+    """Every diagnostic a spec produces, as 'LINE:COL: message' strings."""
+    with pytest.raises(SpecError) as info:
+        parse(text)
+    return [f"{d.location.line}:{d.location.col}: {d.message}" for d in info.value.diagnostics]
+
+
+@pytest.fixture
+def spec_errors() -> Callable[[str], list[str]]:
+    return errors
+
+
+@pytest.fixture
+def parse_spec() -> Callable[[str], cnnspec.Graph]:
+    return parse

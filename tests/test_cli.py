@@ -1,0 +1,154 @@
+"""The command line as a user meets it: output, exit status, and no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cnnspec
+from cnnspec.cli import app
+
+runner = CliRunner()
+
+
+def cnnspec_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a fresh process (exit codes, stderr, imports)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cnnspec", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_check_zoo_name_from_any_directory(tmp_path: Path) -> None:
+    for name in ("lenet5", "lenet5.yaml"):
+        result = cnnspec_process("check", name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "61,706" in result.stdout and "Total" in result.stdout
+
+
+def test_check_a_file_path(tmp_path: Path) -> None:
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("name: mine\ninput: {shape: [3, 8, 8]}\nlayers:\n  - conv2d: {filters: 4, kernel: 3}\n")
+    result = runner.invoke(app, ["check", str(spec)])
+    assert result.exit_code == 0
+    assert "4x6x6" in result.stdout and "112" in result.stdout  # 4*3*9 + 4
+
+
+def test_check_json_format() -> None:
+    result = runner.invoke(app, ["check", "resnet18", "--format", "json"])
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["name"] == "resnet18"
+    assert summary["input_shape"] == [3, 224, 224]
+    assert summary["output_shape"] == [1000]
+    assert summary["params"] == 11_689_512
+    assert summary["non_trainable"] == 9_600
+    assert summary["macs"] == cnnspec.load_spec("resnet18").macs
+    first = summary["layers"][0]
+    assert first == {**first, "name": "conv1", "kind": "conv2d", "output_shape": [64, 112, 112], "params": 9408}
+    assert first["macs"] == 112 * 112 * 64 * 3 * 49
+
+
+def test_errors_go_to_stderr_with_locations_and_exit_1(tmp_path: Path) -> None:
+    spec = tmp_path / "net.yaml"
+    spec.write_text("name: net\ninput: {shape: [3, 7, 7]}\nlayers:\n  - conv2d: {filters: 8, kernel: 3, stride: 3}\n    name: c1\n  - dense: {unit: 3}\n")
+    result = cnnspec_process("check", "net.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("net.yaml:4:5: error: conv2d 'c1': window does not fit")
+    assert lines[1] == "net.yaml:6:12: error: dense 'dense_1': missing required key 'units'"
+    assert lines[2] == "net.yaml:6:13: error: dense 'dense_1': unknown key 'unit' (did you mean 'units'?)"
+    assert lines[3] == "3 errors"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "file is empty"),
+        (b"\x00\x01\x02binary", "file is binary"),
+        (b'name: !!python/object/apply:os.system ["echo hi"]\n', "could not determine a constructor"),
+        (b"[1, 2\n", "invalid YAML"),
+    ],
+)
+def test_bad_files_exit_1_without_traceback(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "bad.yaml").write_bytes(content)
+    result = cnnspec_process("check", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("bad.yaml:") and message in result.stderr
+    assert "Traceback" not in result.stderr and "hi" not in result.stdout
+
+
+def test_usage_errors_exit_2() -> None:
+    missing = runner.invoke(app, ["check", "no/such/spec.yaml"])
+    assert missing.exit_code == 2
+    assert "no such file 'no/such/spec.yaml'" in missing.output
+    typo = runner.invoke(app, ["check", "resnet19"])
+    assert typo.exit_code == 2 and "did you mean 'resnet18'?" in typo.output
+    assert runner.invoke(app, ["check", "lenet5", "--format", "xml"]).exit_code == 2
+    assert runner.invoke(app, ["frobnicate"]).exit_code == 2
+
+
+def test_zoo_lists_every_spec_with_counts() -> None:
+    result = runner.invoke(app, ["zoo"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0
+    for name in cnnspec.zoo_names():
+        assert name in result.stdout
+    assert "138,357,544" in result.stdout and "15.47 G" in result.stdout
+
+
+def test_calc_conv_works_the_formula() -> None:
+    result = runner.invoke(app, ["calc", "conv", "--size", "32", "--kernel", "5", "--padding", "2"])
+    assert result.exit_code == 0
+    assert "(32 + 2*2 - 1*(5-1) - 1) / 1 + 1" in result.stdout
+    assert result.stdout.rstrip().endswith("= 32")
+
+
+def test_calc_refuses_a_fraction_unless_rounding_is_given() -> None:
+    refused = runner.invoke(app, ["calc", "conv", "--size", "7", "--kernel", "3", "--stride", "3"])
+    assert refused.exit_code == 1
+    assert "7/3 = 2.33" in refused.output
+    floored = runner.invoke(app, ["calc", "conv", "-n", "7", "-k", "3", "-s", "3", "--rounding", "floor"])
+    assert floored.exit_code == 0 and floored.stdout.rstrip().endswith("-> 2 with rounding floor")
+
+
+def test_calc_pool_defaults_stride_to_kernel_and_ceil() -> None:
+    result = runner.invoke(app, ["calc", "pool", "--size", "112", "--kernel", "3", "--stride", "2", "--rounding", "ceil"])
+    assert result.exit_code == 0
+    assert "-> 56 with rounding ceil" in result.stdout
+    plain = runner.invoke(app, ["calc", "pool", "--size", "28", "--kernel", "2"])
+    assert "(28 + 2*0 - 2) / 2 + 1" in plain.stdout and plain.stdout.rstrip().endswith("= 14")
+
+
+def test_internal_errors_say_so_without_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import cnnspec.cli as cli
+
+    def broken(_: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "load_spec", broken)
+    monkeypatch.setattr(sys, "argv", ["cnnspec", "check", "lenet5"])
+    monkeypatch.delenv("CNNSPEC_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 3
+    assert "internal error: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_no_framework_on_the_check_path() -> None:
+    """`python -X importtime -m cnnspec check vgg16` must not import any framework."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cnnspec", "check", "vgg16"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert "cnnspec" in imported and "pydantic" in imported  # the probe sees real imports
+    assert not imported & {"torch", "tensorflow", "keras", "jax", "onnx", "onnxruntime"}

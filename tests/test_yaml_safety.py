@@ -1,0 +1,76 @@
+"""Hostile or broken files are refused quickly, with a location, and nothing runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cnnspec.diagnostics import SpecError
+from cnnspec.yamlmarks import MarkedDict, MarkedList, load_yaml
+
+
+def refusal(text: str | bytes) -> str:
+    with pytest.raises(SpecError) as info:
+        load_yaml(text, "x.yaml")
+    (diagnostic,) = info.value.diagnostics
+    return f"{diagnostic.location.line}:{diagnostic.location.col}: {diagnostic.message}"
+
+
+def test_locations_of_keys_values_and_items() -> None:
+    data = load_yaml("a: 1\nlist:\n  - {b: 2}\n  - c\n", "x.yaml")
+    assert isinstance(data, MarkedDict)
+    assert (data.key_locations["list"].line, data.value_locations["a"].col) == (2, 4)
+    items = data["list"]
+    assert isinstance(items, MarkedList)
+    assert [(loc.line, loc.col) for loc in items.item_locations] == [(3, 5), (4, 5)]
+    assert items[0].value_locations["b"].col == 9
+
+
+def test_python_tags_are_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = f'name: !!python/object/apply:os.system ["touch {marker}"]\n'
+    assert "could not determine a constructor for the tag" in refusal(text)
+    assert not marker.exists()
+    assert "python/name" in refusal("x: !!python/name:os.system\n")
+
+
+def test_alias_bomb_is_refused_fast() -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    start = time.perf_counter()
+    message = refusal("\n".join(lines) + "\n")
+    assert "alias bomb" in message
+    assert time.perf_counter() - start < 5  # a generous bound: expanding it would take hours
+
+
+def test_aliases_and_merge_keys_that_stay_small_work() -> None:
+    data = load_yaml("base: &b {kernel: 3, padding: 1}\nconv: {<<: *b, filters: 8}\n", "x.yaml")
+    assert data["conv"] == {"kernel": 3, "padding": 1, "filters": 8}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "1:1: file is empty"),
+        ("# only a comment\n", "1:1: file is empty"),
+        (b"\x7fELF\x02\x01\x00\x00", "1:1: file is binary (contains NUL bytes), not YAML"),
+        (b"name: \xff\xfe\n", "1:1: file is not UTF-8 text"),
+        ("name: x\n  bad: [\n", "2:6: invalid YAML: mapping values are not allowed here"),
+        ("a: 1\na: 2\n", "2:1: duplicate key 'a' (first given at line 1)"),
+        ("when: 2024-01-01\n", "1:7: invalid YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:timestamp'"),
+        ("a: [" * 5000, "1:1: YAML is nested too deeply"),
+    ],
+)
+def test_broken_files(text: str | bytes, expected: str) -> None:
+    assert refusal(text).startswith(expected)
+
+
+def test_documents_that_are_not_a_mapping(spec_errors: object) -> None:
+    from cnnspec import parse_spec
+
+    for text, kind in (("- a\n", "a list"), ("42\n", "a int scalar")):
+        with pytest.raises(SpecError, match=f"a spec must be a mapping with 'name', 'input' and 'layers', got {kind}"):
+            parse_spec(text, "x.yaml")
