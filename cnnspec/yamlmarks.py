@@ -16,6 +16,34 @@ import yaml
 from cnnspec.diagnostics import Diagnostic, Location, SpecError
 
 MAX_BYTES = 8 * 1024 * 1024
+
+
+def _safe_loader_base() -> type:
+    """libyaml's C scanner and parser (several times faster, same marks) under PyYAML's
+    Python composer, when PyYAML was built with libyaml. libyaml's own composer recurses
+    in C and segfaults on deeply nested input; the Python one raises RecursionError, which
+    becomes a clear error."""
+    try:
+        from yaml.cyaml import CParser
+    except ImportError:
+        return yaml.SafeLoader
+
+    class FastSafeLoader(
+        yaml.composer.Composer,  # first, so its methods win over CParser's
+        CParser,
+        yaml.constructor.SafeConstructor,
+        yaml.resolver.Resolver,
+    ):
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+    return FastSafeLoader
+
+
+_SafeLoader = _safe_loader_base()
 MAX_EXPANDED_NODES = 200_000
 
 
@@ -82,7 +110,7 @@ def load_yaml(text: str | bytes, path: str) -> Any:
         loader.dispose()
 
 
-class _MarkedLoader(yaml.SafeLoader):
+class _MarkedLoader(_SafeLoader):  # type: ignore[misc,valid-type]
     def __init__(self, text: str, path: str) -> None:
         super().__init__(text)
         self.path = path

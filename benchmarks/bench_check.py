@@ -1,0 +1,68 @@
+"""How fast `cnnspec check` is: run by hand (`make bench`), never as a timed test.
+
+Measures, side by side in one run (the machines are shared and noisy, so compare ratios):
+  1. the whole `cnnspec check vgg16` process, against a bare `python -c pass` and against
+     importing only cnnspec's dependencies (the floor no spec compiler can beat);
+  2. in process: loading every zoo spec, and a generated 1,000-layer spec.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import cnnspec
+
+REPEATS = 15
+
+
+def median_seconds(run: Callable[[], object], repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def process(*args: str) -> Callable[[], object]:
+    return lambda: subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def deep_spec(layers: int) -> str:
+    """A plain stack: 'layers' layers of conv2d + relu pairs on a small map."""
+    body = "".join("  - conv2d: {filters: 16, kernel: 3, padding: same}\n  - relu: {}\n" for _ in range(layers // 2))
+    return f"name: deep\ninput: {{shape: [16, 32, 32]}}\nlayers:\n{body}"
+
+
+def main() -> None:
+    rows = []
+    python = median_seconds(process("-c", "pass"))
+    deps = median_seconds(process("-c", "import pydantic, yaml, typer, rich, numpy"))
+    check = median_seconds(process("-m", "cnnspec", "check", "vgg16"))
+    rows.append(("python -c pass", python, check / python))
+    rows.append(("import pydantic, yaml, typer, rich, numpy", deps, check / deps))
+    rows.append(("cnnspec check vgg16 (whole process)", check, 1.0))
+
+    zoo = cnnspec.zoo_names()
+    all_zoo = median_seconds(lambda: [cnnspec.load_spec(name) for name in zoo])
+    text = deep_spec(1000)
+    deep = median_seconds(lambda: cnnspec.parse_spec(text, "deep.yaml"))
+    graph = cnnspec.parse_spec(text, "deep.yaml")
+    assert len(graph.nodes) == 1000
+
+    print(f"{'what':48} {'median':>10} {'check / this':>13}")
+    for label, seconds, ratio in rows:
+        print(f"{label:48} {seconds * 1000:8.1f} ms {ratio:12.2f}x")
+    print()
+    print(f"{'in process':48} {'median':>10} {'per layer':>13}")
+    layers = sum(len(cnnspec.load_spec(name).nodes) for name in zoo)
+    print(f"{'all ' + str(len(zoo)) + ' zoo specs (' + str(layers) + ' layers)':48} {all_zoo * 1000:8.1f} ms {all_zoo / layers * 1e6:10.1f} us")
+    print(f"{'generated 1,000-layer spec':48} {deep * 1000:8.1f} ms {deep / 1000 * 1e6:10.1f} us")
+
+
+if __name__ == "__main__":
+    main()
