@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Literal
 
 from rich import box
 from rich.console import Console
@@ -47,25 +47,35 @@ def check_json(graph: Graph) -> dict[str, Any]:
 
 def check_table(graph: Graph) -> Table:
     dag = not graph.is_sequential
-    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
-    # Names and numbers are never cut; only the inputs column wraps on a narrow terminal.
-    longest = max(len(node.name) for node in graph.nodes)
-    table.add_column("Layer", footer="Total", no_wrap=True, min_width=max(longest, 5))
-    table.add_column("Kind", no_wrap=True)
-    table.add_column("Output shape", footer=format_shape(graph.output_shape), no_wrap=True)
-    table.add_column("Params", justify="right", footer=f"{graph.params:,}", no_wrap=True)
-    table.add_column("MACs", justify="right", footer=f"{graph.macs:,}", no_wrap=True)
-    if dag:
-        table.add_column("Inputs", overflow="fold")
-    table.add_row("input", "input", format_shape(graph.input_shape), "", "", *([""] if dag else []))
+    rows = [["input", "input", format_shape(graph.input_shape), "", ""]]
     previous = INPUT
     for node in graph.nodes:
         row = [node.name, node.kind, format_shape(node.output_shape), f"{node.params:,}", f"{node.macs:,}"]
         if dag:
             row.append("" if node.inputs == (previous,) else ", ".join(node.inputs))
-        table.add_row(*row)
+        rows.append(row)
         previous = node.name
+    footer = ["Total", "", format_shape(graph.output_shape), f"{graph.params:,}", f"{graph.macs:,}"]
+    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
+    # Names and numbers are never cut: each column is at least as wide as its widest
+    # cell. Only the inputs column wraps on a narrow terminal.
+    for index, (header, justify) in enumerate(_COLUMNS):
+        widest = max(len(header), len(footer[index]), *(len(row[index]) for row in rows))
+        table.add_column(header, footer=footer[index], justify=justify, no_wrap=True, min_width=widest)
+    if dag:
+        table.add_column("Inputs", overflow="fold")
+    for row in rows:
+        table.add_row(*row, *([""] if dag and len(row) == 5 else []))
     return table
+
+
+_COLUMNS: list[tuple[str, Literal["left", "right"]]] = [
+    ("Layer", "left"),
+    ("Kind", "left"),
+    ("Output shape", "left"),
+    ("Params", "right"),
+    ("MACs", "right"),
+]
 
 
 def check_totals(graph: Graph) -> list[str]:
@@ -86,7 +96,11 @@ def render_check(graph: Graph, console: Console) -> None:
     console.print(title, style="bold", markup=False, highlight=False)
     if graph.description:
         console.print(graph.description, style="dim", markup=False, highlight=False)
-    console.print(check_table(graph))
+    table = check_table(graph)
+    if not console.is_terminal:  # a file or pipe has no width to respect
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False)
+    console.print(table, crop=False)  # a narrow terminal wraps long rows rather than losing digits
     for line in check_totals(graph):
         console.print(line, markup=False, highlight=False)
 

@@ -152,3 +152,14 @@ def test_no_framework_on_the_check_path() -> None:
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert "cnnspec" in imported and "pydantic" in imported  # the probe sees real imports
     assert not imported & {"torch", "tensorflow", "keras", "jax", "onnx", "onnxruntime"}
+
+
+def test_piped_output_never_cuts_names_or_numbers() -> None:
+    env = {**os.environ, "COLUMNS": "60"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "check", "googlenet"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0
+    assert "…" not in result.stdout
+    assert "global_avgpool2d" in result.stdout and "1,498,376,192" in result.stdout
+    assert "inception3a.branch4.1.relu_1" in result.stdout
