@@ -1,50 +1,47 @@
 """Safe YAML loading that remembers where every mapping, key and value came from.
 
-PyYAML's ``SafeLoader`` builds only plain data (``!!python/...`` tags are refused), and
-this module adds the rest of what a spec compiler needs: every mapping and sequence
-remembers its line and column and those of its keys and items, duplicate keys are errors
-rather than silently overwritten, and alias expansion is bounded so that a "billion
-laughs" document is refused in microseconds instead of eating memory.
+One pass over the parser's events with an explicit stack, building plain dicts, lists and
+scalars, never objects. What a spec compiler needs beyond ``yaml.safe_load``:
+
+- every mapping and sequence remembers its line and column and those of its keys and
+  items, so errors point into the file;
+- only plain tags (str, int, float, bool, null, map, seq, and ``<<`` merge keys):
+  ``!!python/...`` and everything else is refused, never constructed;
+- duplicate keys are errors rather than silently overwritten;
+- alias expansion and nesting depth are bounded, so a "billion laughs" document or a
+  million nested brackets is refused at once instead of eating memory or the stack.
+
+libyaml's C parser is used when PyYAML has it (several times faster, same marks).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+)
 
 from cnnspec.diagnostics import Diagnostic, Location, SpecError
 
 MAX_BYTES = 8 * 1024 * 1024
+MAX_EXPANDED_NODES = 200_000  # counting every alias as a copy of what it names
+MAX_DEPTH = 100
 
-
-def _safe_loader_base() -> type:
-    """libyaml's C scanner and parser (several times faster, same marks) under PyYAML's
-    Python composer, when PyYAML was built with libyaml. libyaml's own composer recurses
-    in C and segfaults on deeply nested input; the Python one raises RecursionError, which
-    becomes a clear error."""
-    try:
-        from yaml.cyaml import CParser
-    except ImportError:
-        return yaml.SafeLoader
-
-    class FastSafeLoader(
-        yaml.composer.Composer,  # first, so its methods win over CParser's
-        CParser,
-        yaml.constructor.SafeConstructor,
-        yaml.resolver.Resolver,
-    ):
-        def __init__(self, stream: str) -> None:
-            CParser.__init__(self, stream)
-            yaml.composer.Composer.__init__(self)
-            yaml.constructor.SafeConstructor.__init__(self)
-            yaml.resolver.Resolver.__init__(self)
-
-    return FastSafeLoader
-
-
-_SafeLoader = _safe_loader_base()
-MAX_EXPANDED_NODES = 200_000
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + name for name in ("str", "int", "float", "bool", "null")}
+_MERGE_TAG = _TAG + "merge"
 
 
 class MarkedDict(dict[Any, Any]):
@@ -70,6 +67,13 @@ def marked_dict(location: Location) -> MarkedDict:
     return result
 
 
+def marked_list(location: Location) -> MarkedList:
+    result = MarkedList()
+    result.location = location
+    result.item_locations = []
+    return result
+
+
 def location_of(value: object, fallback: Location) -> Location:
     return getattr(value, "location", fallback)
 
@@ -90,13 +94,9 @@ def load_yaml(text: str | bytes, path: str) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SpecError([Diagnostic(top, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
-    loader = _MarkedLoader(text, path)
+    parser = _parser(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise SpecError([Diagnostic(top, "file is empty; a spec is a mapping with at least 'name', 'input' and 'layers'")])
-        _check_expansion(node, path)
-        return loader.construct_document(node)
+        return _Builder(parser, path).document()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else top
@@ -104,84 +104,170 @@ def load_yaml(text: str | bytes, path: str) -> Any:
         raise SpecError([Diagnostic(where, f"invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(top, f"invalid YAML: {exc}")]) from None
-    except RecursionError:
-        raise SpecError([Diagnostic(top, "YAML is nested too deeply")]) from None
     finally:
-        loader.dispose()
+        parser.dispose()
 
 
-class _MarkedLoader(_SafeLoader):  # type: ignore[misc,valid-type]
-    def __init__(self, text: str, path: str) -> None:
-        super().__init__(text)
+def _parser(text: str) -> Any:
+    try:
+        from yaml._yaml import CParser  # libyaml, when PyYAML was built with it
+    except ImportError:
+        return yaml.SafeLoader(text)  # pure Python; only its event methods are used
+    return CParser(text)
+
+
+class _Scalars(yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """PyYAML's own implicit-tag resolution and scalar constructors."""
+
+
+_SCALARS = _Scalars()
+
+
+@dataclass
+class _Frame:
+    container: MarkedDict | MarkedList
+    anchor: str | None
+    size: int = 1
+    key: Any = None
+    key_location: Location | None = None
+    has_key: bool = False
+    merges: list[tuple[MarkedDict, Location]] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, parser: Any, path: str) -> None:
+        self.parser = parser
         self.path = path
+        self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded size)
+        self.stack: list[_Frame] = []
+        self.total = 0
 
-    def where(self, node: yaml.Node) -> Location:
-        return Location(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+    def where(self, event: Any) -> Location:
+        return Location(self.path, event.start_mark.line + 1, event.start_mark.column + 1)
 
-    def construct_marked_mapping(self, node: yaml.MappingNode) -> MarkedDict:
-        self.flatten_mapping(node)
-        result = marked_dict(self.where(node))
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise SpecError([Diagnostic(self.where(key_node), "mapping keys must be plain scalars")])
-            if key in result:
-                first = result.key_locations[key]
-                raise SpecError(
-                    [Diagnostic(self.where(key_node), f"duplicate key '{key}' (first given at line {first.line})")]
-                )
-            result[key] = self.construct_object(value_node, deep=True)
-            result.key_locations[key] = self.where(key_node)
-            result.value_locations[key] = self.where(value_node)
+    def fail(self, event: Any, message: str) -> SpecError:
+        return SpecError([Diagnostic(self.where(event), message)])
+
+    def document(self) -> Any:
+        parser = self.parser
+        parser.get_event()  # stream start
+        if parser.check_event(StreamEndEvent):
+            raise SpecError(
+                [Diagnostic(Location(self.path, 1, 1), "file is empty; a spec is a mapping with at least 'name', 'input' and 'layers'")]
+            )
+        parser.get_event()  # document start
+        result = self.node()
+        parser.get_event()  # document end
+        if not parser.check_event(StreamEndEvent):
+            raise self.fail(parser.peek_event(), "expected one YAML document, found another ('---')")
         return result
 
-    def construct_marked_sequence(self, node: yaml.SequenceNode) -> MarkedList:
-        result = MarkedList(self.construct_object(child, deep=True) for child in node.value)
-        result.location = self.where(node)
-        result.item_locations = [self.where(child) for child in node.value]
-        return result
+    def node(self) -> Any:
+        """Consume the events of one node (with all it contains) and return its value."""
+        parser = self.parser
+        while True:
+            event = parser.get_event()
+            if isinstance(event, (StreamStartEvent, DocumentStartEvent, DocumentEndEvent, StreamEndEvent)):
+                raise self.fail(event, "unexpected YAML structure")
+            if isinstance(event, (MappingStartEvent, SequenceStartEvent)):
+                self.open(event)
+                continue
+            where = self.where(event)
+            if isinstance(event, (MappingEndEvent, SequenceEndEvent)):
+                frame = self.stack.pop()
+                value, size, where = self.close(frame), frame.size, frame.container.location
+                if frame.anchor is not None:
+                    self.anchors[frame.anchor] = (value, size)
+            elif isinstance(event, AliasEvent):
+                if event.anchor not in self.anchors:
+                    raise self.fail(event, f"alias '*{event.anchor}' names no anchor defined before it")
+                value, size = self.anchors[event.anchor]
+            else:
+                assert isinstance(event, ScalarEvent)
+                value, size = self.scalar(event), 1
+                if event.anchor is not None:
+                    self.anchors[event.anchor] = (value, size)
+            self.total += size
+            if self.total > MAX_EXPANDED_NODES:
+                raise self.fail(event, f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes (an alias bomb?); refusing to load")
+            if not self.stack:
+                return value
+            self.add(self.stack[-1], value, size, event, where)
+
+    def open(self, event: Any) -> None:
+        is_map = isinstance(event, MappingStartEvent)
+        expected = _TAG + ("map" if is_map else "seq")
+        if event.tag not in (None, "!", expected):
+            raise self.fail(event, f"unsupported YAML tag '{_shown(event.tag)}'; specs hold plain data only")
+        if len(self.stack) >= MAX_DEPTH:
+            raise self.fail(event, f"YAML is nested too deeply (more than {MAX_DEPTH} levels)")
+        where = self.where(event)
+        self.stack.append(_Frame(marked_dict(where) if is_map else marked_list(where), event.anchor))
+
+    def scalar(self, event: ScalarEvent) -> Any:
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = _SCALARS.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+        if tag == _MERGE_TAG:
+            return _MERGE
+        if tag not in _SCALAR_TAGS:
+            raise self.fail(event, f"unsupported YAML tag '{_shown(tag)}'; specs hold plain data only")
+        node = yaml.ScalarNode(tag, event.value, None, None, event.style)  # tag already resolved: cannot fail
+        return _SCALARS.construct_object(node)
+
+    def add(self, frame: _Frame, value: Any, size: int, event: Any, where: Location) -> None:
+        frame.size += size
+        container = frame.container
+        if isinstance(container, MarkedList):
+            container.append(value)
+            container.item_locations.append(where)
+            return
+        if not frame.has_key:
+            if value is not _MERGE and (isinstance(value, (dict, list)) or not _hashable(value)):
+                raise SpecError([Diagnostic(where, "mapping keys must be plain scalars")])
+            frame.key, frame.key_location, frame.has_key = value, where, True
+            return
+        key, key_location = frame.key, frame.key_location
+        assert key_location is not None
+        frame.has_key = False
+        if key is _MERGE:
+            sources = value if isinstance(value, list) else [value]
+            if not all(isinstance(s, MarkedDict) for s in sources):
+                raise SpecError([Diagnostic(where, "'<<' merges a mapping or a list of mappings")])
+            frame.merges += [(s, where) for s in sources]
+            return
+        if key in container:
+            first = container.key_locations[key]
+            raise SpecError([Diagnostic(key_location, f"duplicate key '{key}' (first given at line {first.line})")])
+        container[key] = value
+        container.key_locations[key] = key_location
+        container.value_locations[key] = where
+
+    @staticmethod
+    def close(frame: _Frame) -> Any:
+        container = frame.container
+        if isinstance(container, MarkedDict):
+            for source, _ in frame.merges:  # explicit keys win, then earlier merges
+                for key, value in source.items():
+                    if key not in container:
+                        container[key] = value
+                        container.key_locations[key] = source.key_locations[key]
+                        container.value_locations[key] = source.value_locations[key]
+        return container
 
 
-_MarkedLoader.add_constructor("tag:yaml.org,2002:map", _MarkedLoader.construct_marked_mapping)
-_MarkedLoader.add_constructor("tag:yaml.org,2002:seq", _MarkedLoader.construct_marked_sequence)
-# Timestamps, binary and sets are valid safe YAML but have no meaning in a spec.
-for _tag in ("timestamp", "binary", "set", "omap", "pairs"):
-    _MarkedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _MarkedLoader.construct_undefined)  # type: ignore[type-var]
+class _Merge:
+    def __repr__(self) -> str:
+        return "<<"
 
 
-def _check_expansion(root: yaml.Node, path: str) -> None:
-    """Refuse documents whose aliases expand to more than MAX_EXPANDED_NODES nodes.
+_MERGE = _Merge()
 
-    Counts the tree as it would be after expanding every alias, memoised per node, so
-    the cost is linear in the composed (shared) graph, not in the expansion.
-    """
-    sizes: dict[int, int] = {}
 
-    def size(node: yaml.Node) -> int:
-        cached = sizes.get(id(node))
-        if cached is not None:
-            return cached
-        sizes[id(node)] = MAX_EXPANDED_NODES + 1  # a recursive alias is infinite
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                total += size(key) + size(value)
-                if total > MAX_EXPANDED_NODES:
-                    break
-        elif isinstance(node, yaml.SequenceNode):
-            for child in node.value:
-                total += size(child)
-                if total > MAX_EXPANDED_NODES:
-                    break
-        sizes[id(node)] = total
-        return total
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
 
-    if size(root) > MAX_EXPANDED_NODES:
-        raise SpecError(
-            [
-                Diagnostic(
-                    Location(path, root.start_mark.line + 1, root.start_mark.column + 1),
-                    f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes (an alias bomb?); refusing to load",
-                )
-            ]
-        )
+
+def _shown(tag: str) -> str:
+    """'tag:yaml.org,2002:python/name:os.system' as written: '!!python/name:os.system'."""
+    return "!!" + tag.removeprefix(_TAG) if tag.startswith(_TAG) else tag

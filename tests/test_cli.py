@@ -73,7 +73,7 @@ def test_errors_go_to_stderr_with_locations_and_exit_1(tmp_path: Path) -> None:
     [
         (b"", "file is empty"),
         (b"\x00\x01\x02binary", "file is binary"),
-        (b'name: !!python/object/apply:os.system ["echo hi"]\n', "could not determine a constructor"),
+        (b'name: !!python/object/apply:os.system ["echo hi"]\n', "unsupported YAML tag '!!python/object/apply:os.system'"),
         (b"[1, 2\n", "invalid YAML"),
     ],
 )
