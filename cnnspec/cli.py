@@ -35,6 +35,23 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cnnspec import __version__
+
+        stdout.print(f"cnnspec {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Declarative CNN specs: check shapes, parameters and cost before running."""
+
+
 class Format(StrEnum):
     table = "table"
     json = "json"

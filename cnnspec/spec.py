@@ -32,7 +32,7 @@ BLOCK_KEYS = ("params", "layers", "description")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class InputSpec(_Strict):

@@ -163,3 +163,12 @@ def test_piped_output_never_cuts_names_or_numbers() -> None:
     assert "…" not in result.stdout
     assert "global_avgpool2d" in result.stdout and "1,498,376,192" in result.stdout
     assert "inception3a.branch4.1.relu_1" in result.stdout
+
+
+def test_version_and_help() -> None:
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.strip() == f"cnnspec {cnnspec.__version__}"
+    helped = runner.invoke(app, ["--help"])
+    assert helped.exit_code == 0
+    for command in ("check", "zoo", "schema", "calc"):
+        assert command in helped.stdout

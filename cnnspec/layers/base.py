@@ -47,7 +47,7 @@ class LayerInfo:
 class Layer(BaseModel):
     """Abstract base of every layer kind."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     kind: ClassVar[str]
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (least, most) inputs; None: any
