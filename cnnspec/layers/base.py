@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
 
+from cnnspec.calculators import Rounding
+
 Shape = tuple[int, ...]  # channels-first, batch axis left out: (C, H, W) or (features,)
 
 
@@ -119,6 +121,11 @@ Size2 = Annotated[
     tuple[int, int], BeforeValidator(_positive_pair), WithJsonSchema(_PAIR_SCHEMA)
 ]
 """A kernel, stride or dilation: a scalar for both axes or an [h, w] pair."""
+
+RoundingArg = Annotated[
+    Rounding,
+    Field(description="how a non-integer output size is rounded: 'exact' refuses it, 'floor' (PyTorch, Keras), 'ceil' (Caffe)"),
+]
 
 Padding4 = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
 

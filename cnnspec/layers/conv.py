@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, final
+from typing import final
 
-from pydantic import Field, StrictBool
+from pydantic import StrictBool
 
 from cnnspec.calculators import conv2d_macs, conv2d_params
 from cnnspec.calculators.sizes import effective_kernel
@@ -14,6 +14,7 @@ from cnnspec.layers.base import (
     LayerInfo,
     Padding,
     PositiveInt,
+    RoundingArg,
     Shape,
     ShapeError,
     Size2,
@@ -37,9 +38,7 @@ class Conv2d(Layer):
     groups: PositiveInt = 1
     bias: StrictBool = True
     activation: ActivationArg = None
-    rounding: Literal["exact", "floor", "ceil"] = Field(
-        default="exact", description="how a non-integer output size is rounded; 'exact' refuses it"
-    )
+    rounding: RoundingArg = "exact"
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         channels, height, width = feature_map(self, inputs[0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, final
+from typing import final
 
 from pydantic import StrictBool
 
@@ -10,6 +10,7 @@ from cnnspec.layers.base import (
     Layer,
     LayerInfo,
     Padding,
+    RoundingArg,
     Shape,
     ShapeError,
     Size2,
@@ -26,7 +27,7 @@ class Pool2d(Layer):
     kernel: Size2
     stride: Size2 | None = None
     padding: Padding = ((0, 0), (0, 0))
-    rounding: Literal["exact", "floor", "ceil"] = "exact"
+    rounding: RoundingArg = "exact"
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         channels, height, width = feature_map(self, inputs[0])
