@@ -12,7 +12,7 @@ from types import ModuleType
 from cnnspec.diagnostics import did_you_mean
 
 # Backend name -> module under cnnspec.backends. Each later backend adds one row.
-BACKENDS: dict[str, str] = {}
+BACKENDS: dict[str, str] = {"torch": "torch_backend"}
 
 
 class BackendUnavailable(LookupError):
@@ -25,4 +25,11 @@ def load_backend(name: str) -> ModuleType:
     if module is None:
         known = ", ".join(BACKENDS) or "none yet"
         raise BackendUnavailable(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)} (available: {known})")
-    return importlib.import_module(f"cnnspec.backends.{module}")
+    try:
+        return importlib.import_module(f"cnnspec.backends.{module}")
+    except ImportError as exc:
+        if exc.name in (None, f"cnnspec.backends.{module}"):
+            raise
+        raise BackendUnavailable(
+            f"backend '{name}' needs {exc.name}, which is not installed: pip install 'cnnspec[{name}]'"
+        ) from None

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from cnnspec.api import build, evaluate, predict, resume, train
 from cnnspec.diagnostics import Diagnostic, Location, SpecError
 from cnnspec.graph import Graph, Node
 from cnnspec.load import SpecNotFound, load_spec, parse_spec, zoo_names
@@ -19,8 +20,13 @@ __all__ = [
     "Node",
     "SpecError",
     "SpecNotFound",
+    "build",
+    "evaluate",
     "load_spec",
     "parse_spec",
+    "predict",
+    "resume",
+    "train",
     "zoo_names",
 ]
 __version__ = "0.1.0"

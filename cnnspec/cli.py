@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -131,6 +132,152 @@ def schema() -> None:
     from cnnspec.schema import spec_json_schema
 
     sys.stdout.write(json.dumps(spec_json_schema(), indent=2) + "\n")
+
+
+# ---- train, eval, predict ------------------------------------------------------------------
+
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="torch (numpy and tensorflow follow)")]
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps")]
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """What a train/eval/predict failure looks like: said in one line, exit 1."""
+    from cnnspec.backends import BackendUnavailable
+    from cnnspec.harness.data import DataError
+    from cnnspec.harness.protocol import BackendError
+    from cnnspec.harness.run import TrainingError
+
+    return (BackendUnavailable, DataError, BackendError, TrainingError, ValueError, OSError)
+
+
+def _fail_run(exc: BaseException) -> NoReturn:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+    stderr.print(f"cnnspec: error: {where}{text}", markup=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _parse_sets(values: list[str]) -> dict[str, object]:
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            _usage(f"--set takes KEY=VALUE (e.g. optimizer.momentum=0.95), got '{item}'")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            _usage(f"--set {item}: the value is not valid YAML")
+    return overrides
+
+
+@app.command()
+def train(
+    spec: Annotated[str | None, typer.Argument(help="a spec file or zoo name (not needed with --resume)")] = None,
+    backend: BackendOpt = "torch",
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), bf16, fp16 or fp32")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
+    data: Annotated[str | None, typer.Option(help="digits, synthetic, or a path (overrides train.data.source)")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="learning rate (train.optimizer.lr)")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adagrad, rmsprop, adadelta, adam or adamw")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any train: field, KEY=VALUE, repeatable (schedule.name=cosine)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/NAME-TIMESTAMP)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run from its last checkpoint")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+) -> None:
+    """Train a spec with the shared harness; writes a run directory."""
+    overrides = _parse_sets(set_ or [])
+    for key, value in (("data.source", data), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    from pydantic import ValidationError
+
+    from cnnspec import api
+
+    try:
+        if resume is not None:
+            result = api.resume(resume, device=device, quiet=quiet, **overrides)
+        else:
+            if spec is None:
+                _usage("train needs a SPEC (or --resume RUN_DIR)")
+            graph = load_spec(spec)
+            result = api.train(graph, backend, device=device, precision=precision, compile=compile, out=out, quiet=quiet, **overrides)
+    except SpecNotFound as exc:
+        _usage(str(exc))
+    except SpecError as exc:
+        _fail(exc.diagnostics)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        _usage("bad training option: " + "; ".join(lines))
+    except _run_errors() as exc:
+        _fail_run(exc)
+    final = result.final if result.history else {}
+    if not quiet and final:
+        stdout.print(
+            f"done: val_accuracy {final['val_accuracy']:.4f}, val_loss {final['val_loss']:.4f} after {final['epoch']} epochs; "
+            f"run in {result.run_dir} (curves.png, metrics.jsonl, checkpoints/)",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
+    data: Annotated[str | None, typer.Option(help="evaluate on other data (default: the run's validation split)")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run."""
+    from cnnspec import api
+
+    try:
+        result = api.evaluate(run, data=data, backend=backend, device=device)
+    except _run_errors() as exc:
+        _fail_run(exc)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    from cnnspec.report import render_evaluation
+
+    render_evaluation(result, stdout)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
+    inputs: Annotated[list[Path], typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")],
+    top: Annotated[int, typer.Option("--top", "-k", min=1)] = 5,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="save the raw network outputs as .npy")] = None,
+) -> None:
+    """The top classes, with probabilities, for each input."""
+    from cnnspec import api
+
+    try:
+        results, outputs = api.predict(run, list(inputs), top=top, backend=backend, device=device)
+        if output is not None:
+            import numpy as np
+
+            from cnnspec.harness.weights import atomic_write
+
+            atomic_write(output, lambda p: np.save(open(p, "wb"), outputs))
+    except _run_errors() as exc:
+        _fail_run(exc)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        return
+    for item in results:
+        ranked = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in item["top"])
+        stdout.print(f"{item['input']}: {ranked}", markup=False, soft_wrap=True)
 
 
 SizeOpt = Annotated[int, typer.Option("--size", "-n", min=1, help="input size N along one axis")]

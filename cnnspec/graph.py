@@ -5,6 +5,8 @@ Every backend, exporter and ``cnnspec check`` reads a ``Graph`` and nothing else
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +15,9 @@ from pydantic import ValidationError
 
 from cnnspec.calculators import ReceptiveField
 from cnnspec.diagnostics import Diagnostic, Location, SpecError, did_you_mean
+from cnnspec.harness.config import TrainConfig
 from cnnspec.layers import LAYERS, Layer, LayerInfo, Shape, ShapeError, format_shape
+from cnnspec.layers.base import WeightSpec
 from cnnspec.spec import FAILED, INPUT, ExpandedSpec, LayerEntry, pydantic_diagnostics
 
 BYTES_PER_FLOAT32 = 4
@@ -50,7 +54,7 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Graph:
+class Graph:  # not slotted: cached_property needs __dict__
     name: str
     description: str
     path: str
@@ -58,15 +62,32 @@ class Graph:
     nodes: tuple[Node, ...]  # in execution (topological) order
     output: str  # the node whose output is the network's
     warnings: tuple[Diagnostic, ...] = ()
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    source: str = ""  # the spec's text, saved with every run
+
+    def input_shapes(self, node: Node) -> list[Shape]:
+        return [self.input_shape if name == INPUT else self[name].output_shape for name in node.inputs]
+
+    def weights(self) -> dict[str, WeightSpec]:
+        """Every array of the network by canonical name ('c1.weight'), in layer order."""
+        return {
+            f"{node.name}.{key}": spec
+            for node in self.nodes
+            for key, spec in node.layer.weights(self.input_shapes(node)).items()
+        }
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def __getitem__(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
+        node = self._by_name.get(name)
+        if node is None:
+            raise KeyError(name)
+        return node
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {node.name: node for node in self.nodes}
 
     @property
     def output_shape(self) -> Shape:
@@ -155,6 +176,7 @@ class _Builder:
             nodes=ordered,
             output=output,
             warnings=tuple(self._unused(ordered, output)),
+            train=spec.header.train,
         )
 
     def _unique(self, entries: list[LayerEntry]) -> list[LayerEntry]:
@@ -173,7 +195,7 @@ class _Builder:
             return cls.model_validate(dict(entry.args))
         except ValidationError as exc:
             prefix = f"{entry.kind} '{entry.name}': "
-            self.errors += pydantic_diagnostics(exc, entry.args, entry.location, prefix, entry.context, cls.model_fields)
+            self.errors += pydantic_diagnostics(exc, entry.args, entry.location, prefix, entry.context, cls)
             return None
 
     def _resolve(self, entry: LayerEntry, layers: dict[str, Layer | None]) -> tuple[str, ...] | None:

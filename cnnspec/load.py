@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from importlib import resources
 from pathlib import Path
@@ -53,7 +54,7 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
     try:
         header = SpecHeader.model_validate(dict(raw))
     except ValidationError as exc:
-        problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", fields=SpecHeader.model_fields)))
+        problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", model=SpecHeader)))
     expander = Expander(path, raw, header)
     expanded = expander.run()
     problems.update(dict.fromkeys(expander.diagnostics))
@@ -63,7 +64,8 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
         problems.update(dict.fromkeys(exc.diagnostics))
     if problems:
         raise SpecError(problems)
-    return graph
+    source = text if isinstance(text, str) else text.decode("utf-8")
+    return dataclasses.replace(graph, source=source)
 
 
 def load_spec(source: str | os.PathLike[str]) -> Graph:

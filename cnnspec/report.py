@@ -124,3 +124,26 @@ def _bytes(value: int) -> str:
         if value >= scale:
             return f"{value / scale:.2f} {unit}"
     return f"{value} B"
+
+
+def render_evaluation(result: dict[str, Any], console: Console) -> None:
+    """Headline metrics, per-class accuracy, and the confusion matrix as a table."""
+    top_key = next(key for key in result if key.startswith("top") and key[3:].isdigit())
+    console.print(
+        f"{result['run']} ({result['checkpoint']}) on {result['data']}, {result['images']:,} images", markup=False, highlight=False
+    )
+    console.print(
+        f"loss {result['loss']:.4f}   accuracy {result['accuracy']:.4f}   {top_key} {result[top_key]:.4f}", markup=False, highlight=False
+    )
+    classes = result["classes"]
+    matrix = result["confusion_matrix"]
+    table = Table(title="confusion matrix (rows: true, columns: predicted)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("class", no_wrap=True)
+    for name in classes:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("accuracy", justify="right", no_wrap=True)
+    for name, row in zip(classes, matrix, strict=True):
+        accuracy = result["per_class_accuracy"][name]
+        table.add_row(name, *(str(v) for v in row), "" if accuracy is None else f"{accuracy:.3f}")
+    console.print(table, crop=False)
+    console.print(f"confusion matrix image: {result['confusion_png']}", markup=False, highlight=False)

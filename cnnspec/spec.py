@@ -9,12 +9,14 @@ came from. See the README's "Spec language" section for the user-facing descript
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from cnnspec.diagnostics import Diagnostic, Location, did_you_mean
+from cnnspec.harness.config import TrainConfig
 from cnnspec.layers import LAYERS
 from cnnspec.layers.base import NonNegativeInt, PositiveInt
 from cnnspec.yamlmarks import MarkedDict, MarkedList, location_of, marked_dict
@@ -70,6 +72,7 @@ class SpecHeader(_Strict):
     blocks: dict[str, Any] = {}
     layers: Annotated[list[Any], Field(min_length=1)]
     expect: NetworkExpect | None = None
+    train: TrainConfig = TrainConfig()
 
 
 # ---- what the expander produces ---------------------------------------------------------
@@ -120,8 +123,19 @@ class ExpandedSpec:
 # ---- Pydantic errors mapped to YAML locations -------------------------------------------
 
 
+def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+    """The field names of the (nested) model at ``path``, for did-you-mean."""
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
 def pydantic_diagnostics(
-    exc: ValidationError, raw: Any, fallback: Location, prefix: str, suffix: str = "", fields: Any = None
+    exc: ValidationError, raw: Any, fallback: Location, prefix: str, suffix: str = "", model: type[BaseModel] | None = None
 ) -> list[Diagnostic]:
     """One diagnostic per Pydantic error, at the line of the offending key or value."""
     diagnostics = []
@@ -138,7 +152,7 @@ def pydantic_diagnostics(
                 path.append(str(part))  # a missing key, or an index into a default
         dotted = ".".join(path)
         if error["type"] == "extra_forbidden":
-            message = f"unknown key '{dotted}'{did_you_mean(path[-1], fields or [])}"
+            message = f"unknown key '{dotted}'{did_you_mean(path[-1], _fields_at(model, path[:-1]))}"
         elif error["type"] == "missing":
             message = f"missing required key '{dotted}'"
         else:
@@ -369,7 +383,7 @@ class Expander:
             return LayerExpect.model_validate(raw)
         except ValidationError as exc:
             where = entry.value_locations["expect"]
-            self.diagnostics += pydantic_diagnostics(exc, raw, where, "expect: ", fields=LayerExpect.model_fields)
+            self.diagnostics += pydantic_diagnostics(exc, raw, where, "expect: ", model=LayerExpect)
             return None
 
     def _with_defaults(self, kind: str, args: MarkedDict) -> MarkedDict:

@@ -37,3 +37,21 @@ def test_abstract_bases_are_not_registered() -> None:
     assert not {Layer, Activation, Pool2d, GlobalPool2d} & set(LAYERS.values())
     with pytest.raises(TypeError):
         Layer()  # type: ignore[abstract]
+
+
+def test_declared_weights_add_up_to_the_counts() -> None:
+    """The canonical weight list (what checkpoints hold) agrees with `check` everywhere."""
+    import cnnspec
+
+    for name in cnnspec.zoo_names():
+        graph = cnnspec.load_spec(name)
+        for node in graph:
+            shapes = [graph.input_shape if i == "input" else graph[i].output_shape for i in node.inputs]
+            weights = node.layer.weights(shapes)
+            size = {True: 0, False: 0}
+            for spec in weights.values():
+                count = 1
+                for dim in spec.shape:
+                    count *= dim
+                size[spec.trainable] += count
+            assert (size[True], size[False]) == (node.params, node.non_trainable), node.name

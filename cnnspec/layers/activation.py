@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, final
 from pydantic import BeforeValidator, Field, StrictBool, WithJsonSchema
 
 from cnnspec.diagnostics import did_you_mean
-from cnnspec.layers.base import LAYERS, Layer, LayerInfo, Number, Shape, register
+from cnnspec.layers.base import LAYERS, Layer, LayerInfo, Number, Shape, WeightSpec, register
 
 
 class Activation(Layer):
@@ -54,6 +54,10 @@ class PReLU(Activation):
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         return LayerInfo(output_shape=inputs[0], params=inputs[0][0] if self.channelwise else 1)
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        count = inputs[0][0] if self.channelwise else 1
+        return {"weight": WeightSpec((count,), "constant", value=self.init)}
 
 
 @final
@@ -125,3 +129,10 @@ ActivationArg = Annotated[
 
 def activation_params(activation: Activation | None, shape: Shape) -> int:
     return activation.infer([shape]).params if activation is not None else 0
+
+
+def activation_weights(activation: Activation | None, shape: Shape) -> dict[str, WeightSpec]:
+    """An activation argument's own weights, named 'activation.NAME' in its layer."""
+    if activation is None:
+        return {}
+    return {f"activation.{name}": spec for name, spec in activation.weights([shape]).items()}

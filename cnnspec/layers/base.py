@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
 
@@ -36,6 +36,22 @@ class Window:
     stride: tuple[int, int]
 
 
+Init = Literal["he", "xavier", "normal", "uniform", "zeros"]  # what a spec may ask for
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One array a layer owns, in the canonical layout (conv O x I x H x W, dense out x
+    in): what checkpoints store and every backend converts to and from."""
+
+    shape: tuple[int, ...]
+    init: Init | Literal["constant"]
+    trainable: bool = True
+    fan_in: int = 1
+    fan_out: int = 1
+    value: float = 0.0  # the value of a "constant" init
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     output_shape: Shape
@@ -57,6 +73,11 @@ class Layer(BaseModel):
     @abstractmethod
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         """Shapes, counts and cost for these input shapes; raises ShapeError."""
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        """The arrays this layer owns, by name within the layer ('weight', 'bias', ...).
+        Their trainable sizes add up to ``infer(...).params`` (a test checks)."""
+        return {}
 
 
 LAYERS: dict[str, type[Layer]] = {}
@@ -121,6 +142,11 @@ Size2 = Annotated[
     tuple[int, int], BeforeValidator(_positive_pair), WithJsonSchema(_PAIR_SCHEMA)
 ]
 """A kernel, stride or dilation: a scalar for both axes or an [h, w] pair."""
+
+InitArg = Annotated[
+    Init,
+    Field(description="initial weights: he (normal, fan-in), xavier (uniform), normal (std 0.01), uniform (+-1/sqrt(fan-in)), zeros"),
+]
 
 RoundingArg = Annotated[
     Rounding,

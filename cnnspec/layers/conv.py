@@ -8,8 +8,9 @@ from pydantic import StrictBool
 
 from cnnspec.calculators import conv2d_macs, conv2d_params
 from cnnspec.calculators.sizes import effective_kernel
-from cnnspec.layers.activation import ActivationArg, activation_params
+from cnnspec.layers.activation import ActivationArg, activation_params, activation_weights
 from cnnspec.layers.base import (
+    InitArg,
     Layer,
     LayerInfo,
     Padding,
@@ -18,6 +19,7 @@ from cnnspec.layers.base import (
     Shape,
     ShapeError,
     Size2,
+    WeightSpec,
     Window,
     feature_map,
     register,
@@ -39,6 +41,7 @@ class Conv2d(Layer):
     bias: StrictBool = True
     activation: ActivationArg = None
     rounding: RoundingArg = "exact"
+    init: InitArg = "he"
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         channels, height, width = feature_map(self, inputs[0])
@@ -58,3 +61,13 @@ class Conv2d(Layer):
             macs=conv2d_macs(channels, self.filters, self.kernel, out, self.groups),
             window=Window(kernel=span, stride=self.stride),
         )
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        channels = inputs[0][0]
+        kh, kw = self.kernel
+        fan_in, fan_out = channels // self.groups * kh * kw, self.filters // self.groups * kh * kw
+        result = {"weight": WeightSpec((self.filters, channels // self.groups, kh, kw), self.init, fan_in=fan_in, fan_out=fan_out)}
+        if self.bias:
+            result["bias"] = WeightSpec((self.filters,), "zeros")
+        out = self.infer(inputs).output_shape
+        return result | activation_weights(self.activation, out)

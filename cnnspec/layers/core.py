@@ -8,8 +8,9 @@ from typing import final
 from pydantic import StrictBool
 
 from cnnspec.calculators import dense_macs, dense_params
-from cnnspec.layers.activation import ActivationArg, activation_params
+from cnnspec.layers.activation import ActivationArg, activation_params, activation_weights
 from cnnspec.layers.base import (
+    InitArg,
     Layer,
     LayerInfo,
     Padding,
@@ -17,6 +18,7 @@ from cnnspec.layers.base import (
     Rate,
     Shape,
     ShapeError,
+    WeightSpec,
     Window,
     feature_map,
     format_shape,
@@ -48,6 +50,7 @@ class Dense(Layer):
     units: PositiveInt
     bias: StrictBool = True
     activation: ActivationArg = None
+    init: InitArg = "xavier"
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         shape = inputs[0]
@@ -63,6 +66,13 @@ class Dense(Layer):
             macs=dense_macs(shape[0], self.units),
             is_global=True,
         )
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        features = inputs[0][0]
+        result = {"weight": WeightSpec((self.units, features), self.init, fan_in=features, fan_out=self.units)}
+        if self.bias:
+            result["bias"] = WeightSpec((self.units,), "zeros")
+        return result | activation_weights(self.activation, (self.units,))
 
 
 @final

@@ -13,6 +13,7 @@ from cnnspec.layers.base import (
     PositiveInt,
     PositiveNumber,
     Shape,
+    WeightSpec,
     feature_map,
     register,
 )
@@ -32,6 +33,15 @@ class BatchNorm(Layer):
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         learned, state = batchnorm_params(inputs[0][0])
         return LayerInfo(output_shape=inputs[0], params=learned, non_trainable=state)
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        channels = (inputs[0][0],)
+        return {
+            "weight": WeightSpec(channels, "constant", value=1.0),
+            "bias": WeightSpec(channels, "zeros"),
+            "running_mean": WeightSpec(channels, "zeros", trainable=False),
+            "running_var": WeightSpec(channels, "constant", trainable=False, value=1.0),
+        }
 
 
 @final

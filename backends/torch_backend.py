@@ -1,0 +1,475 @@
+"""The PyTorch backend: a Graph lowered to an ``nn.Module``, and a training session.
+
+Each layer kind has one lowering in ``LOWERINGS``, keyed by its class. Submodules carry
+the spec's layer names (dots nest, as in torchvision: ``layer1.0.conv1``), so
+``state_dict()`` keys are the canonical checkpoint names and PyTorch's weight layout is
+the canonical one (conv O x I x H x W, dense out x in): weights pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnspec.graph import Graph
+from cnnspec.harness.config import OptimizerConfig, TrainConfig
+from cnnspec.harness.protocol import BackendError
+from cnnspec.layers import Layer, Shape
+from cnnspec.layers.activation import (
+    ELU,
+    Activation,
+    LeakyReLU,
+    PReLU,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.norm import LRN, BatchNorm
+from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.window import resolve_padding, window_out
+from cnnspec.spec import INPUT
+
+Lowering = Callable[[Any, list[Shape]], nn.Module]
+LOWERINGS: dict[type[Layer], Lowering] = {}
+L = TypeVar("L", bound=Layer)
+
+
+def lowers(*kinds: type[Layer]) -> Callable[[Lowering], Lowering]:
+    def register(function: Lowering) -> Lowering:
+        for kind in kinds:
+            LOWERINGS[kind] = function
+        return function
+
+    return register
+
+
+# ---- activations ------------------------------------------------------------------------
+
+_SIMPLE: dict[type[Activation], Callable[[Any], nn.Module]] = {
+    ReLU: lambda a: nn.ReLU(),
+    ReLU6: lambda a: nn.ReLU6(),
+    LeakyReLU: lambda a: nn.LeakyReLU(a.negative_slope),
+    ELU: lambda a: nn.ELU(a.alpha),
+    Sigmoid: lambda a: nn.Sigmoid(),
+    Tanh: lambda a: nn.Tanh(),
+    Softmax: lambda a: nn.Softmax(dim=1),  # over channels
+}
+
+
+def _activation(activation: Activation, shape: Shape) -> nn.Module:
+    if isinstance(activation, PReLU):
+        return nn.PReLU(shape[0] if activation.channelwise else 1, init=activation.init)
+    return _SIMPLE[type(activation)](activation)
+
+
+_ACTIVATION_KINDS: tuple[type[Layer], ...] = (*_SIMPLE, PReLU)
+for _kind in _ACTIVATION_KINDS:
+    LOWERINGS[_kind] = lambda layer, shapes: _activation(layer, shapes[0])
+
+
+def _optional_activation(activation: Activation | None, shape: Shape) -> nn.Module | None:
+    return None if activation is None else _activation(activation, shape)
+
+
+# ---- windows: conv and pool -------------------------------------------------------------
+
+
+def _window_padding(layer: Conv2d | Pool2d, shape: Shape, pool: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit padding, with extra at the bottom/right where ceil rounding needs it so
+    that PyTorch's floor arithmetic gives the rounded-up size."""
+    _, height, width = shape
+    stride = layer.stride if isinstance(layer, Conv2d) else (layer.stride or layer.kernel)
+    dilation = layer.dilation if isinstance(layer, Conv2d) else (1, 1)
+    padding = resolve_padding(layer.padding, (height, width), layer.kernel, stride, dilation)
+    if pool or layer.rounding != "ceil" or layer.padding == "same":
+        return padding
+    out = window_out((shape[0], height, width), layer.kernel, stride, padding, dilation, "ceil", pool=False)
+    grown = []
+    for axis, size in enumerate((height, width)):
+        before, after = padding[axis]
+        span = dilation[axis] * (layer.kernel[axis] - 1) + 1
+        needed = (out[axis] - 1) * stride[axis] + span - (size + before + after)
+        grown.append((before, after + max(needed, 0)))
+    return (grown[0], grown[1])
+
+
+def _torch_pad(padding: tuple[tuple[int, int], tuple[int, int]]) -> tuple[int, int, int, int] | None:
+    """F.pad's (left, right, top, bottom), or None when nn's symmetric padding will do."""
+    (top, bottom), (left, right) = padding
+    return None if top == bottom and left == right else (left, right, top, bottom)
+
+
+class SpecConv2d(nn.Conv2d):
+    """nn.Conv2d plus asymmetric pre-padding and an activation, keeping the weight at
+    '<name>.weight' as the canonical layout wants."""
+
+    def __init__(self, layer: Conv2d, shapes: list[Shape]) -> None:
+        padding = _window_padding(layer, shapes[0], pool=False)
+        pre_pad = _torch_pad(padding)
+        symmetric = (padding[0][0], padding[1][0]) if pre_pad is None else (0, 0)
+        super().__init__(
+            shapes[0][0], layer.filters, layer.kernel, layer.stride, symmetric, layer.dilation, layer.groups, layer.bias
+        )
+        self.pre_pad = pre_pad
+        self.activation = _optional_activation(layer.activation, (layer.filters, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, F, H', W')
+        if self.pre_pad is not None:
+            x = F.pad(x, self.pre_pad)
+        x = self._conv_forward(x, self.weight, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
+class SpecDense(nn.Linear):
+    def __init__(self, layer: Dense, shapes: list[Shape]) -> None:
+        super().__init__(shapes[0][0], layer.units, layer.bias)
+        self.activation = _optional_activation(layer.activation, (layer.units,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, in) -> (N, units)
+        x = F.linear(x, self.weight, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
+class SpecPool2d(nn.Module):
+    def __init__(self, layer: Pool2d, shapes: list[Shape]) -> None:
+        super().__init__()
+        self.is_max = isinstance(layer, MaxPool2d)
+        self.kernel = layer.kernel
+        self.stride = layer.stride or layer.kernel
+        padding = _window_padding(layer, shapes[0], pool=True)
+        self.pre_pad = _torch_pad(padding)
+        self.padding = (padding[0][0], padding[1][0]) if self.pre_pad is None else (0, 0)
+        self.ceil_mode = layer.rounding == "ceil" and layer.padding != "same"
+        self.count_include_pad = getattr(layer, "count_include_pad", True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, H', W')
+        if self.is_max:
+            if self.pre_pad is not None:
+                x = F.pad(x, self.pre_pad, value=-math.inf)
+            return F.max_pool2d(x, self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode)
+        if self.pre_pad is None:
+            return F.avg_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        pooled = F.avg_pool2d(F.pad(x, self.pre_pad), self.kernel, self.stride, 0, self.ceil_mode)
+        if self.count_include_pad:
+            return pooled
+        # Mean over real pixels only: divide by the share of each window inside the image.
+        ones = F.pad(torch.ones_like(x[:1, :1]), self.pre_pad)
+        return pooled / F.avg_pool2d(ones, self.kernel, self.stride, 0, self.ceil_mode)
+
+
+class GlobalPool(nn.Module):
+    def __init__(self, is_max: bool, keepdims: bool) -> None:
+        super().__init__()
+        self.is_max, self.keepdims = is_max, keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C[, 1, 1])
+        return x.amax((2, 3), self.keepdims) if self.is_max else x.mean((2, 3), self.keepdims)
+
+
+class Sum(nn.Module):
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        total = inputs[0]
+        for other in inputs[1:]:
+            total = total + other
+        return total
+
+
+class ChannelConcat(nn.Module):
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(inputs, dim=1)
+
+
+LOWERINGS.update(
+    {
+        Conv2d: SpecConv2d,
+        Dense: SpecDense,
+        MaxPool2d: SpecPool2d,
+        AvgPool2d: SpecPool2d,
+        GlobalAvgPool2d: lambda layer, shapes: GlobalPool(False, layer.keepdims),
+        GlobalMaxPool2d: lambda layer, shapes: GlobalPool(True, layer.keepdims),
+        Flatten: lambda layer, shapes: nn.Flatten(),
+        Dropout: lambda layer, shapes: nn.Dropout(layer.rate),
+        BatchNorm: lambda layer, shapes: (nn.BatchNorm2d if len(shapes[0]) == 3 else nn.BatchNorm1d)(
+            shapes[0][0], eps=layer.eps, momentum=layer.momentum
+        ),
+        LRN: lambda layer, shapes: nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k),
+        ZeroPadding2d: lambda layer, shapes: nn.ZeroPad2d(_zero_padding(layer)),
+        Add: lambda layer, shapes: Sum(),
+        Concat: lambda layer, shapes: ChannelConcat(),
+    }
+)
+
+
+def _zero_padding(layer: ZeroPadding2d) -> tuple[int, int, int, int]:
+    assert not isinstance(layer.padding, str)
+    (top, bottom), (left, right) = layer.padding
+    return (left, right, top, bottom)
+
+
+# ---- the network ------------------------------------------------------------------------
+
+
+class GraphModule(nn.Module):
+    """Runs the graph's nodes in order, keeping each output only until its last use."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        slots = {INPUT: 0}
+        last_use: dict[str, int] = {}
+        for step, node in enumerate(graph.nodes):
+            for source in node.inputs:
+                last_use[source] = step
+        self._steps: list[tuple[nn.Module, tuple[int, ...], int, tuple[int, ...]]] = []
+        for step, node in enumerate(graph.nodes):
+            lowering = LOWERINGS.get(type(node.layer))
+            if lowering is None:
+                raise NotImplementedError(f"the torch backend has no lowering for layer kind '{node.kind}'")
+            module = lowering(node.layer, graph.input_shapes(node))
+            _attach(self, node.name, module)
+            slots[node.name] = step + 1
+            frees = tuple(slots[s] for s in set(node.inputs) if last_use[s] == step and s != graph.output)
+            self._steps.append((module, tuple(slots[s] for s in node.inputs), step + 1, frees))
+        self._output = slots[graph.output]
+        self._slots = len(slots)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        values: list[torch.Tensor | None] = [None] * self._slots
+        values[0] = x
+        for module, sources, target, frees in self._steps:
+            values[target] = module(*[values[i] for i in sources])
+            for slot in frees:
+                values[slot] = None
+        result = values[self._output]
+        assert result is not None
+        return result
+
+
+def _attach(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Register ``module`` under a dotted name, creating plain containers on the way."""
+    *parents, leaf = name.split(".")
+    parent = root
+    for part in parents:
+        child = parent._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            parent.add_module(part, child)
+        parent = child
+    if leaf in parent._modules:
+        raise ValueError(f"layer name '{name}' collides with another layer's submodule")
+    parent.add_module(leaf, module)
+
+
+def build(graph: Graph) -> GraphModule:
+    """The spec as an ``nn.Module`` (PyTorch's default initialisation; sessions load the
+    harness's seeded initial weights over it)."""
+    return GraphModule(graph)
+
+
+# ---- training ----------------------------------------------------------------------------
+
+OPTIMIZERS: dict[str, Callable[[Any, OptimizerConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay),
+    "adagrad": lambda p, c: torch.optim.Adagrad(p, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay, momentum=c.momentum),
+    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
+}
+
+
+def _one_hot_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(outputs, F.one_hot(targets, outputs.shape[1]).to(outputs.dtype))
+
+
+LOSSES: dict[str, Callable[[TrainConfig], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "cross_entropy": lambda c: nn.CrossEntropyLoss(label_smoothing=c.label_smoothing),
+    "mse": lambda c: _one_hot_mse,  # outputs against one-hot targets
+    "hinge": lambda c: nn.MultiMarginLoss(),  # multi-class hinge, margin 1 (Weston and Watkins)
+}
+
+_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class DeviceError(BackendError):
+    """The device asked for is not there; the message says what is."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device '{device}' asked for, but PyTorch {torch.__version__} sees no CUDA GPU")
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceError(f"device '{device}' asked for, but there are {count} CUDA GPU(s): cuda:0 .. cuda:{count - 1}")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("device 'mps' asked for, but this PyTorch has no MPS (Apple GPU) support here")
+    return resolved
+
+
+class TorchSession:
+    """One network on one device with its optimizer: the harness's Session protocol."""
+
+    def __init__(
+        self, graph: Graph, config: TrainConfig, device: str = "auto", precision: str = "auto", compile: bool = False
+    ) -> None:
+        self.graph = graph
+        self.config = config
+        self._device = resolve_device(device)
+        self.device = str(self._device)
+        cuda = self._device.type == "cuda"
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if precision not in _PRECISIONS:
+            raise DeviceError(f"unknown precision '{precision}': use bf16, fp16 or fp32")
+        if precision == "fp16" and not cuda:
+            raise DeviceError("fp16 training needs a CUDA GPU; use bf16 or fp32 on this device")
+        self.precision = precision
+        self._autocast_dtype = _PRECISIONS[precision]
+        self._channels_last = cuda  # faster convolutions on tensor cores
+        torch.manual_seed(config.seed)
+        module = GraphModule(graph).to(self._device)
+        if self._channels_last:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._module = module
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module) if compile else module
+        self._names = [name for name, _ in module.named_parameters()]
+        self.optimizer = OPTIMIZERS[config.optimizer.name](module.parameters(), config.optimizer)
+        self._loss = LOSSES[config.loss](config)
+        self._scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    @property
+    def model(self) -> nn.Module:
+        return self._module
+
+    # -- weights --
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {
+            name: tensor.detach().float().cpu().numpy()
+            for name, tensor in self._module.state_dict().items()
+            if not name.endswith("num_batches_tracked")
+        }
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        state = self._module.state_dict()
+        for name, array in weights.items():
+            if name not in state:
+                raise KeyError(f"no weight '{name}' in the torch model")
+            state[name].copy_(torch.from_numpy(np.ascontiguousarray(array)).to(state[name].dtype))
+
+    # -- steps --
+
+    def _inputs(self, x: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(x).to(self._device, non_blocking=True)
+        return tensor.contiguous(memory_format=torch.channels_last) if self._channels_last and tensor.dim() == 4 else tensor
+
+    def _autocast(self) -> Any:
+        if self._autocast_dtype is None:
+            return torch.autocast(self._device.type, enabled=False)
+        return torch.autocast(self._device.type, dtype=self._autocast_dtype)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self._module.train()
+        inputs, targets = self._inputs(x), torch.from_numpy(y).to(self._device, non_blocking=True)
+        with self._autocast():
+            outputs = self._forward(inputs)
+        loss = self._loss(outputs.float(), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.config.clip_grad_norm
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            if clip is not None:
+                self._scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self._module.parameters(), clip)
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self._module.parameters(), clip)
+            self.optimizer.step()
+        with torch.no_grad():
+            stats = torch.stack([loss.detach() * len(x), (outputs.argmax(1) == targets).sum().float()])
+        loss_sum, correct = stats.tolist()  # one device sync per step
+        return loss_sum, int(correct)
+
+    @torch.no_grad()
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        self._module.eval()
+        targets = torch.from_numpy(y).to(self._device)
+        with self._autocast():
+            outputs = self._forward(self._inputs(x)).float()
+        return float(self._loss(outputs, targets)) * len(x), outputs.cpu().numpy()
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self._module.eval()
+        with self._autocast():
+            return self._forward(self._inputs(x)).float().cpu().numpy()
+
+    def set_learning_rate(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # -- optimizer state, keyed by weight name --
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        state = self.optimizer.state_dict()
+        arrays = {}
+        for index, slots in state["state"].items():
+            for slot, value in slots.items():
+                arrays[f"{self._names[index]}::{slot}"] = torch.as_tensor(value).detach().float().cpu().numpy()
+        groups = [{k: v for k, v in group.items() if k != "params"} for group in state["param_groups"]]
+        return arrays, {"param_groups": groups}
+
+    def load_optimizer_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        index = {name: i for i, name in enumerate(self._names)}
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, array in arrays.items():
+            name, slot = key.split("::")
+            tensor = torch.from_numpy(np.array(array))
+            state.setdefault(index[name], {})[slot] = tensor if slot == "step" else tensor.to(self._device)
+        groups = self.optimizer.state_dict()["param_groups"]
+        for group, saved in zip(groups, meta["param_groups"], strict=True):
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+    def available_memory(self) -> int | None:
+        if self._device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self._device)
+            return int(free)
+        return None
+
+
+def open_session(
+    graph: Graph, config: TrainConfig, device: str = "auto", precision: str = "auto", compile: bool = False
+) -> TorchSession:
+    return TorchSession(graph, config, device, precision, compile)
+
+
+def load_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict file, loaded safely (``weights_only``: tensors, never code)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.detach().float().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,100 @@
+"""The Python API that mirrors the command line. Frameworks load only when called."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnspec.graph import Graph
+from cnnspec.harness.config import TrainConfig, with_overrides
+from cnnspec.load import load_spec
+
+if TYPE_CHECKING:
+    from cnnspec.harness.run import TrainResult
+
+SpecLike = Graph | str | os.PathLike[str]
+
+
+def _graph(spec: SpecLike) -> Graph:
+    return spec if isinstance(spec, Graph) else load_spec(spec)
+
+
+def train_config(graph: Graph, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The spec's ``train:`` section with dotted overrides ({'optimizer.lr': 0.01})."""
+    if not overrides:
+        return graph.train
+    return TrainConfig.model_validate(with_overrides(graph.train.model_dump(), overrides))
+
+
+def build(spec: SpecLike, backend: str = "torch", device: str = "auto", seed: int = 0) -> Any:
+    """The framework's own model (an ``nn.Module`` for torch), with cnnspec's seeded
+    initial weights."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.weights import initial_weights
+
+    graph = _graph(spec)
+    session = load_backend(backend).open_session(graph, graph.train, device=device)
+    session.set_weights(initial_weights(graph, seed))
+    return session.model
+
+
+def train(
+    spec: SpecLike,
+    backend: str = "torch",
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    quiet: bool = True,
+    **overrides: Any,
+) -> TrainResult:
+    """Train and write a run directory. Keyword overrides use dotted names as
+    ``{'optimizer.lr': 0.01}`` or plain ones: ``train("lenet5", epochs=3)``."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import train as run_training
+
+    graph = _graph(spec)
+    config = train_config(graph, {key.replace("__", "."): value for key, value in overrides.items()})
+    module = load_backend(backend)
+    return run_training(
+        graph, config, module.open_session, backend, device=device, precision=precision, compile=compile,
+        out=Path(out) if out is not None else None, quiet=quiet,
+    )
+
+
+def resume(run: str | os.PathLike[str], *, device: str = "auto", quiet: bool = True, **overrides: Any) -> TrainResult:
+    """Continue a run from its last complete checkpoint."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import load_run
+    from cnnspec.harness.run import train as run_training
+
+    loaded = load_run(Path(run))
+    config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), overrides)) if overrides else loaded.config
+    backend = loaded.info["backend"]
+    return run_training(
+        loaded.graph, config, load_backend(backend).open_session, backend, device=device, resume=loaded.run.path, quiet=quiet
+    )
+
+
+def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import evaluate as run_evaluation
+    from cnnspec.harness.run import load_run
+
+    name = backend or load_run(Path(run)).info["backend"]
+    return run_evaluation(Path(run), load_backend(name).open_session, data=data, device=device)
+
+
+def predict(
+    run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto"
+) -> tuple[list[dict[str, Any]], Any]:
+    """Top-k classes per input (image files or .npy batches) and the raw outputs."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import load_run
+    from cnnspec.harness.run import predict as run_prediction
+
+    name = backend or load_run(Path(run)).info["backend"]
+    return run_prediction(Path(run), [Path(i) for i in inputs], load_backend(name).open_session, top=top, device=device)

@@ -1,0 +1,346 @@
+"""Data sources, read from local files only, fitted to a spec's input (C x H x W).
+
+Every source yields uint8 or float32 images N x C x H x W and int64 labels, split into
+training and validation sets; nothing is ever downloaded. Which source a ``--data``
+value means:
+
+- ``digits``: the 1,797 8x8 handwritten digits that ship inside scikit-learn;
+- ``synthetic``: random images of the right shape (benchmarks and smoke tests);
+- a directory of IDX files (MNIST, Fashion-MNIST; gzipped or not);
+- a directory of CIFAR-10 python batches (``data_batch_1`` ..., ``test_batch``);
+- a directory of class folders (``root/daisy/*.jpg``), with ``train/`` and ``val/``
+  subfolders when present;
+- an ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cnnspec.harness.config import DataConfig
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: np.ndarray  # N x C x H x W, uint8 (0..255) or float32
+    y_train: np.ndarray  # N, int64
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[str]
+
+
+def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
+    """The data ``config.source`` names, fitted to ``shape``, checked against the classes."""
+    source = config.source
+    if source == "digits":
+        raw = _digits(config, seed)
+    elif source == "synthetic":
+        raw = _synthetic(shape, num_classes, seed)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"data '{source}' not found: give 'digits', 'synthetic', or a path to an IDX directory, "
+                "image class folders, CIFAR-10 python batches or an .npz file (nothing is downloaded)"
+            )
+        raw = _from_path(path, config, seed)
+    dataset = _fit(raw, shape, config)
+    if config.limit is not None:
+        dataset = Dataset(dataset.name, dataset.x_train[: config.limit], dataset.y_train[: config.limit], dataset.x_val, dataset.y_val, dataset.classes)
+    found = int(max(dataset.y_train.max(initial=0), dataset.y_val.max(initial=0))) + 1
+    if found > num_classes:
+        raise DataError(f"data '{dataset.name}' has {found} classes but the network outputs {num_classes}")
+    classes = dataset.classes + [str(i) for i in range(len(dataset.classes), num_classes)]
+    return Dataset(dataset.name, dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val, classes[:num_classes])
+
+
+def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """A seeded shuffle, then the last ``fraction`` for validation."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = len(x) - max(1, round(len(x) * fraction))
+    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+
+
+def _digits(config: DataConfig, seed: int) -> Dataset:
+    # The CSV inside scikit-learn, read without importing sklearn (which takes a second).
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the 'digits' data ships with scikit-learn: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    x = (table[:, :64] * (255.0 / 16.0)).round().astype(np.uint8).reshape(-1, 1, 8, 8)
+    y = table[:, 64].astype(np.int64)
+    x_train, y_train, x_val, y_val = _split(x, y, config.validation, seed)
+    return Dataset("digits", x_train, y_train, x_val, y_val, [str(i) for i in range(10)])
+
+
+def _synthetic(shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(1024 + 256, *shape), dtype=np.uint8)
+    y = rng.integers(0, num_classes, size=len(x)).astype(np.int64)
+    return Dataset("synthetic", x[:1024], y[:1024], x[1024:], y[1024:], [str(i) for i in range(num_classes)])
+
+
+def _from_path(path: Path, config: DataConfig, seed: int) -> Dataset:
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _npz(path, config, seed)
+        raise DataError(f"{path}: a data file must be an .npz with x_train, y_train, x_test, y_test")
+    names = {p.name for p in path.iterdir()}
+    if any(n.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for n in names):
+        return _idx(path, config, seed)
+    if "data_batch_1" in names or "test_batch" in names:
+        return _cifar10(path, config, seed)
+    return _image_folders(path, config, seed)
+
+
+# ---- IDX (MNIST) ----------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """The IDX format (yann.lecun.com/exdb/mnist): magic 0 0 type ndim, big-endian sizes."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims}, file holds {data.size} values")
+    return data.reshape(dims)
+
+
+def _find(path: Path, prefix: str, kind: str) -> Path | None:
+    for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{prefix}-{kind}.idx{3 if kind == 'images' else 1}-ubyte"):
+        for candidate in (path / name, path / f"{name}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _idx(path: Path, config: DataConfig, seed: int) -> Dataset:
+    pairs = {}
+    for prefix in ("train", "t10k"):
+        images, labels = _find(path, prefix, "images"), _find(path, prefix, "labels")
+        if images and labels:
+            pairs[prefix] = (_read_idx(images)[:, None], _read_idx(labels).astype(np.int64))
+    classes = [str(i) for i in range(10)]
+    if "train" in pairs and "t10k" in pairs:
+        (x_train, y_train), (x_val, y_val) = pairs["train"], pairs["t10k"]
+    elif pairs:
+        # Only one split (the MNIST test set alone, say): the last part validates, in
+        # file order, so "first 8,000 train, last 2,000 validate" is reproducible.
+        x, y = next(iter(pairs.values()))
+        cut = len(x) - round(len(x) * config.validation)
+        x_train, y_train, x_val, y_val = x[:cut], y[:cut], x[cut:], y[cut:]
+    else:
+        raise DataError(f"{path}: no matching IDX image and label files (train-images-idx3-ubyte[.gz], ...)")
+    return Dataset(f"idx:{path.name}", x_train, y_train, x_val, y_val, classes)
+
+
+# ---- CIFAR-10 python batches -----------------------------------------------------------
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles; allow exactly what they hold (dicts, lists, bytes
+    and NumPy arrays), so a hostile file cannot run code."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to load '{module}.{name}' from a data pickle")
+
+
+def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data, np.asarray(batch[b"labels"], dtype=np.int64)
+
+
+def _cifar10(path: Path, config: DataConfig, seed: int) -> Dataset:
+    train = [_load_batch(p) for p in sorted(path.glob("data_batch_*"))]
+    classes = [str(i) for i in range(10)]
+    meta = path / "batches.meta"
+    if meta.exists():
+        names = _ArrayUnpickler(io.BytesIO(meta.read_bytes()), encoding="bytes").load().get(b"label_names")
+        classes = [n.decode() for n in names] if names else classes
+    if train and (path / "test_batch").exists():
+        x_val, y_val = _load_batch(path / "test_batch")
+        x_train, y_train = np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])
+    else:
+        x, y = train[0] if train else _load_batch(path / "test_batch")
+        x_train, y_train, x_val, y_val = _split(x, y, config.validation, seed)
+    return Dataset(f"cifar10:{path.name}", x_train, y_train, x_val, y_val, classes)
+
+
+# ---- .npz -------------------------------------------------------------------------------
+
+
+def _npz(path: Path, config: DataConfig, seed: int) -> Dataset:
+    with np.load(path, allow_pickle=False) as archive:
+        missing = {"x_train", "y_train"} - set(archive.files)
+        if missing:
+            raise DataError(f"{path}: missing {', '.join(sorted(missing))} (expected x_train, y_train, x_test, y_test)")
+        x_train, y_train = archive["x_train"], archive["y_train"].astype(np.int64).reshape(-1)
+        if "x_test" in archive.files and "y_test" in archive.files:
+            x_val, y_val = archive["x_test"], archive["y_test"].astype(np.int64).reshape(-1)
+        else:
+            x_train, y_train, x_val, y_val = _split(x_train, y_train, config.validation, seed)
+    classes = [str(i) for i in range(int(max(y_train.max(), y_val.max())) + 1)]
+    return Dataset(f"npz:{path.name}", _channels_first(x_train, path), y_train, _channels_first(x_val, path), y_val, classes)
+
+
+def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
+    """N x H x W (grayscale), N x C x H x W, or N x H x W x C (C of 1, 3 or 4), to NCHW."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4:
+        if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+            return x
+        if x.shape[3] in (1, 3, 4):
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x
+    raise DataError(f"{path}: images must be N x H x W, N x C x H x W or N x H x W x C, got shape {x.shape}")
+
+
+# ---- class folders ------------------------------------------------------------------------
+
+
+def _image_folders(path: Path, config: DataConfig, seed: int) -> Dataset:
+    from PIL import Image  # only this source needs Pillow
+
+    train_root, val_root = path / "train", path / "val"
+    roots = [train_root, val_root] if train_root.is_dir() and val_root.is_dir() else [path]
+    classes = sorted(p.name for p in roots[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{path}: no class folders found (expected {path}/CLASS/*.jpg, or train/ and val/ with class folders inside)"
+        )
+    loaded: list[tuple[list[Any], np.ndarray]] = []
+    for root in roots:
+        images: list[Any] = []
+        labels: list[int] = []
+        for label, name in enumerate(classes):
+            for file in sorted((root / name).iterdir() if (root / name).is_dir() else []):
+                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                try:
+                    with Image.open(file) as image:
+                        images.append(image.convert("RGB"))
+                        images[-1].load()
+                except OSError as exc:
+                    raise DataError(f"{file}: cannot read image ({exc})") from None
+                labels.append(label)
+        if not images:
+            raise DataError(f"{root}: no images found in the class folders")
+        loaded.append((images, np.array(labels, dtype=np.int64)))
+    # Different sizes cannot stack yet: keep PIL images until _fit resizes them.
+    if len(loaded) == 2:
+        (x_train, y_train), (x_val, y_val) = loaded
+    else:
+        pictures, targets = loaded[0]
+        order = np.random.default_rng(seed).permutation(len(pictures))
+        cut = len(pictures) - max(1, round(len(pictures) * config.validation))
+        x_train, y_train = [pictures[i] for i in order[:cut]], targets[order[:cut]]
+        x_val, y_val = [pictures[i] for i in order[cut:]], targets[order[cut:]]
+    return Dataset(f"folders:{path.name}", x_train, y_train, x_val, y_val, classes)  # type: ignore[arg-type]
+
+
+# ---- fitting to the input ------------------------------------------------------------------
+
+
+def _fit(raw: Dataset, shape: tuple[int, ...], config: DataConfig) -> Dataset:
+    return Dataset(
+        raw.name, fit_images(raw.x_train, shape, config.fit), raw.y_train, fit_images(raw.x_val, shape, config.fit), raw.y_val, raw.classes
+    )
+
+
+def fit_images(images: Any, shape: tuple[int, ...], fit: str = "auto") -> np.ndarray:
+    """Images (an N x C x H x W array, or a list of PIL images) at ``shape``: channels
+    converted (grey <-> RGB), then padded (centred, with zeros) or resized (bilinear)."""
+    if len(shape) != 3:
+        raise DataError(f"image data needs a C x H x W input, but the spec's input is {shape}")
+    channels, height, width = shape
+    if isinstance(images, list):
+        return np.stack([_pil_to_array(image, shape) for image in images]) if images else np.zeros((0, *shape), np.uint8)
+    x = images
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = np.repeat(x, channels, axis=1)
+        elif channels == 1 and x.shape[1] in (3, 4):
+            luminance = x[:, :3].astype(np.float32).transpose(0, 2, 3, 1) @ np.array([0.299, 0.587, 0.114], np.float32)
+            x = luminance[:, None].round().astype(x.dtype) if x.dtype == np.uint8 else luminance[:, None]
+        else:
+            raise DataError(f"images have {x.shape[1]} channels; the spec's input has {channels}")
+    h, w = x.shape[2:]
+    if (h, w) == (height, width):
+        return x
+    small_enough = h <= height and w <= width and (height - h) <= height // 4 and (width - w) <= width // 4
+    if fit == "pad" or (fit == "auto" and small_enough):
+        if h > height or w > width:
+            raise DataError(f"images of {h}x{w} cannot be padded to {height}x{width}; use fit: resize")
+        top, left = (height - h) // 2, (width - w) // 2
+        padded = np.zeros((len(x), x.shape[1], height, width), dtype=x.dtype)
+        padded[:, :, top : top + h, left : left + w] = x
+        return padded
+    return _resize(x, height, width)
+
+
+def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(x), x.shape[1], height, width), dtype=np.float32 if x.dtype != np.uint8 else np.uint8)
+    for i, image in enumerate(x):
+        for c, plane in enumerate(image):
+            mode = "L" if plane.dtype == np.uint8 else "F"
+            resized = Image.fromarray(plane if mode == "L" else plane.astype(np.float32), mode).resize((width, height), Image.Resampling.BILINEAR)
+            out[i, c] = np.asarray(resized)
+    return out
+
+
+def _pil_to_array(image: Any, shape: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image
+
+    channels, height, width = shape
+    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def load_images(paths: list[Path], shape: tuple[int, ...]) -> np.ndarray:
+    """Image files for prediction, converted and resized like training data."""
+    from PIL import Image
+
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                arrays.append(_pil_to_array(image, shape))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read image ({exc})") from None
+    return np.stack(arrays)

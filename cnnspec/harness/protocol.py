@@ -1,0 +1,67 @@
+"""What the harness needs from a backend: the whole contract, framework-free.
+
+A backend module (``cnnspec.backends.<name>``) exposes ``open_session``; the session it
+returns trains and runs one network on one device. Arrays cross the boundary as NumPy,
+in the canonical layout (N x C x H x W inputs; weights as in checkpoints).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from cnnspec.graph import Graph
+from cnnspec.harness.config import TrainConfig
+
+Weights = dict[str, np.ndarray]
+
+
+class BackendError(RuntimeError):
+    """A backend cannot do what was asked (no such device, precision, ...); the message
+    says what it can do instead."""
+
+
+class Session(Protocol):
+    device: str  # the resolved device, e.g. 'cpu' or 'cuda:0'
+    precision: str  # the resolved precision: 'fp32', 'bf16' or 'fp16'
+
+    def set_weights(self, weights: Weights) -> None: ...
+
+    def get_weights(self) -> Weights: ...
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One optimizer step on a batch (x float32 N x C x H x W, y int64 N);
+        returns (summed loss, correct top-1 predictions)."""
+        ...
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """(summed loss, outputs N x classes as float32), in evaluation mode."""
+        ...
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw network outputs, N x classes, float32, in evaluation mode."""
+        ...
+
+    def set_learning_rate(self, lr: float) -> None: ...
+
+    def optimizer_state(self) -> tuple[Weights, dict[str, Any]]:
+        """Optimizer arrays keyed 'WEIGHT_NAME::SLOT', and JSON-able scalars."""
+        ...
+
+    def load_optimizer_state(self, arrays: Weights, meta: dict[str, Any]) -> None: ...
+
+    def available_memory(self) -> int | None:
+        """Free bytes on the device, or None where the harness should ask the OS."""
+        ...
+
+    @property
+    def model(self) -> Any:
+        """The framework's own model object."""
+        ...
+
+
+class Backend(Protocol):
+    def open_session(
+        self, graph: Graph, config: TrainConfig, device: str = "auto", precision: str = "auto", compile: bool = False
+    ) -> Session: ...

@@ -1,0 +1,508 @@
+"""Training, evaluation and prediction over the backend protocol.
+
+A run directory holds everything needed to evaluate, resume or export a run:
+
+    spec.yaml            the spec as given
+    run.json             the resolved training config, backend, normalisation, classes
+    metrics.jsonl        one JSON object per epoch
+    checkpoints/epoch-NNNN/{weights,optimizer}.safetensors, state.json
+    checkpoints/latest.json   which checkpoint is the newest complete one
+    curves.png           learning curves
+    final.json           the final metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnspec.graph import Graph
+from cnnspec.harness import plots
+from cnnspec.harness.config import TrainConfig
+from cnnspec.harness.data import Dataset, load_dataset
+from cnnspec.harness.protocol import Session
+from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
+from cnnspec.harness.weights import (
+    check_weights,
+    initial_weights,
+    load_arrays,
+    save_arrays,
+    write_json,
+    write_text,
+)
+
+OPTIMIZER_SLOTS = {"sgd": 1, "adagrad": 1, "rmsprop": 2, "adadelta": 2, "adam": 2, "adamw": 2}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    scale: float  # applied first: 1/255 for uint8 data
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """N x C x H x W (uint8 or float) -> normalised float32."""
+        out = x.astype(np.float32) * np.float32(self.scale)
+        if out.ndim == 4:
+            out -= np.asarray(self.mean, np.float32)[:, None, None]
+            out /= np.asarray(self.std, np.float32)[:, None, None]
+        return out
+
+
+def normalization_for(config: TrainConfig, x_train: np.ndarray) -> Normalization:
+    scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
+    channels = x_train.shape[1]
+    mode = config.data.normalize
+    if mode == "none":
+        return Normalization(1.0, (0.0,) * channels, (1.0,) * channels)
+    if mode == "unit":
+        return Normalization(scale, (0.0,) * channels, (1.0,) * channels)
+    if mode == "standard":
+        sample = x_train[:: max(1, len(x_train) // 10_000)].astype(np.float64) * scale
+        axes = (0, 2, 3) if sample.ndim == 4 else (0,)
+        mean, std = sample.mean(axis=axes), sample.std(axis=axes)
+        return Normalization(scale, tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std))
+    if len(mode.mean) != channels or len(mode.std) != channels:
+        raise TrainingError(f"normalize: mean and std need {channels} values (one per input channel)")
+    return Normalization(scale, tuple(mode.mean), tuple(mode.std))
+
+
+# ---- progress ------------------------------------------------------------------------------
+
+
+class Progress:
+    """A rich bar per epoch on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+        self.live = self.console.is_terminal and not quiet
+        self._bar: Any = None
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        if not self.live:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=batches, stats="")
+
+    def step(self, loss: float, accuracy: float, images_per_second: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, stats=f"loss {loss:.4f} acc {accuracy:.4f} {images_per_second:,.0f} img/s")
+
+    def end_epoch(self, row: dict[str, float], epochs: int) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        if not self.quiet:
+            self.console.print(
+                f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_accuracy']:.4f}  "
+                f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.3g}  "
+                f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s",
+                markup=False,
+                soft_wrap=True,
+            )
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, markup=False, soft_wrap=True)
+
+
+# ---- batches -----------------------------------------------------------------------------
+
+
+def batches(count: int, size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    indices = np.arange(count) if order is None else order
+    for start in range(0, count, size):
+        yield indices[start : start + size]
+
+
+def augment(x: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random crop after zero padding, and horizontal flips, on an N x C x H x W batch."""
+    spec = config.data.augment
+    if spec.random_crop:
+        pad = spec.random_crop
+        n, _, h, w = x.shape
+        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        tops: list[int] = rng.integers(0, 2 * pad + 1, size=(n,)).tolist()
+        lefts: list[int] = rng.integers(0, 2 * pad + 1, size=(n,)).tolist()
+        x = np.stack([padded[i, :, top : top + h, left : left + w] for i, (top, left) in enumerate(zip(tops, lefts, strict=True))])
+    if spec.hflip:
+        flip = rng.random(len(x)) < 0.5
+        x = x.copy()
+        x[flip] = x[flip, :, :, ::-1]
+    return x
+
+
+# ---- the run directory -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def latest(self) -> Path | None:
+        pointer = self.checkpoints / "latest.json"
+        if not pointer.exists():
+            return None
+        return self.checkpoints / json.loads(pointer.read_text())["checkpoint"]
+
+    @staticmethod
+    def find(path: Path) -> tuple[RunDir, Path]:
+        """A run directory or one of its checkpoints -> (run, checkpoint folder)."""
+        path = Path(path)
+        if (path / "weights.safetensors").exists() and (path.parent.parent / "run.json").exists():
+            return RunDir(path.parent.parent), path
+        if (path / "run.json").exists():
+            run = RunDir(path)
+            latest = run.latest()
+            if latest is None:
+                raise TrainingError(f"{path}: the run has no checkpoint yet")
+            return run, latest
+        raise TrainingError(f"{path}: not a cnnspec run directory or checkpoint (no run.json)")
+
+
+def default_run_dir(graph: Graph) -> Path:
+    return Path("runs") / f"{graph.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, Any]) -> Path:
+    """A complete checkpoint folder, then the pointer to it: a crash at any moment
+    leaves the previous checkpoint intact and pointed to."""
+    name = f"epoch-{epoch:04d}"
+    staging = run.checkpoints / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_arrays(staging / "weights.safetensors", session.get_weights(), {"format": "cnnspec-canonical-v1"})
+    arrays, meta = session.optimizer_state()
+    save_arrays(staging / "optimizer.safetensors", arrays)
+    write_json(staging / "state.json", {**state, "optimizer": meta})
+    final = run.checkpoints / name
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    write_json(run.checkpoints / "latest.json", {"checkpoint": name, "epoch": epoch})
+    return final
+
+
+# ---- training ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, float]]
+    session: Session
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+def estimate_memory(graph: Graph, config: TrainConfig) -> tuple[int, int]:
+    """(fixed bytes, bytes per sample) of a training step: weights, gradients and
+    optimizer slots; every activation kept for the backward pass, and its gradient."""
+    slots = OPTIMIZER_SLOTS[config.optimizer.name]
+    fixed = (graph.params * (2 + slots) + graph.non_trainable) * 4
+    return fixed, 2 * graph.activation_bytes
+
+
+def system_available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(graph: Graph, config: TrainConfig, session: Session) -> None:
+    available = session.available_memory() or system_available_memory()
+    if available is None:
+        return
+    fixed, per_sample = estimate_memory(graph, config)
+    budget = int(available * 0.9)
+    need = fixed + per_sample * config.batch_size
+    if need > budget:
+        fits = (budget - fixed) // per_sample if budget > fixed else 0
+        advice = f"--batch-size {fits} fits" if fits >= 1 else "even one sample does not fit; use a smaller input or model"
+        raise TrainingError(
+            f"training '{graph.name}' at batch size {config.batch_size} needs about {need / 2**30:.1f} GiB "
+            f"({fixed / 2**30:.2f} GiB weights, gradients and optimizer state + {per_sample / 2**20:.1f} MiB per sample) "
+            f"but {session.device} has {available / 2**30:.1f} GiB free: {advice}"
+        )
+
+
+def train(
+    graph: Graph,
+    config: TrainConfig,
+    open_session: Callable[..., Session],
+    backend: str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    out: Path | None = None,
+    resume: Path | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    progress = Progress(quiet)
+    run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
+    data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
+    norm = normalization_for(config, data.x_train)
+    session = open_session(graph, config, device=device, precision=precision, compile=compile)
+    check_memory(graph, config, session)
+
+    plateau = Plateau(lr=config.optimizer.lr)
+    history: list[dict[str, float]] = []
+    start_epoch, best, bad_epochs = 0, math.inf, 0
+    latest = run.latest() if resume is not None else None
+    if resume is not None and latest is None:
+        raise TrainingError(f"{resume}: nothing to resume (no checkpoint; train it again instead)")
+    if latest is not None:
+        weights = load_arrays(latest / "weights.safetensors")
+        check_weights(graph, weights, str(latest))
+        session.set_weights(weights)
+        state = json.loads((latest / "state.json").read_text())
+        session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
+        start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
+        plateau = Plateau(**state["plateau"])
+        history = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()][:start_epoch]
+        progress.message(f"resuming {run.path} from {latest.name}")
+    else:
+        if run.path.exists() and any(run.path.iterdir()):
+            raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
+        session.set_weights(initial_weights(graph, config.seed))
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_text(run.path / "spec.yaml", graph.source)
+        write_json(
+            run.path / "run.json",
+            {
+                "spec": graph.name,
+                "backend": backend,
+                "device": session.device,
+                "precision": session.precision,
+                "data": data.name,
+                "classes": data.classes,
+                "normalization": dataclasses.asdict(norm),
+                "train": config.model_dump(mode="json"),
+                "created": datetime.now().isoformat(timespec="seconds"),
+            },
+        )
+    write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    progress.message(
+        f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
+        f"{len(data.x_val)} val images from {data.name}, {config.epochs} epochs -> {run.path}"
+    )
+
+    x_val = norm.apply(data.x_val)
+    for epoch in range(start_epoch, config.epochs):
+        lr = learning_rate(config.schedule, config.optimizer.lr, epoch, config.epochs, plateau)
+        session.set_learning_rate(lr)
+        row = _train_epoch(session, data, norm, config, epoch, progress, run)
+        val = _evaluate_arrays(session, x_val, data.y_val, config.batch_size, config.top_k)
+        row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr}
+        history.append(row)
+        with open(run.path / "metrics.jsonl", "a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        after_epoch(config.schedule, plateau, val["loss"])
+        monitored = val["loss"] if config.early_stopping.monitor == "val_loss" else -val["accuracy"]
+        if monitored < best - config.early_stopping.min_delta:
+            best, bad_epochs = monitored, 0
+        else:
+            bad_epochs += 1
+        state = {"epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
+        save_checkpoint(run, epoch + 1, session, state)
+        plots.learning_curves(history, run.path / "curves.png", f"{graph.name} ({backend})")
+        progress.end_epoch(row, config.epochs)
+        patience = config.early_stopping.patience
+        if patience is not None and bad_epochs >= patience:
+            progress.message(f"early stopping: {config.early_stopping.monitor} did not improve for {patience} epochs")
+            break
+    if history:
+        write_json(run.path / "final.json", history[-1])
+    return TrainResult(run.path, history, session)
+
+
+def _train_epoch(
+    session: Session, data: Dataset, norm: Normalization, config: TrainConfig, epoch: int, progress: Progress, run: RunDir
+) -> dict[str, float]:
+    # Seeded by (seed, epoch): a resumed run sees the same order and augmentations.
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(len(data.x_train))
+    total = len(order)
+    progress.start_epoch(epoch + 1, config.epochs, math.ceil(total / config.batch_size))
+    loss_sum, correct, seen = 0.0, 0, 0
+    started = time.perf_counter()
+    for index in batches(total, config.batch_size, order):
+        x = data.x_train[index]
+        if config.data.augment.random_crop or config.data.augment.hflip:
+            x = augment(x, config, rng)
+        batch_loss, batch_correct = session.train_step(norm.apply(x), data.y_train[index])
+        if not math.isfinite(batch_loss):
+            latest = run.latest()
+            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+            raise TrainingError(
+                f"the loss became {batch_loss} in epoch {epoch + 1} after {seen} images; training stopped and {kept}. "
+                f"Try a lower learning rate (now {config.optimizer.lr:g}) or clip_grad_norm"
+            )
+        loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(index)
+        elapsed = time.perf_counter() - started
+        progress.step(loss_sum / seen, correct / seen, seen / max(elapsed, 1e-9))
+    seconds = time.perf_counter() - started
+    return {
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "seconds": seconds,
+        "images_per_second": seen / seconds,
+    }
+
+
+# ---- evaluation and prediction -------------------------------------------------------------
+
+
+def _evaluate_arrays(session: Session, x: np.ndarray, y: np.ndarray, batch_size: int, top_k: int) -> dict[str, Any]:
+    loss_sum, outputs = 0.0, []
+    for index in batches(len(x), batch_size):
+        batch_loss, batch_out = session.evaluate(x[index], y[index])
+        loss_sum += batch_loss
+        outputs.append(batch_out)
+    logits = np.concatenate(outputs)
+    classes = logits.shape[1]
+    k = min(top_k, classes)
+    top = np.argsort(-logits, axis=1)[:, :k]
+    predicted = top[:, 0]
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (y, predicted), 1)
+    counts = matrix.sum(axis=1)
+    return {
+        "loss": loss_sum / len(x),
+        "accuracy": float((predicted == y).mean()),
+        "k": k,
+        "top_k": float((top == y[:, None]).any(axis=1).mean()),
+        "confusion": matrix,
+        "per_class": [float(matrix[i, i] / counts[i]) if counts[i] else None for i in range(classes)],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    run: RunDir
+    checkpoint: Path
+    graph: Graph
+    config: TrainConfig
+    info: dict[str, Any]
+    normalization: Normalization
+
+
+def load_run(path: Path) -> LoadedRun:
+    from cnnspec.load import parse_spec
+
+    run, checkpoint = RunDir.find(path)
+    info = json.loads((run.path / "run.json").read_text())
+    graph = parse_spec((run.path / "spec.yaml").read_bytes(), str(run.path / "spec.yaml"))
+    config = TrainConfig.model_validate(info["train"])
+    norm = info["normalization"]
+    return LoadedRun(run, checkpoint, graph, config, info, Normalization(norm["scale"], tuple(norm["mean"]), tuple(norm["std"])))
+
+
+def open_run_session(loaded: LoadedRun, open_session: Callable[..., Session], device: str) -> Session:
+    session = open_session(loaded.graph, loaded.config, device=device)
+    weights = load_arrays(loaded.checkpoint / "weights.safetensors")
+    check_weights(loaded.graph, weights, str(loaded.checkpoint))
+    session.set_weights(weights)
+    return session
+
+
+def evaluate(
+    path: Path, open_session: Callable[..., Session], *, data: str | None = None, device: str = "auto", confusion_png: Path | None = None
+) -> dict[str, Any]:
+    loaded = load_run(path)
+    config = loaded.config
+    if data is not None:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
+    dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
+    session = open_run_session(loaded, open_session, device)
+    result = _evaluate_arrays(session, loaded.normalization.apply(dataset.x_val), dataset.y_val, config.batch_size, config.top_k)
+    classes = loaded.info["classes"]
+    png = confusion_png or loaded.run.path / "confusion.png"
+    plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({len(dataset.y_val)} images)")
+    return {
+        "run": str(loaded.run.path),
+        "checkpoint": loaded.checkpoint.name,
+        "data": dataset.name,
+        "images": len(dataset.y_val),
+        "loss": result["loss"],
+        "accuracy": result["accuracy"],
+        f"top{result['k']}": result["top_k"],
+        "per_class_accuracy": dict(zip(classes, result["per_class"], strict=True)),
+        "confusion_matrix": result["confusion"].tolist(),
+        "classes": classes,
+        "confusion_png": str(png),
+    }
+
+
+def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto") -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
+    and the raw outputs."""
+    from cnnspec.harness.data import load_images
+
+    loaded = load_run(path)
+    shape = loaded.graph.input_shape
+    arrays, names = [], []
+    for item in inputs:
+        if item.suffix == ".npy":
+            batch = np.load(item, allow_pickle=False).astype(np.float32)
+            if batch.ndim == 3:
+                batch = batch[None]
+            if tuple(batch.shape[1:]) != shape:
+                raise TrainingError(f"{item}: batch is {batch.shape}, the network takes N x {' x '.join(map(str, shape))}")
+            arrays.append(batch / np.float32(loaded.normalization.scale))  # back to the raw pixel scale
+            names += [f"{item}[{i}]" for i in range(len(batch))]
+        else:
+            arrays.append(load_images([item], shape))
+            names.append(str(item))
+    x = loaded.normalization.apply(np.concatenate([a.astype(np.float32) for a in arrays]))
+    session = open_run_session(loaded, open_session, device)
+    outputs = np.concatenate([session.predict(x[i]) for i in batches(len(x), loaded.config.batch_size)])
+    probabilities = _softmax(outputs)
+    classes = loaded.info["classes"]
+    k = min(top, outputs.shape[1])
+    results = []
+    for name, row in zip(names, probabilities, strict=True):
+        best = np.argsort(-row)[:k]
+        results.append({"input": name, "top": [{"class": classes[i], "index": int(i), "probability": float(row[i])} for i in best]})
+    return results, outputs
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
