@@ -15,12 +15,29 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
+DEMO_RUN := runs/demo-lenet5
+# Three validation digits as PNG files named by their true label, for `cnnspec predict`.
+define SAVE_DIGITS
+import sys
+from PIL import Image
+from cnnspec.harness.config import DataConfig
+from cnnspec.harness.data import load_dataset
+data = load_dataset(DataConfig(), (1, 32, 32), 10, 0)
+for i in range(3):
+    Image.fromarray(data.x_val[i, 0]).save(f"{sys.argv[1]}/digit-{i}-is-{data.y_val[i]}.png")
+endef
+export SAVE_DIGITS
+
 demo: setup
 	$(BIN)/cnnspec zoo
 	$(BIN)/cnnspec check lenet5
-	$(BIN)/cnnspec check resnet18
-	$(BIN)/cnnspec calc conv --size 7 --kernel 3 --stride 3 || true
 	$(BIN)/cnnspec calc conv --size 7 --kernel 3 --stride 3 --rounding floor
+	rm -rf $(DEMO_RUN)
+	$(BIN)/cnnspec train lenet5 --out $(DEMO_RUN)
+	$(BIN)/cnnspec eval $(DEMO_RUN)
+	$(BIN)/python -c "$$SAVE_DIGITS" $(DEMO_RUN)
+	$(BIN)/cnnspec predict $(DEMO_RUN) $(DEMO_RUN)/digit-*.png --top 3
+	@echo "learning curves: $(DEMO_RUN)/curves.png, confusion matrix: $(DEMO_RUN)/confusion.png"
 
 # mypy cannot follow the editable install's import hook for backends/ and calculators/,
 # so it checks a tree of links laid out as the package installs.
@@ -42,6 +59,7 @@ golden: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_check.py
+	$(BIN)/python benchmarks/bench_torch_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

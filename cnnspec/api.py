@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 SpecLike = Graph | str | os.PathLike[str]
 
 
+def _dotted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keyword overrides: 'optimizer__lr' (or 'optimizer.lr' through **) -> 'optimizer.lr'."""
+    return {key.replace("__", "."): value for key, value in overrides.items()}
+
+
 def _graph(spec: SpecLike) -> Graph:
     return spec if isinstance(spec, Graph) else load_spec(spec)
 
@@ -56,7 +61,7 @@ def train(
     from cnnspec.harness.run import train as run_training
 
     graph = _graph(spec)
-    config = train_config(graph, {key.replace("__", "."): value for key, value in overrides.items()})
+    config = train_config(graph, _dotted(overrides))
     module = load_backend(backend)
     return run_training(
         graph, config, module.open_session, backend, device=device, precision=precision, compile=compile,
@@ -71,7 +76,7 @@ def resume(run: str | os.PathLike[str], *, device: str = "auto", quiet: bool = T
     from cnnspec.harness.run import train as run_training
 
     loaded = load_run(Path(run))
-    config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), overrides)) if overrides else loaded.config
+    config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), _dotted(overrides))) if overrides else loaded.config
     backend = loaded.info["backend"]
     return run_training(
         loaded.graph, config, load_backend(backend).open_session, backend, device=device, resume=loaded.run.path, quiet=quiet

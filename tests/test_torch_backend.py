@@ -1,0 +1,181 @@
+"""The torch lowering agrees with `check` and with hand-written references."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import cnnspec
+from cnnspec import Graph
+from cnnspec.harness.config import TrainConfig
+from cnnspec.harness.weights import initial_weights
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+from cnnspec.backends import torch_backend  # noqa: E402
+
+Parse = Callable[[str], Graph]
+
+
+def node_shapes(graph: Graph, batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Every node's output shape from a real forward pass (hooks on each lowering)."""
+    model = torch_backend.build(graph).eval()
+    seen: dict[str, tuple[int, ...]] = {}
+    for node, (module, *_rest) in zip(graph.nodes, model._steps, strict=True):
+        module.register_forward_hook(lambda m, i, o, name=node.name: seen.__setitem__(name, tuple(o.shape[1:])))
+    with torch.no_grad():
+        model(torch.zeros(batch, *graph.input_shape))
+    return seen
+
+
+@pytest.mark.parametrize("name", cnnspec.zoo_names())
+def test_zoo_model_matches_check(name: str) -> None:
+    graph = cnnspec.load_spec(name)
+    model = torch_backend.build(graph)
+    assert sum(p.numel() for p in model.parameters()) == graph.params
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert list(state) == list(graph.weights())  # canonical names, in layer order
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: s.shape for k, s in graph.weights().items()}
+    assert sum(v.numel() for k, v in model.named_buffers() if not k.endswith("num_batches_tracked")) == graph.non_trainable
+    assert node_shapes(graph) == {node.name: node.output_shape for node in graph}
+
+
+def test_every_kind_and_padding_form_matches_check(parse_spec: Parse) -> None:
+    graph = parse_spec(
+        """
+        name: kinds
+        input: {shape: [4, 13, 11]}
+        layers:
+          - conv2d: {filters: 8, kernel: 3, padding: same, stride: 2, activation: relu6}
+          - conv2d: {filters: 8, kernel: [3, 2], padding: [[1, 0], [0, 2]], groups: 4, activation: {prelu: {channelwise: true}}}
+          - conv2d: {filters: 6, kernel: 3, stride: 2, rounding: ceil, dilation: 1, activation: elu}
+          - maxpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}
+            name: pooled
+          - zero_padding2d: {padding: [[0, 1], [2, 0]]}
+          - avgpool2d: {kernel: 2, stride: 1, padding: same, count_include_pad: false}
+          - lrn: {size: 3}
+          - batchnorm: {}
+          - leaky_relu: {negative_slope: 0.2}
+          - concat: {}
+            inputs: [batchnorm_1, leaky_relu_1]
+          - global_maxpool2d: {keepdims: true}
+          - flatten: {}
+          - dropout: {rate: 0.3}
+          - dense: {units: 5, activation: tanh}
+          - batchnorm: {}
+          - sigmoid: {}
+          - softmax: {}
+        """
+    )
+    assert node_shapes(graph, batch=2) == {node.name: node.output_shape for node in graph}
+    model = torch_backend.build(graph)
+    assert sum(p.numel() for p in model.parameters()) == graph.params
+
+
+def _single(parse_spec: Parse, layer: str, shape: str) -> tuple[torch.nn.Module, Graph]:
+    graph = parse_spec(f"name: one\ninput: {{shape: {shape}}}\nlayers:\n  - {layer}\n")
+    return torch_backend.build(graph).eval(), graph
+
+
+def test_asymmetric_conv_padding_is_pad_then_convolve(parse_spec: Parse) -> None:
+    model, graph = _single(parse_spec, "conv2d: {filters: 2, kernel: 3, padding: [[0, 2], [1, 0]]}", "[1, 5, 5]")
+    x = torch.randn(1, 1, 5, 5)
+    conv = model.conv2d_1
+    expected = F.conv2d(F.pad(x, (1, 0, 0, 2)), conv.weight, conv.bias)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected)
+    assert tuple(expected.shape[1:]) == graph.output_shape
+
+
+def test_ceil_conv_pads_the_end_with_zeros(parse_spec: Parse) -> None:
+    model, graph = _single(parse_spec, "conv2d: {filters: 1, kernel: 3, stride: 3, rounding: ceil, bias: false}", "[1, 7, 7]")
+    x = torch.randn(1, 1, 7, 7)
+    expected = F.conv2d(F.pad(x, (0, 2, 0, 2)), model.conv2d_1.weight, stride=3)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected)
+    assert graph.output_shape == (1, 3, 3)
+
+
+def test_average_pool_excluding_asymmetric_padding(parse_spec: Parse) -> None:
+    model, _ = _single(parse_spec, "avgpool2d: {kernel: 2, stride: 1, padding: same, count_include_pad: false}", "[1, 3, 3]")
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    # 'same' for kernel 2 pads one row and column at the end; windows there average fewer pixels.
+    a = x[0, 0].numpy()
+    expected = np.array([[a[i : i + 2, j : j + 2].mean() for j in range(3)] for i in range(3)])
+    with torch.no_grad():
+        assert np.allclose(model(x)[0, 0].numpy(), expected)
+
+
+def test_max_pool_asymmetric_padding_never_picks_the_padding(parse_spec: Parse) -> None:
+    model, _ = _single(parse_spec, "maxpool2d: {kernel: 2, stride: 1, padding: same}", "[1, 2, 2]")
+    x = -torch.ones(1, 1, 2, 2) * torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    with torch.no_grad():
+        assert model(x)[0, 0].tolist() == [[-1.0, -2.0], [-3.0, -4.0]]
+
+
+def test_weights_round_trip_exactly() -> None:
+    graph = cnnspec.load_spec("resnet18")
+    session = torch_backend.open_session(graph, TrainConfig(), device="cpu")
+    weights = initial_weights(graph, seed=3)
+    session.set_weights(weights)
+    back = session.get_weights()
+    assert list(back) == list(weights)
+    assert all(np.array_equal(back[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw"])
+def test_optimizer_state_round_trip_continues_identically(optimizer: str) -> None:
+    graph = cnnspec.load_spec("lenet5")
+    config = TrainConfig.model_validate({"optimizer": {"name": optimizer, "lr": 0.01, "nesterov": optimizer == "sgd"}})
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 8)
+    first = torch_backend.open_session(graph, config, device="cpu")
+    first.set_weights(initial_weights(graph, 0))
+    first.train_step(x, y)
+    first.train_step(x, y)
+    second = torch_backend.open_session(graph, config, device="cpu")
+    second.set_weights(first.get_weights())
+    second.load_optimizer_state(*first.optimizer_state())
+    first.train_step(x, y)
+    second.train_step(x, y)
+    a, b = first.get_weights(), second.get_weights()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["c1.weight"], initial_weights(graph, 0)["c1.weight"])
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "hinge"])
+def test_losses_train(loss: str) -> None:
+    graph = cnnspec.load_spec("lenet5")
+    session = torch_backend.open_session(graph, TrainConfig.model_validate({"loss": loss, "label_smoothing": 0.1}), device="cpu")
+    session.set_weights(initial_weights(graph, 0))
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((16, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 16)
+    losses = [session.train_step(x, y)[0] for _ in range(15)]
+    assert losses[-1] < losses[0]
+
+
+def test_devices_that_are_not_there() -> None:
+    with pytest.raises(torch_backend.DeviceError, match="unknown device 'tpu'"):
+        torch_backend.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(torch_backend.DeviceError, match="sees no CUDA GPU"):
+            torch_backend.resolve_device("cuda")
+    assert torch_backend.resolve_device("cpu").type == "cpu"
+    with pytest.raises(torch_backend.DeviceError, match="fp16 training needs a CUDA GPU"):
+        torch_backend.open_session(cnnspec.load_spec("lenet5"), TrainConfig(), device="cpu", precision="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_cuda_training_step(precision: str) -> None:
+    graph = cnnspec.load_spec("resnet18")
+    session = torch_backend.open_session(graph, TrainConfig(), device="cuda", precision=precision)
+    session.set_weights(initial_weights(graph, 0))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 224, 224)).astype(np.float32), rng.integers(0, 1000, 8)
+    loss, _ = session.train_step(x, y)
+    assert np.isfinite(loss) and session.device.startswith("cuda") and session.precision == precision
+    outputs = session.predict(x)
+    assert outputs.shape == (8, 1000) and outputs.dtype == np.float32
