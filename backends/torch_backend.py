@@ -457,10 +457,20 @@ class TorchSession:
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
     def available_memory(self) -> int | None:
-        if self._device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self._device)
-            return int(free)
-        return None
+        return _free_memory(self._device)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None
+
+
+def available_memory(device: str) -> tuple[str, int | None]:
+    """(resolved device, its free bytes or None), before anything is allocated on it."""
+    resolved = resolve_device(device)
+    return str(resolved), _free_memory(resolved)
 
 
 def open_session(

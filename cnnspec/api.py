@@ -62,9 +62,9 @@ def train(
 
     graph = _graph(spec)
     config = train_config(graph, _dotted(overrides))
-    module = load_backend(backend)
+    module: Any = load_backend(backend)
     return run_training(
-        graph, config, module.open_session, backend, device=device, precision=precision, compile=compile,
+        graph, config, module, backend, device=device, precision=precision, compile=compile,
         out=Path(out) if out is not None else None, quiet=quiet,
     )
 
@@ -78,9 +78,8 @@ def resume(run: str | os.PathLike[str], *, device: str = "auto", quiet: bool = T
     loaded = load_run(Path(run))
     config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), _dotted(overrides))) if overrides else loaded.config
     backend = loaded.info["backend"]
-    return run_training(
-        loaded.graph, config, load_backend(backend).open_session, backend, device=device, resume=loaded.run.path, quiet=quiet
-    )
+    module: Any = load_backend(backend)
+    return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet)
 
 
 def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: str | None = None, device: str = "auto") -> dict[str, Any]:

@@ -146,6 +146,8 @@ def test_class_folders(tmp_path: Path, split_folders: bool) -> None:
 def test_missing_data_and_too_many_classes(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nothing is downloaded"):
         load_dataset(DataConfig(source=str(tmp_path / "flowers")), (3, 32, 32), 5, 0)
+    with pytest.raises(DataError, match=r"downloads nothing: put the MNIST IDX files .* then pass --data DIR"):
+        load_dataset(DataConfig(source="mnist"), (1, 28, 28), 10, 0)
     with pytest.raises(DataError, match="has 10 classes but the network outputs 5"):
         load_dataset(DataConfig(), (1, 8, 8), 5, 0)
     (tmp_path / "empty").mkdir()

@@ -28,6 +28,16 @@ import numpy as np
 
 from cnnspec.harness.config import DataConfig
 
+# Where to put the files of data sets people ask for by name.
+WELL_KNOWN = {
+    "mnist": "put the MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...) in a directory",
+    "fashion-mnist": "put the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) in a directory",
+    "cifar10": "unpack cifar-10-python.tar.gz (the directory cifar-10-batches-py, with data_batch_1 ... test_batch)",
+    "cifar-10": "unpack cifar-10-python.tar.gz (the directory cifar-10-batches-py, with data_batch_1 ... test_batch)",
+    "flowers": "unpack the images into one folder per class (flowers/daisy/*.jpg, flowers/rose/*.jpg, ...)",
+    "imagenet": "arrange the images as class folders (root/train/CLASS/*.JPEG and root/val/CLASS/*.JPEG)",
+}
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -54,6 +64,9 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
         raw = _synthetic(shape, num_classes, seed)
     else:
         path = Path(source).expanduser()
+        hint = WELL_KNOWN.get(source.lower().replace("_", "-"))
+        if not path.exists() and hint is not None:
+            raise DataError(f"cnnspec downloads nothing: {hint}, then pass --data DIR")
         if not path.exists():
             raise DataError(
                 f"data '{source}' not found: give 'digits', 'synthetic', or a path to an IDX directory, "

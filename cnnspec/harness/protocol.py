@@ -62,6 +62,12 @@ class Session(Protocol):
 
 
 class Backend(Protocol):
+    """A backend module: ``cnnspec.backends.<name>``."""
+
     def open_session(
         self, graph: Graph, config: TrainConfig, device: str = "auto", precision: str = "auto", compile: bool = False
     ) -> Session: ...
+
+    def available_memory(self, device: str) -> tuple[str, int | None]:
+        """(resolved device name, free bytes on it or None to ask the OS), allocating nothing."""
+        ...

@@ -29,7 +29,7 @@ from cnnspec.graph import Graph
 from cnnspec.harness import plots
 from cnnspec.harness.config import TrainConfig
 from cnnspec.harness.data import Dataset, load_dataset
-from cnnspec.harness.protocol import Session
+from cnnspec.harness.protocol import Backend, Session
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
 from cnnspec.harness.weights import (
     check_weights,
@@ -244,8 +244,9 @@ def system_available_memory() -> int | None:
     return None
 
 
-def check_memory(graph: Graph, config: TrainConfig, session: Session) -> None:
-    available = session.available_memory() or system_available_memory()
+def check_memory(graph: Graph, config: TrainConfig, device: str, free: int | None) -> None:
+    """Refuse, with a batch size that fits, a run that cannot fit on ``device``."""
+    available = free or system_available_memory()
     if available is None:
         return
     fixed, per_sample = estimate_memory(graph, config)
@@ -257,14 +258,14 @@ def check_memory(graph: Graph, config: TrainConfig, session: Session) -> None:
         raise TrainingError(
             f"training '{graph.name}' at batch size {config.batch_size} needs about {need / 2**30:.1f} GiB "
             f"({fixed / 2**30:.2f} GiB weights, gradients and optimizer state + {per_sample / 2**20:.1f} MiB per sample) "
-            f"but {session.device} has {available / 2**30:.1f} GiB free: {advice}"
+            f"but {device} has {available / 2**30:.1f} GiB free: {advice}"
         )
 
 
 def train(
     graph: Graph,
     config: TrainConfig,
-    open_session: Callable[..., Session],
+    backend_module: Backend,
     backend: str,
     *,
     device: str = "auto",
@@ -278,8 +279,8 @@ def train(
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
     norm = normalization_for(config, data.x_train)
-    session = open_session(graph, config, device=device, precision=precision, compile=compile)
-    check_memory(graph, config, session)
+    check_memory(graph, config, *backend_module.available_memory(device))  # before allocating anything
+    session = backend_module.open_session(graph, config, device=device, precision=precision, compile=compile)
 
     plateau = Plateau(lr=config.optimizer.lr)
     history: list[dict[str, float]] = []
