@@ -8,6 +8,7 @@ the canonical one (conv O x I x H x W, dense out x in): weights pass through unc
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -243,8 +244,14 @@ class GraphModule(nn.Module):
             self._steps.append((module, tuple(slots[s] for s in node.inputs), step + 1, frees))
         self._output = slots[graph.output]
         self._slots = len(slots)
+        # A plain chain (LeNet, VGG) needs no bookkeeping: just call the layers in turn.
+        self._chain = [module for module, *_ in self._steps] if graph.is_sequential and graph.output == graph.nodes[-1].name else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        if self._chain is not None:
+            for module in self._chain:
+                x = module(x)
+            return x
         values: list[torch.Tensor | None] = [None] * self._slots
         values[0] = x
         for module, sources, target, frees in self._steps:
@@ -387,15 +394,19 @@ class TorchSession:
 
     def _autocast(self) -> Any:
         if self._autocast_dtype is None:
-            return torch.autocast(self._device.type, enabled=False)
+            return contextlib.nullcontext()
         return torch.autocast(self._device.type, dtype=self._autocast_dtype)
 
+    def _mode(self, training: bool) -> None:
+        if self._module.training != training:  # .train() walks every module: only on a change
+            self._module.train(training)
+
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        self._module.train()
+        self._mode(True)
         inputs, targets = self._inputs(x), torch.from_numpy(y).to(self._device, non_blocking=True)
         with self._autocast():
             outputs = self._forward(inputs)
-        loss = self._loss(outputs.float(), targets)
+        loss = self._loss(outputs if outputs.dtype == torch.float32 else outputs.float(), targets)
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.config.clip_grad_norm
         if self._scaler is not None:
@@ -417,7 +428,7 @@ class TorchSession:
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        self._module.eval()
+        self._mode(False)
         targets = torch.from_numpy(y).to(self._device)
         with self._autocast():
             outputs = self._forward(self._inputs(x)).float()
@@ -425,7 +436,7 @@ class TorchSession:
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
-        self._module.eval()
+        self._mode(False)
         with self._autocast():
             return self._forward(self._inputs(x)).float().cpu().numpy()
 
