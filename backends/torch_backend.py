@@ -236,7 +236,7 @@ class GraphModule(nn.Module):
         for step, node in enumerate(graph.nodes):
             lowering = LOWERINGS.get(type(node.layer))
             if lowering is None:
-                raise NotImplementedError(f"the torch backend has no lowering for layer kind '{node.kind}'")
+                raise BackendError(f"the torch backend has no lowering for layer kind '{node.kind}'")
             module = lowering(node.layer, graph.input_shapes(node))
             _attach(self, node.name, module)
             slots[node.name] = step + 1

@@ -30,6 +30,12 @@ def node_shapes(graph: Graph, batch: int = 1) -> dict[str, tuple[int, ...]]:
     return seen
 
 
+def test_every_layer_kind_has_a_lowering() -> None:
+    from cnnspec.layers import LAYERS
+
+    assert set(LAYERS.values()) == set(torch_backend.LOWERINGS)
+
+
 @pytest.mark.parametrize("name", cnnspec.zoo_names())
 def test_zoo_model_matches_check(name: str) -> None:
     graph = cnnspec.load_spec(name)
