@@ -60,6 +60,7 @@ golden: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_check.py
 	$(BIN)/python benchmarks/bench_torch_train.py
+	$(BIN)/python benchmarks/bench_numpy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ from types import ModuleType
 from cnnspec.diagnostics import did_you_mean
 
 # Backend name -> module under cnnspec.backends. Each later backend adds one row.
-BACKENDS: dict[str, str] = {"torch": "torch_backend"}
+BACKENDS: dict[str, str] = {"numpy": "numpy_backend", "torch": "torch_backend"}
 
 
 class BackendUnavailable(LookupError):

@@ -136,7 +136,7 @@ def schema() -> None:
 
 # ---- train, eval, predict ------------------------------------------------------------------
 
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="torch (numpy and tensorflow follow)")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="torch or numpy")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps")]
 
 

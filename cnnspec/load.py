@@ -80,3 +80,22 @@ def _display_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def with_input_size(graph: Graph, size: tuple[int, int]) -> Graph:
+    """The same spec at another input height and width, without its ``expect:``
+    assertions (they describe the original size): for fast checks of big models."""
+    import yaml
+
+    document = yaml.safe_load(graph.source)
+    document["input"]["shape"] = [graph.input_shape[0], *size]
+    document.pop("expect", None)
+
+    def strip(layers: list[dict[str, object]]) -> None:
+        for entry in layers:
+            entry.pop("expect", None)
+
+    strip(document["layers"])
+    for block in (document.get("blocks") or {}).values():
+        strip(block["layers"])
+    return parse_spec(yaml.safe_dump(document, sort_keys=False), f"{graph.path} at {size[0]}x{size[1]}")

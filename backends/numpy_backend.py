@@ -1,0 +1,350 @@
+"""The NumPy backend: cnnspec's executable reference, forward and backward in NumPy.
+
+Every layer kind lowers to an op in ``numpy_ops`` through ``LOWERINGS`` (keyed by layer
+class). Losses and optimizers follow PyTorch's definitions exactly (same update from the
+same state, and the same state names, so optimizer state moves between backends).
+``--device cuda`` runs the same code on CuPy arrays when CuPy is installed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from cnnspec.backends import numpy_ops as ops
+from cnnspec.graph import Graph
+from cnnspec.harness.config import OptimizerConfig, TrainConfig
+from cnnspec.harness.protocol import BackendError
+from cnnspec.layers import Layer, Shape
+from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.norm import LRN, BatchNorm
+from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.window import resolve_padding
+from cnnspec.spec import INPUT
+
+Array = Any
+Lowering = Callable[[Any, list[Shape], Shape, Any], ops.Op]
+LOWERINGS: dict[type[Layer], Lowering] = {}
+
+
+def _activation(activation: Any, rng: Any) -> ops.Op:
+    return LOWERINGS[type(activation)](activation, [], (), rng)
+
+
+def _with_activation(op: ops.Op, activation: Any, rng: Any) -> ops.Op:
+    return op if activation is None else ops.WithActivation(op, _activation(activation, rng))
+
+
+def _conv(layer: Conv2d, shapes: list[Shape], out: Shape, rng: Any) -> ops.Op:
+    padding = resolve_padding(layer.padding, shapes[0][1:], layer.kernel, layer.stride, layer.dilation)  # type: ignore[arg-type]
+    op = ops.Conv2d(padding, layer.kernel, layer.stride, layer.dilation, layer.groups, (out[1], out[2]), layer.bias)
+    return _with_activation(op, layer.activation, rng)
+
+
+def _pool(layer: Pool2d, shapes: list[Shape], out: Shape, rng: Any) -> ops.Op:
+    stride = layer.stride or layer.kernel
+    padding = resolve_padding(layer.padding, shapes[0][1:], layer.kernel, stride)  # type: ignore[arg-type]
+    include = getattr(layer, "count_include_pad", True)
+    return ops.Pool2d(isinstance(layer, MaxPool2d), padding, layer.kernel, stride, (out[1], out[2]), include)
+
+
+def _zero_padding(layer: ZeroPadding2d, shapes: list[Shape], out: Shape, rng: Any) -> ops.Op:
+    assert not isinstance(layer.padding, str)
+    return ops.ZeroPad(layer.padding)
+
+
+LOWERINGS.update(
+    {
+        Conv2d: _conv,
+        MaxPool2d: _pool,
+        AvgPool2d: _pool,
+        Dense: lambda layer, shapes, out, rng: _with_activation(ops.Dense(layer.bias), layer.activation, rng),
+        GlobalAvgPool2d: lambda layer, shapes, out, rng: ops.GlobalPool(False, layer.keepdims),
+        GlobalMaxPool2d: lambda layer, shapes, out, rng: ops.GlobalPool(True, layer.keepdims),
+        Flatten: lambda layer, shapes, out, rng: ops.Flatten(),
+        Dropout: lambda layer, shapes, out, rng: ops.Dropout(layer.rate, rng),
+        BatchNorm: lambda layer, shapes, out, rng: ops.BatchNorm(layer.eps, layer.momentum),
+        LRN: lambda layer, shapes, out, rng: ops.LRN(layer.size, layer.alpha, layer.beta, layer.k),
+        ZeroPadding2d: _zero_padding,
+        Add: lambda layer, shapes, out, rng: ops.Add(),
+        Concat: lambda layer, shapes, out, rng: ops.Concat(),
+        ReLU: lambda layer, shapes, out, rng: ops.Elementwise(*ops.RECTIFIER),
+        ReLU6: lambda layer, shapes, out, rng: ops.Elementwise(*ops.RECTIFIER6),
+        Sigmoid: lambda layer, shapes, out, rng: ops.Elementwise(*ops.LOGISTIC),
+        Tanh: lambda layer, shapes, out, rng: ops.Elementwise(*ops.HYPERBOLIC_TANGENT),
+        LeakyReLU: lambda layer, shapes, out, rng: ops.leaky_relu(layer.negative_slope),
+        ELU: lambda layer, shapes, out, rng: ops.elu(layer.alpha),
+        PReLU: lambda layer, shapes, out, rng: ops.PReLU(),
+        Softmax: lambda layer, shapes, out, rng: ops.Softmax(),
+    }
+)
+
+
+class Network:
+    """The graph as ops over one dict of named weights; forward, then backward."""
+
+    def __init__(self, graph: Graph, xp: Any, dtype: Any, seed: int = 0, input_gradient: bool = True) -> None:
+        """``input_gradient=False`` skips the gradient of the network input (training
+        never needs it; the first convolution's col2im is then saved)."""
+        self.xp, self.dtype = xp, dtype
+        self.rng = np.random.default_rng(seed)  # dropout masks
+        specs = graph.weights()
+        self.weights: dict[str, Array] = {n: xp.asarray(np.zeros(s.shape), dtype=dtype) for n, s in specs.items()}
+        self.trainable = [n for n, s in specs.items() if s.trainable]
+        self.steps: list[tuple[str, ops.Op, tuple[str, ...]]] = []
+        for node in graph.nodes:
+            lowering = LOWERINGS.get(type(node.layer))
+            if lowering is None:
+                raise BackendError(f"the numpy backend has no lowering for layer kind '{node.kind}'")
+            op = lowering(node.layer, graph.input_shapes(node), node.output_shape, self.rng)
+            prefix = node.name + "."
+            mine = {n[len(prefix):]: self.weights[n] for n in specs if n.startswith(prefix) and n[len(prefix):] in
+                    node.layer.weights(graph.input_shapes(node))}
+            op.bind({k: v for k, v in mine.items() if specs[prefix + k].trainable})
+            op.state = {k: v for k, v in mine.items() if not specs[prefix + k].trainable}
+            op.needs_input_grad = input_gradient or any(source != INPUT for source in node.inputs)
+            self.steps.append((node.name, op, node.inputs))
+        self.output = graph.output
+        self.grads: dict[str, Array] = {}
+
+    def activations(self, x: Array, training: bool) -> dict[str, Array]:
+        """Every layer's output by name (and the input under 'input')."""
+        values: dict[str, Array] = {INPUT: x}
+        for name, op, inputs in self.steps:
+            values[name] = op.forward([values[i] for i in inputs], training)
+        return values
+
+    def forward(self, x: Array, training: bool) -> Array:
+        return self.activations(x, training)[self.output]
+
+    def backward(self, grad: Array) -> Array:
+        """Gradients of every trainable weight (into self.grads) and of the input."""
+        grads: dict[str, Array] = {self.output: grad}
+        for name, op, inputs in reversed(self.steps):
+            if name not in grads:
+                continue  # its output does not reach the network's output
+            for source, g in zip(inputs, op.backward(grads.pop(name)), strict=True):
+                if g is not None:
+                    grads[source] = grads[source] + g if source in grads else g
+            for key, g in op.grads.items():
+                self.grads[f"{name}.{key}"] = g
+            op.grads = {}
+        return grads.get(INPUT)
+
+
+# ---- losses: value and gradient, both averaged over the batch, as PyTorch's ------------------
+
+
+def _log_softmax(x: Array) -> Array:
+    xp = ops.xp_of(x)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(outputs: Array, targets: Array, smoothing: float) -> tuple[float, Array]:
+    xp = ops.xp_of(outputs)
+    n, k = outputs.shape
+    log_p = _log_softmax(outputs)
+    target = xp.full(outputs.shape, smoothing / k, dtype=outputs.dtype)
+    target[xp.arange(n), targets] += 1 - smoothing
+    loss = float(-(target * log_p).sum() / n)
+    return loss, (xp.exp(log_p) - target) / n
+
+
+def mse(outputs: Array, targets: Array, smoothing: float) -> tuple[float, Array]:
+    xp = ops.xp_of(outputs)
+    one_hot = xp.zeros_like(outputs)
+    one_hot[xp.arange(len(outputs)), targets] = 1
+    diff = outputs - one_hot
+    return float((diff * diff).mean()), 2 * diff / diff.size
+
+
+def multi_margin(outputs: Array, targets: Array, smoothing: float) -> tuple[float, Array]:
+    """PyTorch's MultiMarginLoss (p=1, margin=1): sum_i!=y max(0, 1 - x_y + x_i) / classes."""
+    xp = ops.xp_of(outputs)
+    n, k = outputs.shape
+    rows = xp.arange(n)
+    margins = 1 - outputs[rows, targets][:, None] + outputs
+    margins[rows, targets] = 0
+    active = (margins > 0).astype(outputs.dtype)
+    grad = active / (n * k)
+    grad[rows, targets] = -active.sum(axis=1) / (n * k)
+    return float(xp.maximum(margins, 0).sum() / (n * k)), grad
+
+
+LOSSES: dict[str, Callable[[Array, Array, float], tuple[float, Array]]] = {
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+    "hinge": multi_margin,
+}
+
+
+# ---- optimizers: torch.optim's single-tensor updates, and its state names ---------------------
+
+
+class Optimizer:
+    def __init__(self, config: OptimizerConfig) -> None:
+        self.config = config
+        self.lr = config.lr
+        self.state: dict[str, dict[str, Array]] = {}
+
+    def step(self, weights: dict[str, Array], grads: dict[str, Array], names: list[str]) -> None:
+        for name in names:
+            if name in grads:
+                self.update(name, weights[name], grads[name], self.state.setdefault(name, {}))
+
+    def update(self, name: str, p: Array, g: Array, s: dict[str, Array]) -> None:
+        c, xp, lr = self.config, ops.xp_of(p), self.lr
+        kind = c.name
+        if kind == "adamw":
+            p *= 1 - lr * c.weight_decay
+        elif c.weight_decay:
+            g = g + c.weight_decay * p
+        if kind == "sgd":
+            if c.momentum:
+                buffer = s.get("momentum_buffer")
+                s["momentum_buffer"] = g.copy() if buffer is None else buffer * c.momentum + g
+                g = g + c.momentum * s["momentum_buffer"] if c.nesterov else s["momentum_buffer"]
+            p -= lr * g
+            return
+        s["step"] = s.get("step", xp.zeros((), dtype=p.dtype)) + 1
+        step = float(s["step"])
+        if kind == "adagrad":
+            s["sum"] = s.get("sum", xp.zeros_like(p)) + g * g
+            p -= lr * g / (xp.sqrt(s["sum"]) + c.eps)
+        elif kind == "rmsprop":
+            s["square_avg"] = s.get("square_avg", xp.zeros_like(p)) * c.alpha + (1 - c.alpha) * g * g
+            average = xp.sqrt(s["square_avg"]) + c.eps
+            if c.momentum:
+                s["momentum_buffer"] = s.get("momentum_buffer", xp.zeros_like(p)) * c.momentum + g / average
+                p -= lr * s["momentum_buffer"]
+            else:
+                p -= lr * g / average
+        elif kind == "adadelta":
+            s["square_avg"] = s.get("square_avg", xp.zeros_like(p)) * c.rho + (1 - c.rho) * g * g
+            delta = xp.sqrt(s.get("acc_delta", xp.zeros_like(p)) + c.eps) / xp.sqrt(s["square_avg"] + c.eps) * g
+            s["acc_delta"] = s.get("acc_delta", xp.zeros_like(p)) * c.rho + (1 - c.rho) * delta * delta
+            p -= lr * delta
+        else:  # adam, adamw
+            beta1, beta2 = c.betas
+            s["exp_avg"] = s.get("exp_avg", xp.zeros_like(p)) * beta1 + (1 - beta1) * g
+            s["exp_avg_sq"] = s.get("exp_avg_sq", xp.zeros_like(p)) * beta2 + (1 - beta2) * g * g
+            denominator = xp.sqrt(s["exp_avg_sq"]) / math.sqrt(1 - beta2**step) + c.eps
+            p -= (lr / (1 - beta1**step)) * s["exp_avg"] / denominator
+
+
+def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_: scale all gradients so their joint L2 norm <= max."""
+    total = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1:
+        for g in grads.values():
+            g *= scale
+
+
+# ---- the session ----------------------------------------------------------------------------
+
+
+def _array_module(device: str) -> tuple[Any, str]:
+    if device in ("auto", "cpu"):
+        return np, "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        try:
+            import cupy
+        except ImportError:
+            raise BackendError(
+                "the numpy backend runs on a GPU through CuPy, which is not installed: pip install 'cnnspec[cupy]' "
+                "(or cupy-cuda12x), or use --device cpu"
+            ) from None
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= cupy.cuda.runtime.getDeviceCount():
+            raise BackendError(f"device '{device}' asked for, but CuPy sees {cupy.cuda.runtime.getDeviceCount()} GPU(s)")
+        cupy.cuda.Device(index).use()
+        return cupy, f"cuda:{index}"
+    raise BackendError(f"the numpy backend runs on cpu, or cuda through CuPy; not on '{device}'")
+
+
+class NumpySession:
+    def __init__(self, graph: Graph, config: TrainConfig, device: str = "auto", precision: str = "auto",
+                 compile: bool = False, dtype: Any = np.float32) -> None:
+        if precision not in ("auto", "fp32"):
+            raise BackendError(f"the numpy backend computes in fp32; precision '{precision}' is not available")
+        self.xp, self.device = _array_module(device)
+        self.precision = "fp32" if dtype == np.float32 else "fp64"
+        self.config = config
+        self.network = Network(graph, self.xp, dtype, config.seed, input_gradient=False)
+        self.optimizer = Optimizer(config.optimizer)
+        self._loss = LOSSES[config.loss]
+        self._dtype = dtype
+
+    @property
+    def model(self) -> Network:
+        return self.network
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {name: self._host(array) for name, array in self.network.weights.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for name, array in weights.items():
+            if name not in self.network.weights:
+                raise KeyError(f"no weight '{name}' in the numpy model")
+            self.network.weights[name][...] = self.xp.asarray(array, dtype=self._dtype)
+
+    def _host(self, array: Array) -> np.ndarray:
+        return np.asarray(array.get() if hasattr(array, "get") else array, dtype=np.float32 if self._dtype == np.float32 else self._dtype)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        xp = self.xp
+        inputs, targets = xp.asarray(x, dtype=self._dtype), xp.asarray(y)
+        outputs = self.network.forward(inputs, training=True)
+        loss, grad = self._loss(outputs, targets, self.config.label_smoothing)
+        self.network.grads = {}
+        self.network.backward(grad)
+        if self.config.clip_grad_norm is not None:
+            clip_grad_norm(self.network.grads, self.config.clip_grad_norm)
+        self.optimizer.step(self.network.weights, self.network.grads, self.network.trainable)
+        return loss * len(x), int((outputs.argmax(axis=1) == targets).sum())
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        outputs = self.network.forward(self.xp.asarray(x, dtype=self._dtype), training=False)
+        loss, _ = self._loss(outputs, self.xp.asarray(y), self.config.label_smoothing)
+        return loss * len(x), self._host(outputs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._host(self.network.forward(self.xp.asarray(x, dtype=self._dtype), training=False))
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.lr = lr
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"{name}::{slot}": self._host(value) for name, slots in self.optimizer.state.items() for slot, value in slots.items()}
+        return arrays, {"param_groups": [{"lr": self.optimizer.lr}]}
+
+    def load_optimizer_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.optimizer.state = {}
+        for key, array in arrays.items():
+            name, slot = key.split("::")
+            self.optimizer.state.setdefault(name, {})[slot] = self.xp.asarray(array, dtype=self._dtype)
+        if meta.get("param_groups"):
+            self.optimizer.lr = meta["param_groups"][0]["lr"]
+
+    def available_memory(self) -> int | None:
+        return None
+
+
+def open_session(graph: Graph, config: TrainConfig, device: str = "auto", precision: str = "auto", compile: bool = False) -> NumpySession:
+    return NumpySession(graph, config, device, precision, compile)
+
+
+def available_memory(device: str) -> tuple[str, int | None]:
+    if device in ("auto", "cpu"):
+        return "cpu", None
+    xp, resolved = _array_module(device)
+    free, _ = xp.cuda.runtime.memGetInfo()
+    return resolved, int(free)

@@ -1,0 +1,306 @@
+"""The NumPy reference: every layer kind against PyTorch autograd and finite
+differences, whole zoo models, optimizers, checkpoints across backends, accuracy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnspec
+from cnnspec import Graph
+from cnnspec.backends import numpy_backend
+from cnnspec.harness.config import TrainConfig
+from cnnspec.harness.weights import initial_weights
+from cnnspec.load import with_input_size
+
+torch = pytest.importorskip("torch")
+from cnnspec.backends import torch_backend  # noqa: E402
+
+MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
+
+# One small network per layer kind (and per tricky argument), each ending where the
+# kind is exercised; the input gets a gradient through every one of them.
+KINDS = {
+    "conv2d": "[3, 9, 8]|- conv2d: {filters: 4, kernel: 3, padding: 1}",
+    "conv2d-stride-dilation": "[3, 11, 10]|- conv2d: {filters: 4, kernel: [3, 2], stride: [2, 1], dilation: 2, padding: [2, 1]}",
+    "conv2d-groups": "[4, 7, 7]|- conv2d: {filters: 6, kernel: 3, groups: 2, bias: false}",
+    "conv2d-same-asymmetric": "[2, 8, 7]|- conv2d: {filters: 3, kernel: 4, stride: 2, padding: same}",
+    "conv2d-ceil": "[2, 7, 7]|- conv2d: {filters: 3, kernel: 3, stride: 3, rounding: ceil}",
+    "conv2d-activation-prelu": "[2, 6, 6]|- conv2d: {filters: 3, kernel: 3, activation: {prelu: {channelwise: true}}}",
+    "maxpool2d": "[3, 8, 8]|- maxpool2d: {kernel: 2}",
+    "maxpool2d-overlap-ceil": "[2, 9, 9]|- maxpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
+    "maxpool2d-same": "[2, 5, 6]|- maxpool2d: {kernel: 2, stride: 1, padding: same}",
+    "avgpool2d": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
+    "avgpool2d-exclude-pad": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, count_include_pad: false}",
+    "global_avgpool2d": "[3, 5, 4]|- global_avgpool2d: {}",
+    "global_maxpool2d": "[3, 5, 4]|- global_maxpool2d: {keepdims: true}",
+    "flatten-dense": "[2, 3, 3]|- flatten: {}\n- dense: {units: 5, activation: {leaky_relu: {negative_slope: 0.1}}}",
+    "dense-no-bias": "[7]|- dense: {units: 4, bias: false, activation: elu}",
+    "batchnorm-2d": "[3, 4, 4]|- batchnorm: {eps: 0.001, momentum: 0.3}",
+    "batchnorm-1d": "[5]|- batchnorm: {}",
+    "lrn": "[6, 3, 3]|- lrn: {size: 3, alpha: 0.01, beta: 0.75, k: 2}",
+    "lrn-even": "[5, 2, 2]|- lrn: {size: 4, alpha: 0.1}",
+    "zero_padding2d": "[2, 3, 3]|- zero_padding2d: {padding: [[1, 0], [2, 1]]}",
+    "add": "[3, 4, 4]|- conv2d: {filters: 3, kernel: 1}\n  name: a\n- add: {}\n  inputs: [a, input]",
+    "concat": "[3, 4, 4]|- conv2d: {filters: 2, kernel: 1}\n  name: a\n- concat: {}\n  inputs: [input, a]",
+    "relu": "[4, 3]|- relu: {}",
+    "relu6": "[4, 3]|- relu6: {}",
+    "leaky_relu": "[4, 3]|- leaky_relu: {}",
+    "prelu": "[4, 3, 3]|- prelu: {}",
+    "elu": "[4, 3]|- elu: {alpha: 0.5}",
+    "sigmoid": "[4, 3]|- sigmoid: {}",
+    "tanh": "[4, 3]|- tanh: {}",
+    "softmax": "[5, 2, 2]|- softmax: {}",
+    "dropout-eval": "[4, 3]|- dropout: {rate: 0.5}",
+}
+
+
+def kind_graph(name: str) -> Graph:
+    shape, body = KINDS[name].split("|")
+    layers = textwrap.indent(body, "  ")
+    return cnnspec.parse_spec(f"name: k\ninput: {{shape: {shape}}}\nlayers:\n{layers}\n", f"{name}.yaml")
+
+
+def compare(graph: Graph, batch: int, training: bool, tolerance: float, seed: int = 0, dtype: type = np.float32,
+            outputs_only: bool = False) -> None:
+    """Outputs, input gradient and every weight gradient, numpy against torch autograd."""
+    rng = np.random.default_rng(seed)
+    weights = initial_weights(graph, seed)
+    for name, spec in graph.weights().items():  # move constants off 0/1 so every path is tested
+        if spec.init in ("zeros", "constant"):
+            weights[name] = (weights[name] + rng.uniform(0.1, 0.5, spec.shape)).astype(np.float32)
+    x = rng.standard_normal((batch, *graph.input_shape)).astype(dtype)
+    network = numpy_backend.Network(graph, np, dtype)
+    for name, array in weights.items():
+        network.weights[name][...] = array
+    out = network.forward(x, training)
+    probe = rng.standard_normal(out.shape).astype(dtype)
+    network.grads = {}
+    grad_x = network.backward(probe)
+
+    model = torch_backend.build(graph).train(training)
+    if dtype == np.float64:
+        model = model.double()
+    state = model.state_dict()
+    for name, array in weights.items():
+        state[name].copy_(torch.from_numpy(array.astype(dtype)))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out_t = model(xt)
+    (out_t * torch.from_numpy(probe)).sum().backward()
+
+    def close(ours: np.ndarray, theirs: torch.Tensor, what: str) -> None:
+        reference = theirs.detach().numpy()
+        scale = max(float(np.abs(reference).max()), 1e-6)
+        assert float(np.abs(ours - reference).max()) / scale < tolerance, what
+
+    close(out, out_t, "output")
+    if outputs_only:
+        return
+    if graph.nodes[0].inputs == ("input",) and any(n.kind != "dropout" for n in graph):
+        close(grad_x, xt.grad, "input gradient")
+    parameters = dict(model.named_parameters())
+    for name in network.trainable:
+        close(network.grads[name], parameters[name].grad, f"gradient of {name}")
+    if training:
+        for name, value in model.named_buffers():
+            if not name.endswith("num_batches_tracked"):
+                close(network.weights[name], value, name)  # batchnorm running statistics
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_kind_matches_torch_autograd(name: str, training: bool) -> None:
+    if name == "dropout-eval" and training:
+        pytest.skip("dropout masks come from different generators; see test_dropout_statistics")
+    compare(kind_graph(name), batch=3, training=training, tolerance=1e-5)
+
+
+def test_every_layer_kind_is_covered() -> None:
+    from cnnspec.layers import LAYERS
+
+    assert set(LAYERS.values()) == set(numpy_backend.LOWERINGS)
+    covered = {node.kind for name in KINDS for node in kind_graph(name)}
+    assert covered == set(LAYERS)
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_gradients_match_finite_differences(name: str) -> None:
+    """float64: central differences on a few coordinates of the input and each weight."""
+    graph = kind_graph(name)
+    rng = np.random.default_rng(1)
+    network = numpy_backend.Network(graph, np, np.float64)
+    for key, array in initial_weights(graph, 1).items():
+        network.weights[key][...] = array + rng.uniform(0.1, 0.3, array.shape) * (graph.weights()[key].init in ("zeros", "constant"))
+    x = rng.standard_normal((2, *graph.input_shape))
+    probe = rng.standard_normal(network.forward(x, False).shape)
+
+    def loss(inputs: np.ndarray) -> float:
+        return float((network.forward(inputs, False) * probe).sum())
+
+    network.grads = {}
+    network.forward(x, False)
+    grad_x = network.backward(probe)
+    analytic = {name: network.grads[name].copy() for name in network.trainable}
+    eps = 1e-6
+    for index in map(tuple, rng.integers(0, x.shape, size=(4, x.ndim))):
+        bumped = x.copy()
+        bumped[index] += eps
+        lowered = x.copy()
+        lowered[index] -= eps
+        numeric = (loss(bumped) - loss(lowered)) / (2 * eps)
+        assert numeric == pytest.approx(grad_x[index], rel=1e-5, abs=1e-7)
+    for key in network.trainable:
+        weight = network.weights[key]
+        for index in map(tuple, rng.integers(0, weight.shape, size=(3, weight.ndim))):
+            saved = weight[index]
+            weight[index] = saved + eps
+            up = loss(x)
+            weight[index] = saved - eps
+            down = loss(x)
+            weight[index] = saved
+            assert (up - down) / (2 * eps) == pytest.approx(analytic[key][index], rel=1e-5, abs=1e-7), key
+
+
+SIZES = {"lenet5": 32, "alexnet": 96, "vgg16": 32, "vgg19": 32, "googlenet": 64, "resnet18": 64, "resnet34": 64, "resnet50": 64}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_zoo_model_matches_torch(name: str) -> None:
+    graph = cnnspec.load_spec(name)
+    if SIZES[name] != graph.input_shape[1]:
+        graph = with_input_size(graph, (SIZES[name], SIZES[name]))
+    # Training mode where there is no dropout (the two backends draw different masks).
+    training = not any(node.kind == "dropout" for node in graph)
+    # float64: outputs and every gradient agree to rounding (about 1e-13 measured).
+    compare(graph, batch=2, training=training, tolerance=1e-9, dtype=np.float64)
+    # float32: outputs within 1e-4. Gradients of deep ResNets differ more (up to ~1% of
+    # the largest input gradient in ResNet-50): float32 rounding flips ReLU masks near
+    # zero, and 50 layers compound it; the float64 comparison above is the proof.
+    compare(graph, batch=2, training=training, tolerance=1e-4, outputs_only=True)
+
+
+def test_dropout_statistics() -> None:
+    network = numpy_backend.Network(kind_graph("dropout-eval"), np, np.float32, seed=0)
+    x = np.ones((2000, 4, 3), np.float32)
+    out = network.forward(x, training=True)
+    assert (out == 0).mean() == pytest.approx(0.5, abs=0.02)
+    assert set(np.unique(out)) == {0.0, 2.0}  # kept values scaled by 1/(1 - rate)
+    assert np.array_equal(network.backward(np.ones_like(out)), out)  # the same mask
+
+
+OPTIMIZERS = [
+    {"name": "sgd", "momentum": 0.0},
+    {"name": "sgd", "momentum": 0.9, "weight_decay": 0.01},
+    {"name": "sgd", "momentum": 0.9, "nesterov": True},
+    {"name": "adagrad", "weight_decay": 0.01},
+    {"name": "rmsprop", "momentum": 0.5},
+    {"name": "rmsprop", "momentum": 0.0, "weight_decay": 0.01},
+    {"name": "adadelta", "lr": 1.0},
+    {"name": "adam", "weight_decay": 0.01},
+    {"name": "adamw", "weight_decay": 0.1},
+]
+
+
+@pytest.mark.parametrize("settings", OPTIMIZERS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_optimizer_gives_pytorchs_update_from_the_same_state(settings: dict[str, object]) -> None:
+    """Identical weights and gradients in, for 4 steps: the same weights and state out."""
+    from cnnspec.harness.config import OptimizerConfig
+
+    config = OptimizerConfig.model_validate({"lr": 0.01, **settings})
+    rng = np.random.default_rng(4)
+    start = rng.standard_normal((5, 3)).astype(np.float64)
+    ours_weights = {"w": start.copy()}
+    ours = numpy_backend.Optimizer(config)
+    param = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    theirs = torch_backend.OPTIMIZERS[config.name]([param], config)
+    for _ in range(4):
+        grad = rng.standard_normal((5, 3))
+        ours.step(ours_weights, {"w": grad.copy()}, ["w"])
+        param.grad = torch.from_numpy(grad.copy())
+        theirs.step()
+    assert np.allclose(ours_weights["w"], param.detach().numpy(), rtol=1e-12, atol=1e-14)
+    torch_state = theirs.state[param]
+    assert set(ours.state["w"]) == set(torch_state)  # the same slot names
+    for slot, value in torch_state.items():
+        assert np.allclose(np.asarray(ours.state["w"][slot]), torch.as_tensor(value).numpy(), rtol=1e-12), slot
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_steps_match_torch_end_to_end(optimizer: str) -> None:
+    graph = cnnspec.load_spec("lenet5")
+    config = TrainConfig.model_validate({"optimizer": {"name": optimizer, "lr": 0.01}, "clip_grad_norm": 5.0})
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((16, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 16)
+    ours = numpy_backend.open_session(graph, config)
+    theirs = torch_backend.open_session(graph, config, device="cpu")
+    for session in (ours, theirs):
+        session.set_weights(initial_weights(graph, 0))
+    for _ in range(3):
+        assert ours.train_step(x, y)[0] == pytest.approx(theirs.train_step(x, y)[0], rel=1e-4)
+    a, b = ours.get_weights(), theirs.get_weights()
+    for name in a:
+        assert np.abs(a[name] - b[name]).max() <= 1e-3 * max(np.abs(b[name]).max(), 1e-3), name
+    assert sorted(ours.optimizer_state()[0]) == sorted(theirs.optimizer_state()[0])
+
+
+def test_losses_match_pytorch() -> None:
+    rng = np.random.default_rng(3)
+    outputs = rng.standard_normal((6, 5)).astype(np.float64)
+    targets = rng.integers(0, 5, 6)
+    cases = {
+        "cross_entropy": lambda o, t: torch.nn.functional.cross_entropy(o, t, label_smoothing=0.2),
+        "mse": lambda o, t: torch.nn.functional.mse_loss(o, torch.nn.functional.one_hot(t, 5).double()),
+        "hinge": lambda o, t: torch.nn.functional.multi_margin_loss(o, t),
+    }
+    for name, reference in cases.items():
+        value, grad = numpy_backend.LOSSES[name](outputs.copy(), targets, 0.2)
+        o = torch.from_numpy(outputs).requires_grad_(True)
+        expected = reference(o, torch.from_numpy(targets))
+        expected.backward()
+        assert value == pytest.approx(float(expected.detach()), rel=1e-10), name
+        assert np.allclose(grad, o.grad.numpy(), rtol=1e-10), name
+
+
+def test_checkpoints_move_between_backends(tmp_path: Path) -> None:
+    settings = {"epochs": 1, "data.limit": 256, "batch_size": 32}
+    by_torch = cnnspec.train("lenet5", "torch", out=tmp_path / "t", **settings)  # type: ignore[arg-type]
+    by_numpy = cnnspec.train("lenet5", "numpy", out=tmp_path / "n", **settings)  # type: ignore[arg-type]
+    for run, trained in ((tmp_path / "t", by_torch), (tmp_path / "n", by_numpy)):
+        for backend in ("numpy", "torch"):
+            report = cnnspec.evaluate(run, backend=backend)
+            assert report["loss"] == pytest.approx(trained.final["val_loss"], abs=1e-4)
+            assert report["accuracy"] == pytest.approx(trained.final["val_accuracy"], abs=1e-9)
+    # and the two backends trained to the same numbers from the same seed
+    assert by_numpy.final["val_loss"] == pytest.approx(by_torch.final["val_loss"], rel=1e-3)
+
+
+def test_numpy_backend_on_cuda_needs_cupy(tmp_path: Path) -> None:
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here, so the message for its absence cannot be shown")
+    except ImportError:
+        pass
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "train", "lenet5", "--backend", "numpy", "--device", "cuda", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "through CuPy, which is not installed" in result.stderr
+
+
+@pytest.mark.skipif(not MNIST.exists(), reason="the shared MNIST test set is not beside this checkout")
+def test_numpy_lenet5_reaches_97_percent_on_mnist(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "train", "lenet5", "--backend", "numpy", "--data", str(MNIST), "--epochs", "5", "--out", "run", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["epoch"] == 5 and final["val_accuracy"] >= 0.97
