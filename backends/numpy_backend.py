@@ -342,6 +342,19 @@ def open_session(graph: Graph, config: TrainConfig, device: str = "auto", precis
     return NumpySession(graph, config, device, precision, compile)
 
 
+def workspace_bytes(graph: Graph) -> int:
+    """Per sample: each convolution keeps its im2col columns (Ho x Wo rows of
+    C/groups x KH x KW values) for the backward pass, and builds their gradient, as
+    large, during it."""
+    total = 0
+    for node in graph.nodes:
+        if isinstance(node.layer, Conv2d):
+            channels = graph.input_shapes(node)[0][0] // node.layer.groups
+            _, height, width = node.output_shape
+            total += height * width * channels * node.layer.kernel[0] * node.layer.kernel[1] * node.layer.groups * 4
+    return 2 * total
+
+
 def available_memory(device: str) -> tuple[str, int | None]:
     if device in ("auto", "cpu"):
         return "cpu", None

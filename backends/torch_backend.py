@@ -478,6 +478,10 @@ def _free_memory(device: torch.device) -> int | None:
     return None
 
 
+def workspace_bytes(graph: Graph) -> int:
+    return 0  # oneDNN and cuDNN convolve without keeping im2col columns
+
+
 def available_memory(device: str) -> tuple[str, int | None]:
     """(resolved device, its free bytes or None), before anything is allocated on it."""
     resolved = resolve_device(device)

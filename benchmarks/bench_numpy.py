@@ -101,7 +101,7 @@ def peak_memory() -> None:
     session.train_step(x, y)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    fixed, per_sample = estimate_memory(graph, graph.train)
+    fixed, per_sample = estimate_memory(graph, graph.train, numpy_backend.workspace_bytes(graph))
     print(f"peak memory of a LeNet-5 training step at batch 64 (numpy): {peak / 2**20:.2f} MiB allocated during the step; "
           f"the harness estimates {(fixed + 64 * per_sample) / 2**20:.2f} MiB in all")
 

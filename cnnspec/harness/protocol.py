@@ -71,3 +71,8 @@ class Backend(Protocol):
     def available_memory(self, device: str) -> tuple[str, int | None]:
         """(resolved device name, free bytes on it or None to ask the OS), allocating nothing."""
         ...
+
+    def workspace_bytes(self, graph: Graph) -> int:
+        """Bytes per sample the backend keeps for a training step beyond the layer
+        outputs and their gradients (0 where it keeps nothing more)."""
+        ...

@@ -226,12 +226,13 @@ class TrainResult:
         return self.history[-1]
 
 
-def estimate_memory(graph: Graph, config: TrainConfig) -> tuple[int, int]:
+def estimate_memory(graph: Graph, config: TrainConfig, workspace_per_sample: int = 0) -> tuple[int, int]:
     """(fixed bytes, bytes per sample) of a training step: weights, gradients and
-    optimizer slots; every activation kept for the backward pass, and its gradient."""
+    optimizer slots; every activation kept for the backward pass, and its gradient; and
+    whatever else the backend keeps per sample (the NumPy backend's im2col columns)."""
     slots = OPTIMIZER_SLOTS[config.optimizer.name]
     fixed = (graph.params * (2 + slots) + graph.non_trainable) * 4
-    return fixed, 2 * graph.activation_bytes
+    return fixed, 2 * graph.activation_bytes + workspace_per_sample
 
 
 def system_available_memory() -> int | None:
@@ -244,12 +245,12 @@ def system_available_memory() -> int | None:
     return None
 
 
-def check_memory(graph: Graph, config: TrainConfig, device: str, free: int | None) -> None:
+def check_memory(graph: Graph, config: TrainConfig, device: str, free: int | None, workspace_per_sample: int = 0) -> None:
     """Refuse, with a batch size that fits, a run that cannot fit on ``device``."""
     available = free or system_available_memory()
     if available is None:
         return
-    fixed, per_sample = estimate_memory(graph, config)
+    fixed, per_sample = estimate_memory(graph, config, workspace_per_sample)
     budget = int(available * 0.9)
     need = fixed + per_sample * config.batch_size
     if need > budget:
@@ -279,7 +280,8 @@ def train(
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
     norm = normalization_for(config, data.x_train)
-    check_memory(graph, config, *backend_module.available_memory(device))  # before allocating anything
+    workspace = backend_module.workspace_bytes(graph)
+    check_memory(graph, config, *backend_module.available_memory(device), workspace)  # before allocating anything
     session = backend_module.open_session(graph, config, device=device, precision=precision, compile=compile)
 
     plateau = Plateau(lr=config.optimizer.lr)
