@@ -319,6 +319,10 @@ class NumpySession:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._host(self.network.forward(self.xp.asarray(x, dtype=self._dtype), training=False))
 
+    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.network.activations(self.xp.asarray(x, dtype=self._dtype), training=False)
+        return {name: self._host(value) for name, value in values.items() if name != INPUT}
+
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.lr = lr
 

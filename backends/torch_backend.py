@@ -244,8 +244,17 @@ class GraphModule(nn.Module):
             self._steps.append((module, tuple(slots[s] for s in node.inputs), step + 1, frees))
         self._output = slots[graph.output]
         self._slots = len(slots)
+        self._names = [node.name for node in graph.nodes]
         # A plain chain (LeNet, VGG) needs no bookkeeping: just call the layers in turn.
         self._chain = [module for module, *_ in self._steps] if graph.is_sequential and graph.output == graph.nodes[-1].name else None
+
+    def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every node's output by name (nothing freed), for verification."""
+        values: list[torch.Tensor | None] = [None] * self._slots
+        values[0] = x
+        for module, sources, target, _ in self._steps:
+            values[target] = module(*[values[i] for i in sources])
+        return {name: value for name, value in zip(self._names, values[1:], strict=True) if value is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
         if self._chain is not None:
@@ -433,6 +442,13 @@ class TorchSession:
         with self._autocast():
             outputs = self._forward(self._inputs(x)).float()
         return float(self._loss(outputs, targets)) * len(x), outputs.cpu().numpy()
+
+    @torch.no_grad()
+    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self._mode(False)
+        with self._autocast():
+            values = self._module.activations(self._inputs(x))
+        return {name: value.float().contiguous().cpu().numpy() for name, value in values.items()}
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -147,7 +147,7 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     from cnnspec.harness.protocol import BackendError
     from cnnspec.harness.run import TrainingError
 
-    return (BackendUnavailable, DataError, BackendError, TrainingError, ValueError, OSError)
+    return (BackendUnavailable, DataError, BackendError, TrainingError, SpecError, ValueError, OSError)
 
 
 def _fail_run(exc: BaseException) -> NoReturn:
@@ -278,6 +278,53 @@ def predict(
     for item in results:
         ranked = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in item["top"])
         stdout.print(f"{item['input']}: {ranked}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def verify(
+    target: Annotated[str, typer.Argument(help="a spec or zoo name (seeded weights), or a run directory/checkpoint")],
+    backends: Annotated[str, typer.Option(help="comma-separated; the first is the reference")] = "numpy,torch",
+    device: DeviceOpt = "cpu",
+    input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: check a big model at a smaller input")] = None,
+    batch: Annotated[int, typer.Option(min=1)] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
+    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """Run identical weights and inputs through several backends and compare every layer."""
+    from cnnspec.verify import load_target
+    from cnnspec.verify import verify as run_verification
+
+    size = None
+    if input_size is not None:
+        try:
+            h, w = (int(v) for v in input_size.split(","))
+            size = (h, w)
+        except ValueError:
+            _usage(f"--input-size takes H,W (e.g. 64,64), got '{input_size}'")
+    try:
+        graph, weights, source = load_target(target, size)
+        result = run_verification(graph, [b.strip() for b in backends.split(",") if b.strip()], weights=weights,
+                                  weights_from=source, device=device, batch=batch, seed=seed, tolerance=tolerance)
+    except SpecNotFound as exc:
+        _usage(str(exc))
+    except _run_errors() as exc:
+        _fail_run(exc)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
+    else:
+        from cnnspec.report import render_verification
+
+        render_verification(result, stdout)
+    first = result.first_divergence
+    if first is not None:
+        worst = max(first.errors, key=lambda b: first.errors[b][1])
+        stderr.print(
+            f"cnnspec: error: {worst} diverges from {result.reference} first at layer '{first.layer}' ({first.kind}): "
+            f"relative error {first.errors[worst][1]:.2e} > {tolerance:g}",
+            markup=False, soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 SizeOpt = Annotated[int, typer.Option("--size", "-n", min=1, help="input size N along one axis")]

@@ -96,13 +96,18 @@ def render_check(graph: Graph, console: Console) -> None:
     console.print(title, style="bold", markup=False, highlight=False)
     if graph.description:
         console.print(graph.description, style="dim", markup=False, highlight=False)
-    table = check_table(graph)
-    if not console.is_terminal:  # a file or pipe has no width to respect
-        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
-        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False)
-    console.print(table, crop=False)  # a narrow terminal wraps long rows rather than losing digits
+    print_table(console, check_table(graph))
     for line in check_totals(graph):
         console.print(line, markup=False, highlight=False)
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print without cutting a name or a digit: a file or pipe gets the table's natural
+    width, and a narrow terminal wraps long rows rather than cropping them."""
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False)
+    console.print(table, crop=False)
 
 
 def check_text(graph: Graph, width: int = 120) -> str:
@@ -145,5 +150,33 @@ def render_evaluation(result: dict[str, Any], console: Console) -> None:
     for name, row in zip(classes, matrix, strict=True):
         accuracy = result["per_class_accuracy"][name]
         table.add_row(name, *(str(v) for v in row), "" if accuracy is None else f"{accuracy:.3f}")
-    console.print(table, crop=False)
+    print_table(console, table)
     console.print(f"confusion matrix image: {result['confusion_png']}", markup=False, highlight=False)
+
+
+def render_verification(result: Any, console: Console) -> None:
+    """Per layer, each backend's largest absolute and relative error against the reference."""
+    others = result.backends[1:]
+    devices = ", ".join(f"{b} on {d}" for b, d in result.devices.items())
+    console.print(
+        f"{result.graph.name} {format_shape(result.graph.input_shape)}: {result.weights_from}; {devices}; "
+        f"reference {result.reference}, tolerance {result.tolerance:g} relative",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Layer", no_wrap=True)
+    table.add_column("Kind", no_wrap=True)
+    table.add_column("Shape", no_wrap=True)
+    for backend in others:
+        table.add_column(f"{backend} max abs", justify="right", no_wrap=True)
+        table.add_column(f"{backend} max rel", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    first = result.first_divergence
+    for layer in result.layers:
+        cells = [f"{value:.2e}" for backend in others for value in layer.errors[backend]]
+        mark = "<- first divergence" if layer is first else ("over" if layer.worst > result.tolerance else "")
+        table.add_row(layer.layer, layer.kind, format_shape(layer.shape), *cells, mark)
+    print_table(console, table)
+    verdict = "all layers agree" if first is None else f"first divergence at '{first.layer}'"
+    console.print(f"{verdict}; output max relative error: " + ", ".join(
+        f"{b} {result.output.errors[b][1]:.2e}" for b in others), markup=False, highlight=False)

@@ -43,6 +43,10 @@ class Session(Protocol):
         """Raw network outputs, N x classes, float32, in evaluation mode."""
         ...
 
+    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every layer's output by name, canonical layout (N x C x H x W), evaluation mode."""
+        ...
+
     def set_learning_rate(self, lr: float) -> None: ...
 
     def optimizer_state(self) -> tuple[Weights, dict[str, Any]]:

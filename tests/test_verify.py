@@ -1,0 +1,59 @@
+"""`cnnspec verify`: backends compared layer by layer, and a broken lowering caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cnnspec
+from cnnspec.cli import app
+
+torch = pytest.importorskip("torch")
+from cnnspec.backends import torch_backend  # noqa: E402
+
+runner = CliRunner()
+SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
+         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64"}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_zoo_spec_agrees_across_backends(name: str) -> None:
+    args = ["verify", name, "--format", "json"] + (["--input-size", SIZES[name]] if SIZES[name] else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["agree"] and report["first_divergence"] is None
+    assert report["backends"] == ["numpy", "torch"]
+    assert len(report["layers"]) == len(cnnspec.load_spec(name).nodes)
+    assert report["output"]["torch"]["max_rel"] < 1e-4
+
+
+def test_a_broken_lowering_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = torch_backend.SpecPool2d.forward
+
+    def off_by_a_bit(self: torch_backend.SpecPool2d, x: torch.Tensor) -> torch.Tensor:
+        return real(self, x) * 1.001  # the classic silent bug: close, but not the same
+
+    monkeypatch.setattr(torch_backend.SpecPool2d, "forward", off_by_a_bit)
+    result = runner.invoke(app, ["verify", "lenet5"])
+    assert result.exit_code == 1
+    assert "torch diverges from numpy first at layer 's2' (maxpool2d)" in result.output
+    assert "<- first divergence" in result.output
+
+
+def test_verify_a_trained_run(tmp_path: Path) -> None:
+    cnnspec.train("lenet5", out=tmp_path / "run", epochs=1, **{"data.limit": 128})
+    result = runner.invoke(app, ["verify", str(tmp_path / "run"), "--backends", "torch,numpy", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["reference"] == "torch" and report["weights"].endswith("epoch-0001")
+
+
+def test_verify_usage_errors() -> None:
+    assert runner.invoke(app, ["verify", "lenet5", "--backends", "torch"]).exit_code == 1
+    assert runner.invoke(app, ["verify", "lenet5", "--input-size", "big"]).exit_code == 2
+    unknown = runner.invoke(app, ["verify", "lenet5", "--backends", "numpy,jax"])
+    assert unknown.exit_code == 1 and "unknown backend 'jax'" in unknown.output
