@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cnnspec.calculators import Rounding, SizeError, conv_out_size, pool_out_size
 
 
@@ -32,8 +34,7 @@ def pool_walkthrough(size: int, kernel: int, stride: int, padding: int, rounding
     return result
 
 
-def _finish(lines: list[str], numerator: int, stride: int, compute: object, rounding: Rounding) -> tuple[bool, list[str]]:
-    assert callable(compute)
+def _finish(lines: list[str], numerator: int, stride: int, compute: Callable[[], int], rounding: Rounding) -> tuple[bool, list[str]]:
     lines.append(f"      = {numerator} / {stride} + 1")
     try:
         out = compute()
