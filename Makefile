@@ -60,6 +60,7 @@ golden: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_check.py
 	$(BIN)/python benchmarks/bench_torch_train.py
+	$(BIN)/python benchmarks/bench_tensorflow_train.py
 	$(BIN)/python benchmarks/bench_numpy.py
 
 clean:

@@ -7,12 +7,15 @@ and everything else under ``cnnspec`` never loads a framework.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from cnnspec.diagnostics import did_you_mean
 
 # Backend name -> module under cnnspec.backends. Each later backend adds one row.
-BACKENDS: dict[str, str] = {"numpy": "numpy_backend", "torch": "torch_backend"}
+BACKENDS: dict[str, str] = {"numpy": "numpy_backend", "torch": "torch_backend", "tensorflow": "tensorflow_backend"}
+# The framework each needs beyond cnnspec's own dependencies.
+FRAMEWORKS: dict[str, str] = {"torch": "torch", "tensorflow": "tensorflow"}
 
 
 class BackendUnavailable(LookupError):
@@ -33,3 +36,8 @@ def load_backend(name: str) -> ModuleType:
         raise BackendUnavailable(
             f"backend '{name}' needs {exc.name}, which is not installed: pip install 'cnnspec[{name}]'"
         ) from None
+
+
+def installed_backends() -> list[str]:
+    """The backends whose framework is installed (found, not imported)."""
+    return [name for name in BACKENDS if name not in FRAMEWORKS or importlib.util.find_spec(FRAMEWORKS[name]) is not None]

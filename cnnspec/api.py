@@ -69,15 +69,18 @@ def train(
     )
 
 
-def resume(run: str | os.PathLike[str], *, device: str = "auto", quiet: bool = True, **overrides: Any) -> TrainResult:
-    """Continue a run from its last complete checkpoint."""
+def resume(
+    run: str | os.PathLike[str], *, backend: str | None = None, device: str = "auto", quiet: bool = True, **overrides: Any
+) -> TrainResult:
+    """Continue a run from its last complete checkpoint, on its own backend or another
+    (weights and optimizer state are stored in the canonical layout)."""
     from cnnspec.backends import load_backend
     from cnnspec.harness.run import load_run
     from cnnspec.harness.run import train as run_training
 
     loaded = load_run(Path(run))
     config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), _dotted(overrides))) if overrides else loaded.config
-    backend = loaded.info["backend"]
+    backend = backend or loaded.info["backend"]
     module: Any = load_backend(backend)
     return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet)
 

@@ -136,7 +136,6 @@ def schema() -> None:
 
 # ---- train, eval, predict ------------------------------------------------------------------
 
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="torch or numpy")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps")]
 
 
@@ -175,7 +174,9 @@ def _parse_sets(values: list[str]) -> dict[str, object]:
 @app.command()
 def train(
     spec: Annotated[str | None, typer.Argument(help="a spec file or zoo name (not needed with --resume)")] = None,
-    backend: BackendOpt = "torch",
+    backend: Annotated[
+        str | None, typer.Option("--backend", "-b", help="torch, tensorflow or numpy [default: torch; with --resume, the run's]")
+    ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), bf16, fp16 or fp32")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
@@ -201,12 +202,12 @@ def train(
 
     try:
         if resume is not None:
-            result = api.resume(resume, device=device, quiet=quiet, **overrides)
+            result = api.resume(resume, backend=backend, device=device, quiet=quiet, **overrides)
         else:
             if spec is None:
                 _usage("train needs a SPEC (or --resume RUN_DIR)")
             graph = load_spec(spec)
-            result = api.train(graph, backend, device=device, precision=precision, compile=compile, out=out, quiet=quiet, **overrides)
+            result = api.train(graph, backend or "torch", device=device, precision=precision, compile=compile, out=out, quiet=quiet, **overrides)
     except SpecNotFound as exc:
         _usage(str(exc))
     except SpecError as exc:
@@ -283,7 +284,9 @@ def predict(
 @app.command()
 def verify(
     target: Annotated[str, typer.Argument(help="a spec or zoo name (seeded weights), or a run directory/checkpoint")],
-    backends: Annotated[str, typer.Option(help="comma-separated; the first is the reference")] = "numpy,torch",
+    backends: Annotated[
+        str | None, typer.Option(help="comma-separated; the first is the reference [default: every installed backend]")
+    ] = None,
     device: DeviceOpt = "cpu",
     input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: check a big model at a smaller input")] = None,
     batch: Annotated[int, typer.Option(min=1)] = 2,
@@ -304,7 +307,10 @@ def verify(
             _usage(f"--input-size takes H,W (e.g. 64,64), got '{input_size}'")
     try:
         graph, weights, source = load_target(target, size)
-        result = run_verification(graph, [b.strip() for b in backends.split(",") if b.strip()], weights=weights,
+        from cnnspec.backends import installed_backends
+
+        names = installed_backends() if backends is None else [b.strip() for b in backends.split(",") if b.strip()]
+        result = run_verification(graph, names, weights=weights,
                                   weights_from=source, device=device, batch=batch, seed=seed, tolerance=tolerance)
     except SpecNotFound as exc:
         _usage(str(exc))

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import cnnspec
 from cnnspec.diagnostics import SpecError
+
+sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers: layer_cases
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

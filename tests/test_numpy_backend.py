@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from layer_cases import KINDS, kind_graph
 
 import cnnspec
 from cnnspec import Graph
@@ -23,49 +23,6 @@ torch = pytest.importorskip("torch")
 from cnnspec.backends import torch_backend  # noqa: E402
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
-
-# One small network per layer kind (and per tricky argument), each ending where the
-# kind is exercised; the input gets a gradient through every one of them.
-KINDS = {
-    "conv2d": "[3, 9, 8]|- conv2d: {filters: 4, kernel: 3, padding: 1}",
-    "conv2d-stride-dilation": "[3, 11, 10]|- conv2d: {filters: 4, kernel: [3, 2], stride: [2, 1], dilation: 2, padding: [2, 1]}",
-    "conv2d-groups": "[4, 7, 7]|- conv2d: {filters: 6, kernel: 3, groups: 2, bias: false}",
-    "conv2d-same-asymmetric": "[2, 8, 7]|- conv2d: {filters: 3, kernel: 4, stride: 2, padding: same}",
-    "conv2d-ceil": "[2, 7, 7]|- conv2d: {filters: 3, kernel: 3, stride: 3, rounding: ceil}",
-    "conv2d-activation-prelu": "[2, 6, 6]|- conv2d: {filters: 3, kernel: 3, activation: {prelu: {channelwise: true}}}",
-    "maxpool2d": "[3, 8, 8]|- maxpool2d: {kernel: 2}",
-    "maxpool2d-overlap-ceil": "[2, 9, 9]|- maxpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
-    "maxpool2d-same": "[2, 5, 6]|- maxpool2d: {kernel: 2, stride: 1, padding: same}",
-    "avgpool2d": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
-    "avgpool2d-exclude-pad": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, count_include_pad: false}",
-    "global_avgpool2d": "[3, 5, 4]|- global_avgpool2d: {}",
-    "global_maxpool2d": "[3, 5, 4]|- global_maxpool2d: {keepdims: true}",
-    "flatten-dense": "[2, 3, 3]|- flatten: {}\n- dense: {units: 5, activation: {leaky_relu: {negative_slope: 0.1}}}",
-    "dense-no-bias": "[7]|- dense: {units: 4, bias: false, activation: elu}",
-    "batchnorm-2d": "[3, 4, 4]|- batchnorm: {eps: 0.001, momentum: 0.3}",
-    "batchnorm-1d": "[5]|- batchnorm: {}",
-    "lrn": "[6, 3, 3]|- lrn: {size: 3, alpha: 0.01, beta: 0.75, k: 2}",
-    "lrn-even": "[5, 2, 2]|- lrn: {size: 4, alpha: 0.1}",
-    "zero_padding2d": "[2, 3, 3]|- zero_padding2d: {padding: [[1, 0], [2, 1]]}",
-    "add": "[3, 4, 4]|- conv2d: {filters: 3, kernel: 1}\n  name: a\n- add: {}\n  inputs: [a, input]",
-    "concat": "[3, 4, 4]|- conv2d: {filters: 2, kernel: 1}\n  name: a\n- concat: {}\n  inputs: [input, a]",
-    "relu": "[4, 3]|- relu: {}",
-    "relu6": "[4, 3]|- relu6: {}",
-    "leaky_relu": "[4, 3]|- leaky_relu: {}",
-    "prelu": "[4, 3, 3]|- prelu: {}",
-    "elu": "[4, 3]|- elu: {alpha: 0.5}",
-    "sigmoid": "[4, 3]|- sigmoid: {}",
-    "tanh": "[4, 3]|- tanh: {}",
-    "softmax": "[5, 2, 2]|- softmax: {}",
-    "dropout-eval": "[4, 3]|- dropout: {rate: 0.5}",
-}
-
-
-def kind_graph(name: str) -> Graph:
-    shape, body = KINDS[name].split("|")
-    layers = textwrap.indent(body, "  ")
-    return cnnspec.parse_spec(f"name: k\ninput: {{shape: {shape}}}\nlayers:\n{layers}\n", f"{name}.yaml")
-
 
 def compare(graph: Graph, batch: int, training: bool, tolerance: float, seed: int = 0, dtype: type = np.float32,
             outputs_only: bool = False) -> None:

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cnnspec
+from cnnspec.backends import installed_backends
 from cnnspec.cli import app
 
 torch = pytest.importorskip("torch")
@@ -26,9 +27,11 @@ def test_every_zoo_spec_agrees_across_backends(name: str) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["agree"] and report["first_divergence"] is None
-    assert report["backends"] == ["numpy", "torch"]
+    assert report["backends"] == installed_backends()  # by default, every installed one
     assert len(report["layers"]) == len(cnnspec.load_spec(name).nodes)
-    assert report["output"]["torch"]["max_rel"] < 1e-4
+    for backend in report["backends"][1:]:
+        assert report["output"][backend]["max_rel"] < 1e-4
+        assert all(layer["errors"][backend]["max_rel"] < 1e-4 for layer in report["layers"])
 
 
 def test_a_broken_lowering_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,7 +41,7 @@ def test_a_broken_lowering_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(self, x) * 1.001  # the classic silent bug: close, but not the same
 
     monkeypatch.setattr(torch_backend.SpecPool2d, "forward", off_by_a_bit)
-    result = runner.invoke(app, ["verify", "lenet5"])
+    result = runner.invoke(app, ["verify", "lenet5", "--backends", "numpy,torch"])
     assert result.exit_code == 1
     assert "torch diverges from numpy first at layer 's2' (maxpool2d)" in result.output
     assert "<- first divergence" in result.output

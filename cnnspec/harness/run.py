@@ -247,7 +247,8 @@ def system_available_memory() -> int | None:
 
 def check_memory(graph: Graph, config: TrainConfig, device: str, free: int | None, workspace_per_sample: int = 0) -> None:
     """Refuse, with a batch size that fits, a run that cannot fit on ``device``."""
-    available = free or system_available_memory()
+    # Without a figure from the device, host memory is the limit only on the CPU.
+    available = free if free is not None else system_available_memory() if device == "cpu" else None
     if available is None:
         return
     fixed, per_sample = estimate_memory(graph, config, workspace_per_sample)

@@ -58,3 +58,23 @@ def _padding_text(padding: Padding4) -> str:
     if top == bottom == left == right:
         return str(top)
     return f"[[{top}, {bottom}], [{left}, {right}]]"
+
+
+def covering_padding(
+    padding: Padding4,
+    size: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out: tuple[int, int],
+) -> Padding4:
+    """``padding`` grown at the bottom/right so that windows at ``stride`` cover an
+    ``out``-sized output: ceil rounding's overhang as explicit padding, for frameworks
+    that only round down."""
+    grown = []
+    for axis in range(2):
+        before, after = padding[axis]
+        span = dilation[axis] * (kernel[axis] - 1) + 1
+        needed = (out[axis] - 1) * stride[axis] + span - size[axis] - before
+        grown.append((before, max(after, needed)))
+    return (grown[0], grown[1])

@@ -1,0 +1,58 @@
+"""Small networks that exercise every layer kind, and each argument that changes its
+arithmetic; every backend is tested on them against the NumPy reference."""
+
+from __future__ import annotations
+
+import textwrap
+
+import cnnspec
+from cnnspec import Graph
+
+# One small network per layer kind (and per tricky argument), each ending where the
+# kind is exercised; the input gets a gradient through every one of them.
+KINDS = {
+    "conv2d": "[3, 9, 8]|- conv2d: {filters: 4, kernel: 3, padding: 1}",
+    "conv2d-stride-dilation": "[3, 11, 10]|- conv2d: {filters: 4, kernel: [3, 2], stride: [2, 1], dilation: 2, padding: [2, 1]}",
+    "conv2d-groups": "[4, 7, 7]|- conv2d: {filters: 6, kernel: 3, groups: 2, bias: false}",
+    "conv2d-same-asymmetric": "[2, 8, 7]|- conv2d: {filters: 3, kernel: 4, stride: 2, padding: same}",
+    "conv2d-ceil": "[2, 7, 7]|- conv2d: {filters: 3, kernel: 3, stride: 3, rounding: ceil}",
+    "conv2d-activation-prelu": "[2, 6, 6]|- conv2d: {filters: 3, kernel: 3, activation: {prelu: {channelwise: true}}}",
+    "maxpool2d": "[3, 8, 8]|- maxpool2d: {kernel: 2}",
+    "maxpool2d-overlap-ceil": "[2, 9, 9]|- maxpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
+    "maxpool2d-same": "[2, 5, 6]|- maxpool2d: {kernel: 2, stride: 1, padding: same}",
+    "avgpool2d": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
+    "avgpool2d-exclude-pad": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, count_include_pad: false}",
+    "global_avgpool2d": "[3, 5, 4]|- global_avgpool2d: {}",
+    "global_maxpool2d": "[3, 5, 4]|- global_maxpool2d: {keepdims: true}",
+    "flatten-dense": "[2, 3, 3]|- flatten: {}\n- dense: {units: 5, activation: {leaky_relu: {negative_slope: 0.1}}}",
+    "dense-no-bias": "[7]|- dense: {units: 4, bias: false, activation: elu}",
+    "batchnorm-2d": "[3, 4, 4]|- batchnorm: {eps: 0.001, momentum: 0.3}",
+    "batchnorm-1d": "[5]|- batchnorm: {}",
+    "lrn": "[6, 3, 3]|- lrn: {size: 3, alpha: 0.01, beta: 0.75, k: 2}",
+    "lrn-even": "[5, 2, 2]|- lrn: {size: 4, alpha: 0.1}",
+    "zero_padding2d": "[2, 3, 3]|- zero_padding2d: {padding: [[1, 0], [2, 1]]}",
+    "add": "[3, 4, 4]|- conv2d: {filters: 3, kernel: 1}\n  name: a\n- add: {}\n  inputs: [a, input]",
+    "concat": "[3, 4, 4]|- conv2d: {filters: 2, kernel: 1}\n  name: a\n- concat: {}\n  inputs: [input, a]",
+    "relu": "[4, 3]|- relu: {}",
+    "relu6": "[4, 3]|- relu6: {}",
+    "leaky_relu": "[4, 3]|- leaky_relu: {}",
+    "prelu": "[4, 3, 3]|- prelu: {}",
+    "elu": "[4, 3]|- elu: {alpha: 0.5}",
+    "sigmoid": "[4, 3]|- sigmoid: {}",
+    "tanh": "[4, 3]|- tanh: {}",
+    "softmax": "[5, 2, 2]|- softmax: {}",
+    "dropout-eval": "[4, 3]|- dropout: {rate: 0.5}",
+    # A flatten of a non-square map, then layers that see the flattened features one by
+    # one: a backend that flattens in another order must permute all their weights.
+    "flatten-per-feature-dense": "[3, 2, 4]|- flatten: {}\n- batchnorm: {}\n- prelu: {channelwise: true}\n- dense: {units: 5}",
+    "concat-vectors": "[2, 3, 2]|- conv2d: {filters: 3, kernel: 1}\n- flatten: {}\n  name: fa\n- flatten: {}\n  name: fi\n"
+                      "  inputs: [input]\n- concat: {}\n  inputs: [fi, fa]\n- dense: {units: 4}",
+    "add-vectors": "[2, 3, 2]|- flatten: {}\n  name: f\n- dense: {units: 12}\n  name: d\n- add: {}\n  inputs: [f, d]\n"
+                   "- dense: {units: 3}",
+}
+
+
+def kind_graph(name: str) -> Graph:
+    shape, body = KINDS[name].split("|")
+    layers = textwrap.indent(body, "  ")
+    return cnnspec.parse_spec(f"name: k\ninput: {{shape: {shape}}}\nlayers:\n{layers}\n", f"{name}.yaml")
