@@ -8,24 +8,11 @@ Run by hand: `.venv/bin/python benchmarks/bench_torch_train.py [--rounds 5]`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from pathlib import Path
 
 import torch
+from paired import lenet5_on_mnist, paired_rounds
 from torch import nn
-
-import cnnspec
-from cnnspec.backends import torch_backend
-from cnnspec.harness.data import load_dataset
-from cnnspec.harness.run import RunDir, _train_epoch, normalization_for
-
-MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
-
-
-class Quiet:
-    def start_epoch(self, *args: object) -> None: ...
-    def step(self, *args: object) -> None: ...
 
 
 def hand_written_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int) -> float:
@@ -59,43 +46,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    graph = cnnspec.load_spec("lenet5")
-    config = cnnspec.api.train_config(graph, {"data.source": str(MNIST), "batch_size": 64})
-    data = load_dataset(config.data, graph.input_shape, 10, 0)
-    norm = normalization_for(config, data.x_train)
-
-    session = torch_backend.open_session(graph, config, device="cpu")
-    session.set_weights(cnnspec.harness.weights.initial_weights(graph, 0))
+    _, data, norm, cnnspec_epoch = lenet5_on_mnist("torch")
     model = lenet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.from_numpy(norm.apply(data.x_train))
     y = torch.from_numpy(data.y_train)
-    run = RunDir(Path("/nonexistent"))
-
-    def cnnspec_epoch(round_: int) -> float:
-        return float(_train_epoch(session, data, norm, config, round_, Quiet(), run)["images_per_second"])  # type: ignore[arg-type]
 
     def hand_epoch(round_: int) -> float:
         return hand_written_epoch(model, optimizer, x, y, 64, round_)
 
-    cnnspec_epoch(0)  # warm-up, both
-    hand_epoch(0)
-    wall, cpu = [], []
-    for round_ in range(args.rounds):
-        # Paired rounds, alternating who goes first, so drifts in machine load cancel.
-        pair = [(cnnspec_epoch, 0), (hand_epoch, 1)]
-        speeds, cpu_seconds = [0.0, 0.0], [0.0, 0.0]
-        for run_epoch, slot in pair if round_ % 2 == 0 else pair[::-1]:
-            started = time.process_time()
-            speeds[slot] = run_epoch(round_)
-            cpu_seconds[slot] = time.process_time() - started
-        wall.append(speeds[0] / speeds[1])
-        cpu.append(cpu_seconds[1] / cpu_seconds[0])
-    quartiles = statistics.quantiles(wall, n=4)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet-5, MNIST 8,000 images, batch 64, {args.rounds} paired rounds")
-    print(f"  images/s ratio, cnnspec / hand-written (wall clock): median {statistics.median(wall):.3f}, "
-          f"quartiles {quartiles[0]:.3f} .. {quartiles[2]:.3f}")
-    print(f"  the same from CPU time (less sensitive to other load): median {statistics.median(cpu):.3f}")
+    summary = paired_rounds(cnnspec_epoch, hand_epoch, args.rounds)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet-5, MNIST {len(x):,} images, batch 64, "
+          f"{args.rounds} paired rounds")
+    print(summary)
+
 
 if __name__ == "__main__":
     main()

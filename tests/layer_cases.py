@@ -56,3 +56,21 @@ def kind_graph(name: str) -> Graph:
     shape, body = KINDS[name].split("|")
     layers = textwrap.indent(body, "  ")
     return cnnspec.parse_spec(f"name: k\ninput: {{shape: {shape}}}\nlayers:\n{layers}\n", f"{name}.yaml")
+
+
+# Optimizer settings that reach every branch of the update rules.
+OPTIMIZER_CASES: list[dict[str, object]] = [
+    {"name": "sgd", "momentum": 0.0},
+    {"name": "sgd", "momentum": 0.9, "weight_decay": 0.01},
+    {"name": "sgd", "momentum": 0.9, "nesterov": True},
+    {"name": "adagrad", "weight_decay": 0.01},
+    {"name": "rmsprop", "momentum": 0.5},
+    {"name": "rmsprop", "momentum": 0.0, "weight_decay": 0.01},
+    {"name": "adadelta", "lr": 1.0},
+    {"name": "adam", "weight_decay": 0.01},
+    {"name": "adamw", "weight_decay": 0.1},
+]
+
+
+def case_id(settings: dict[str, object]) -> str:
+    return "-".join(f"{k}={v}" for k, v in settings.items())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layer_cases import KINDS, kind_graph
+from layer_cases import KINDS, OPTIMIZER_CASES, case_id, kind_graph
 
 import cnnspec
 from cnnspec import Graph
@@ -153,20 +153,9 @@ def test_dropout_statistics() -> None:
     assert np.array_equal(network.backward(np.ones_like(out)), out)  # the same mask
 
 
-OPTIMIZERS = [
-    {"name": "sgd", "momentum": 0.0},
-    {"name": "sgd", "momentum": 0.9, "weight_decay": 0.01},
-    {"name": "sgd", "momentum": 0.9, "nesterov": True},
-    {"name": "adagrad", "weight_decay": 0.01},
-    {"name": "rmsprop", "momentum": 0.5},
-    {"name": "rmsprop", "momentum": 0.0, "weight_decay": 0.01},
-    {"name": "adadelta", "lr": 1.0},
-    {"name": "adam", "weight_decay": 0.01},
-    {"name": "adamw", "weight_decay": 0.1},
-]
 
 
-@pytest.mark.parametrize("settings", OPTIMIZERS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("settings", OPTIMIZER_CASES, ids=case_id)
 def test_optimizer_gives_pytorchs_update_from_the_same_state(settings: dict[str, object]) -> None:
     """Identical weights and gradients in, for 4 steps: the same weights and state out."""
     from cnnspec.harness.config import OptimizerConfig

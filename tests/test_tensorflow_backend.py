@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layer_cases import KINDS, kind_graph
+from layer_cases import KINDS, OPTIMIZER_CASES, case_id, kind_graph
 from typer.testing import CliRunner
 
 import cnnspec
@@ -142,17 +142,7 @@ def test_verify_names_a_missing_permutation(monkeypatch: pytest.MonkeyPatch) -> 
     assert "tensorflow diverges from numpy first at layer 'flatten_1' (flatten)" in result.output
 
 
-@pytest.mark.parametrize("settings", [
-    {"name": "sgd", "momentum": 0.0},
-    {"name": "sgd", "momentum": 0.9, "weight_decay": 0.01},
-    {"name": "sgd", "momentum": 0.9, "nesterov": True},
-    {"name": "adagrad", "weight_decay": 0.01},
-    {"name": "rmsprop", "momentum": 0.5},
-    {"name": "rmsprop", "momentum": 0.0, "weight_decay": 0.01},
-    {"name": "adadelta", "lr": 1.0},
-    {"name": "adam", "weight_decay": 0.01},
-    {"name": "adamw", "weight_decay": 0.1},
-], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("settings", OPTIMIZER_CASES, ids=case_id)
 def test_optimizer_gives_the_references_update(settings: dict[str, object]) -> None:
     """The same weights and gradients for 4 steps: NumPy's update (itself equal to
     torch.optim's to 1e-12) and its state, slot for slot."""
