@@ -37,7 +37,10 @@ demo: setup
 	$(BIN)/cnnspec eval $(DEMO_RUN)
 	$(BIN)/python -c "$$SAVE_DIGITS" $(DEMO_RUN)
 	$(BIN)/cnnspec predict $(DEMO_RUN) $(DEMO_RUN)/digit-*.png --top 3
-	@echo "learning curves: $(DEMO_RUN)/curves.png, confusion matrix: $(DEMO_RUN)/confusion.png"
+	$(BIN)/cnnspec verify $(DEMO_RUN)
+	$(BIN)/cnnspec export $(DEMO_RUN) --to onnx
+	$(BIN)/cnnspec draw lenet5 -o $(DEMO_RUN)/lenet5.svg
+	@echo "learning curves: $(DEMO_RUN)/curves.png, confusion matrix: $(DEMO_RUN)/confusion.png, diagram: $(DEMO_RUN)/lenet5.svg"
 
 # mypy cannot follow the editable install's import hook for backends/ and calculators/,
 # so it checks a tree of links laid out as the package installs.

@@ -28,15 +28,18 @@ def load_backend(name: str) -> ModuleType:
     if module is None:
         known = ", ".join(BACKENDS) or "none yet"
         raise BackendUnavailable(f"unknown backend '{name}'{did_you_mean(name, BACKENDS)} (available: {known})")
+    return import_module(module, name, f"backend '{name}'")
+
+
+def import_module(module: str, extra: str, what: str) -> ModuleType:
+    """Import ``cnnspec.backends.<module>``; a missing framework is a BackendUnavailable
+    that names the extra to install."""
     try:
         return importlib.import_module(f"cnnspec.backends.{module}")
     except ImportError as exc:
         if exc.name in (None, f"cnnspec.backends.{module}"):
             raise
-        raise BackendUnavailable(
-            f"backend '{name}' needs {exc.name}, which is not installed: pip install 'cnnspec[{name}]'"
-        ) from None
-
+        raise BackendUnavailable(f"{what} needs {exc.name}, which is not installed: pip install 'cnnspec[{extra}]'") from None
 
 def installed_backends() -> list[str]:
     """The backends whose framework is installed (found, not imported)."""

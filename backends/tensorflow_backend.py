@@ -25,8 +25,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import contextlib
 import dataclasses
+import io
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -677,3 +681,99 @@ def available_memory(device: str) -> tuple[str, int | None]:
     """(resolved device, None): TensorFlow cannot say how much GPU memory is free."""
     return resolve_device(device)[1], None
 
+
+
+# ---- export artifacts (see cnnspec.exporting) ----------------------------------------------
+
+
+class _KerasArtifact:
+    def __init__(self, graph: Graph, weights: dict[str, Array], options: dict[str, Any]) -> None:
+        _gpus()
+        with tf.device("/CPU:0"):
+            network = KerasNetwork(graph)
+            network.set_weights(weights)
+        self.model = network.model
+
+    def run(self, x: Array) -> Array:
+        return self.model(x, training=False).numpy()
+
+
+class SavedModelArtifact(_KerasArtifact):
+    """A TensorFlow SavedModel (a directory) serving N x C x H x W float32 -> outputs."""
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        import json
+
+        self.model.export(str(path), format="tf_saved_model", verbose=False)
+        (path / "cnnspec.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+class KerasFileArtifact(_KerasArtifact):
+    """A Keras 3 ``.keras`` file; its custom layers load where cnnspec is installed."""
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        self.model.save(str(path))
+
+
+class TFLiteArtifact(_KerasArtifact):
+    def __init__(self, graph: Graph, weights: dict[str, Array], options: dict[str, Any]) -> None:
+        super().__init__(graph, weights, options)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the converter's chatter
+                warnings.simplefilter("ignore")
+                self.content = tf.lite.TFLiteConverter.from_keras_model(self.model).convert()
+        except Exception as exc:  # the converter raises many kinds; say which, write nothing
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"TensorFlow's TFLite converter failed for '{graph.name}': {first}") from None
+        self._runner = _tflite_runner(self.content)
+
+    def run(self, x: Array) -> Array:
+        return self._runner(x)
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        path.write_bytes(self.content)
+
+
+def _tflite_runner(content: bytes) -> Callable[[Array], Array]:
+    def run(x: Array) -> Array:
+        with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (LiteRT replaces it)
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_content=content)
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, list(x.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    return run
+
+
+def _load_savedmodel(path: Path) -> Callable[[Array], Array]:
+    loaded = tf.saved_model.load(str(path))
+    return lambda x: loaded.serve(tf.constant(x)).numpy()
+
+
+def _load_keras(path: Path) -> Callable[[Array], Array]:
+    model = keras.saving.load_model(str(path))
+    return lambda x: model(x, training=False).numpy()
+
+
+EXPORTS: dict[str, Callable[[Graph, dict[str, Array], dict[str, Any]], Any]] = {
+    "savedmodel": SavedModelArtifact,
+    "keras": KerasFileArtifact,
+    "tflite": TFLiteArtifact,
+}
+LOADERS: dict[str, Callable[[Path], Callable[[Array], Array]]] = {
+    "savedmodel": _load_savedmodel,
+    "keras": _load_keras,
+    "tflite": lambda path: _tflite_runner(path.read_bytes()),
+}
+
+
+def load_keras_weights(graph: Graph, path: Path) -> dict[str, Array]:
+    """Canonical weights from a Keras ``.weights.h5`` saved from the model this backend
+    builds for ``graph`` (the same layer names; Keras' layout converted back)."""
+    network = KerasNetwork(graph)
+    network.model.load_weights(str(path))
+    return network.get_weights()

@@ -514,3 +514,60 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
     """A PyTorch state_dict file, loaded safely (``weights_only``: tensors, never code)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.detach().float().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+# ---- export artifacts (see cnnspec.exporting) ----------------------------------------------
+
+
+def _eval_module(graph: Graph, weights: dict[str, np.ndarray]) -> GraphModule:
+    module = GraphModule(graph).eval()
+    state = module.state_dict()
+    for name, array in weights.items():
+        state[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    return module
+
+
+def _runner(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).detach().float().numpy()
+
+    return run
+
+
+class TorchScriptArtifact:
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], options: dict[str, Any]) -> None:
+        example = torch.zeros((2, *graph.input_shape))
+        with torch.no_grad():
+            self.module = torch.jit.trace(_eval_module(graph, weights), example)
+        self.run = _runner(self.module)
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        import json
+
+        torch.jit.save(self.module, str(path), _extra_files={"cnnspec.json": json.dumps(metadata)})
+
+
+class TorchExportArtifact:
+    """A torch.export ExportedProgram with a dynamic batch axis."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], options: dict[str, Any]) -> None:
+        example = torch.zeros((2, *graph.input_shape))
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        self.program = torch.export.export(_eval_module(graph, weights), (example,), dynamic_shapes={"x": {0: batch}})
+        self.run = _runner(self.program.module())
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        import json
+
+        torch.export.save(self.program, str(path), extra_files={"cnnspec.json": json.dumps(metadata)})
+
+
+EXPORTS: dict[str, Callable[[Graph, dict[str, np.ndarray], dict[str, Any]], Any]] = {
+    "torchscript": TorchScriptArtifact,
+    "torch-export": TorchExportArtifact,
+}
+LOADERS: dict[str, Callable[[Path], Callable[[np.ndarray], np.ndarray]]] = {
+    "torchscript": lambda path: _runner(torch.jit.load(str(path), map_location="cpu")),
+    "torch-export": lambda path: _runner(torch.export.load(str(path)).module()),
+}

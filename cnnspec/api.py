@@ -52,11 +52,13 @@ def train(
     precision: str = "auto",
     compile: bool = False,
     out: str | os.PathLike[str] | None = None,
+    init: str | os.PathLike[str] | None = None,
     quiet: bool = True,
     **overrides: Any,
 ) -> TrainResult:
     """Train and write a run directory. Keyword overrides use dotted names as
-    ``{'optimizer.lr': 0.01}`` or plain ones: ``train("lenet5", epochs=3)``."""
+    ``{'optimizer.lr': 0.01}`` or plain ones: ``train("lenet5", epochs=3)``. ``init``, a
+    checkpoint (.safetensors), starts from its arrays wherever names and shapes fit."""
     from cnnspec.backends import load_backend
     from cnnspec.harness.run import train as run_training
 
@@ -65,7 +67,7 @@ def train(
     module: Any = load_backend(backend)
     return run_training(
         graph, config, module, backend, device=device, precision=precision, compile=compile,
-        out=Path(out) if out is not None else None, quiet=quiet,
+        out=Path(out) if out is not None else None, init=Path(init) if init is not None else None, quiet=quiet,
     )
 
 

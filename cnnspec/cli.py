@@ -189,6 +189,7 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="any train: field, KEY=VALUE, repeatable (schedule.name=cosine)")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/NAME-TIMESTAMP)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run from its last checkpoint")] = None,
+    init: Annotated[Path | None, typer.Option(help="start from a checkpoint's weights where names and shapes fit (transfer learning)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Train a spec with the shared harness; writes a run directory."""
@@ -207,7 +208,8 @@ def train(
             if spec is None:
                 _usage("train needs a SPEC (or --resume RUN_DIR)")
             graph = load_spec(spec)
-            result = api.train(graph, backend or "torch", device=device, precision=precision, compile=compile, out=out, quiet=quiet, **overrides)
+            result = api.train(graph, backend or "torch", device=device, precision=precision, compile=compile, out=out,
+                               init=init, quiet=quiet, **overrides)
     except SpecNotFound as exc:
         _usage(str(exc))
     except SpecError as exc:
@@ -292,25 +294,20 @@ def verify(
     batch: Annotated[int, typer.Option(min=1)] = 2,
     seed: Annotated[int, typer.Option()] = 0,
     tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
+    weights: Annotated[Path | None, typer.Option(help="a .safetensors checkpoint for the spec (from `cnnspec import`)")] = None,
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
 ) -> None:
     """Run identical weights and inputs through several backends and compare every layer."""
     from cnnspec.verify import load_target
     from cnnspec.verify import verify as run_verification
 
-    size = None
-    if input_size is not None:
-        try:
-            h, w = (int(v) for v in input_size.split(","))
-            size = (h, w)
-        except ValueError:
-            _usage(f"--input-size takes H,W (e.g. 64,64), got '{input_size}'")
+    size = _input_size(input_size)
     try:
-        graph, weights, source = load_target(target, size)
+        graph, arrays, source = load_target(target, size, weights)
         from cnnspec.backends import installed_backends
 
         names = installed_backends() if backends is None else [b.strip() for b in backends.split(",") if b.strip()]
-        result = run_verification(graph, names, weights=weights,
+        result = run_verification(graph, names, weights=arrays,
                                   weights_from=source, device=device, batch=batch, seed=seed, tolerance=tolerance)
     except SpecNotFound as exc:
         _usage(str(exc))
@@ -331,6 +328,106 @@ def verify(
             markup=False, soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+def _input_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        _usage(f"--input-size takes H,W (e.g. 64,64), got '{text}'")
+    return (h, w)
+
+
+# ---- export, draw, import ------------------------------------------------------------------
+
+FORMATS_HELP = "onnx, torchscript, torch-export, savedmodel, keras, tflite; or a diagram: dot, svg, png"
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Argument(help="a spec or zoo name (fresh weights), or a run directory/checkpoint")],
+    to: Annotated[str, typer.Option("--to", "-t", help=FORMATS_HELP)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="where to write [default: NAME.SUFFIX here, or RUN/exports/]")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (13 and up) [default: 17]")] = None,
+    weights: Annotated[Path | None, typer.Option(help="a .safetensors checkpoint for the spec (from `cnnspec import`)")] = None,
+    input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: export a spec at another input size")] = None,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
+) -> None:
+    """Write a model another framework runs, verified against cnnspec before it is reported."""
+    from cnnspec import exporting
+    from cnnspec.verify import load_target
+
+    if to not in exporting.FORMATS and to not in exporting.DIAGRAMS:
+        from cnnspec.diagnostics import did_you_mean
+
+        _usage(f"unknown format '{to}'{did_you_mean(to, [*exporting.FORMATS, *exporting.DIAGRAMS])}; use {FORMATS_HELP}")
+    try:
+        graph, arrays, source = load_target(target, _input_size(input_size), weights)
+        path = out or exporting.default_path(graph, to, target)
+        if to in exporting.DIAGRAMS:
+            from cnnspec.draw import draw
+
+            draw(graph, path.with_suffix(exporting.DIAGRAMS[to]) if out is None else path)
+            stdout.print(f"wrote {path}", markup=False)
+            return
+        if arrays is None:
+            from cnnspec.harness.weights import initial_weights
+
+            arrays = initial_weights(graph, 0)
+            stderr.print(f"note: {target} is a spec, not a trained run: exporting freshly initialised weights (seed 0)",
+                         markup=False, soft_wrap=True)
+        report = exporting.export(graph, arrays, to, path, weights_from=source, options={"opset": opset}, tolerance=tolerance)
+    except SpecNotFound as exc:
+        _usage(str(exc))
+    except (*_run_errors(), exporting.ExportFailed, LookupError) as exc:  # type: ignore[misc]
+        _fail_run(exc)
+    stdout.print(
+        f"wrote {report.path} ({report.format}, {report.bytes / 2**20:.1f} MiB): verified against the {report.reference} "
+        f"backend on a batch of {report.batch[0]}, max abs error {report.max_abs_error:.2e}, "
+        f"max relative {report.max_rel_error:.2e}; {report.metadata_in}",
+        markup=False, soft_wrap=True,
+    )
+
+
+@app.command()
+def draw(
+    spec: Annotated[str, typer.Argument(help="a spec file, zoo name or run directory")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=".svg, .png or .dot [default: NAME.svg]")] = None,
+) -> None:
+    """Draw the network (each layer's name, kind, shape and params): SVG, PNG or DOT."""
+    from cnnspec.draw import draw as draw_graph
+    from cnnspec.verify import load_target
+
+    try:
+        graph, _, _ = load_target(spec, None)
+        path = out or Path(f"{graph.name}.svg")
+        draw_graph(graph, path)
+    except SpecNotFound as exc:
+        _usage(str(exc))
+    except (*_run_errors(),) as exc:
+        _fail_run(exc)
+    stdout.print(f"wrote {path}", markup=False)
+
+
+@app.command("import")
+def import_(
+    model: Annotated[Path, typer.Argument(help="MODEL.onnx; or a PyTorch state_dict (.pt, .pth) or Keras .weights.h5 with --spec")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="the spec to write (.yaml; ONNX) or the checkpoint (.safetensors)")] = None,
+    spec: Annotated[str | None, typer.Option(help="the spec or zoo name the weights belong to (state_dict, .weights.h5)")] = None,
+) -> None:
+    """Bring a model in: ONNX to a spec and checkpoint; torchvision or Keras weights to a checkpoint."""
+    from cnnspec import importing
+
+    try:
+        written = importing.import_model(model, out, spec)
+    except SpecNotFound as exc:
+        _usage(str(exc))
+    except (*_run_errors(), LookupError) as exc:  # type: ignore[misc]
+        _fail_run(exc)
+    for line in written:
+        stdout.print(line, markup=False, soft_wrap=True)
 
 
 SizeOpt = Annotated[int, typer.Option("--size", "-n", min=1, help="input size N along one axis")]

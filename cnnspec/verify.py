@@ -110,14 +110,19 @@ def verify(
     return Verification(graph, reference, backends, devices, layers, tolerance, weights_from)
 
 
-def load_target(target: str, input_size: tuple[int, int] | None) -> tuple[Graph, dict[str, np.ndarray] | None, str]:
-    """A spec (fresh seeded weights) or a run directory/checkpoint (its trained weights)."""
+def load_target(
+    target: str, input_size: tuple[int, int] | None, weights_file: Path | None = None
+) -> tuple[Graph, dict[str, np.ndarray] | None, str]:
+    """A spec (fresh seeded weights, or ``weights_file``'s) or a run directory/checkpoint
+    (its trained weights)."""
+    from cnnspec.harness.weights import check_weights, load_arrays
     from cnnspec.load import load_spec, with_input_size
 
     path = Path(target)
+    if path.is_dir() and weights_file is not None:
+        raise ValueError("--weights goes with a spec; a run directory brings its own weights")
     if path.is_dir():
         from cnnspec.harness.run import load_run
-        from cnnspec.harness.weights import load_arrays
 
         loaded = load_run(path)
         if input_size is not None and input_size != loaded.graph.input_shape[1:]:
@@ -126,4 +131,8 @@ def load_target(target: str, input_size: tuple[int, int] | None) -> tuple[Graph,
     graph = load_spec(target)
     if input_size is not None:
         graph = with_input_size(graph, input_size)
-    return graph, None, "seeded initial weights"
+    if weights_file is None:
+        return graph, None, "seeded initial weights"
+    weights = load_arrays(weights_file)
+    check_weights(graph, weights, str(weights_file))
+    return graph, weights, str(weights_file)

@@ -264,6 +264,28 @@ def check_memory(graph: Graph, config: TrainConfig, device: str, free: int | Non
         )
 
 
+def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Progress) -> dict[str, np.ndarray]:
+    """The seeded initial weights, with every array of ``init`` (a checkpoint: transfer
+    learning) whose name and shape fit; says which stayed fresh."""
+    weights = initial_weights(graph, seed)
+    if init is None:
+        return weights
+    loaded = load_arrays(init)
+    taken = [name for name, array in loaded.items() if name in weights and array.shape == weights[name].shape]
+    if not taken:
+        raise TrainingError(f"{init}: none of its arrays fits '{graph.name}' (names and shapes differ)")
+    for name in taken:
+        weights[name] = loaded[name].astype(np.float32)
+    fresh = [name for name in weights if name not in taken]
+    unused = [name for name in loaded if name not in taken]
+    progress.message(
+        f"initialised {len(taken)} of {len(weights)} arrays from {init}"
+        + (f"; freshly initialised: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
+        + (f"; not used: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}" if unused else "")
+    )
+    return weights
+
+
 def train(
     graph: Graph,
     config: TrainConfig,
@@ -275,6 +297,7 @@ def train(
     compile: bool = False,
     out: Path | None = None,
     resume: Path | None = None,
+    init: Path | None = None,
     quiet: bool = False,
 ) -> TrainResult:
     progress = Progress(quiet)
@@ -304,7 +327,7 @@ def train(
     else:
         if run.path.exists() and any(run.path.iterdir()):
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
-        session.set_weights(initial_weights(graph, config.seed))
+        session.set_weights(_starting_weights(graph, config.seed, init, progress))
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / "spec.yaml", graph.source)
         write_json(
@@ -318,6 +341,7 @@ def train(
                 "classes": data.classes,
                 "normalization": dataclasses.asdict(norm),
                 "train": config.model_dump(mode="json"),
+                "init": None if init is None else str(init),
                 "created": datetime.now().isoformat(timespec="seconds"),
             },
         )

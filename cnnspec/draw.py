@@ -1,0 +1,101 @@
+"""Pictures of a network: Graphviz DOT text, and SVG or PNG drawn with matplotlib (no
+Graphviz binary needed). Each box shows a layer's name, kind, output shape and
+parameters; arrows follow the data. Layers at the same depth (the longest path from the
+input) share a row, so parallel branches (Inception, residual shortcuts) sit side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cnnspec.graph import Graph, Node
+from cnnspec.harness.weights import atomic_write, write_text
+from cnnspec.layers.base import format_shape
+from cnnspec.spec import INPUT
+
+ROW_HEIGHT, COLUMN_WIDTH = 0.9, 2.6  # inches per row and per column
+
+
+def _label(node: Node) -> str:
+    params = f"{node.params:,} params" if node.params else "no params"
+    return f"{node.name}\n{node.kind}  {format_shape(node.output_shape)}\n{params}"
+
+
+def to_dot(graph: Graph) -> str:
+    lines = [f"digraph {json.dumps(graph.name)} {{", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=10];',
+             f'  {json.dumps(INPUT)} [label={json.dumps("input" + chr(10) + format_shape(graph.input_shape))}, fillcolor="#e8f5e9"];']
+    for node in graph.nodes:
+        lines.append(f"  {json.dumps(node.name)} [label={json.dumps(_label(node))}];")
+        lines.extend(f"  {json.dumps(source)} -> {json.dumps(node.name)};" for source in node.inputs)
+    lines.append(f'  label={json.dumps(f"{graph.name}: {graph.params:,} params, {graph.macs / 1e6:,.1f} M MACs")};')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _layout(graph: Graph) -> dict[str, tuple[float, int]]:
+    """(column, row) of each node, and the input's, by depth from the input."""
+    depth = {INPUT: 0}
+    for node in graph.nodes:
+        depth[node.name] = 1 + max(depth[source] for source in node.inputs)
+    rows: dict[int, list[str]] = {}
+    for name, row in depth.items():
+        rows.setdefault(row, []).append(name)
+    widest = max(len(names) for names in rows.values())
+    position = {}
+    for row, names in rows.items():
+        offset = (widest - len(names)) / 2
+        for column, name in enumerate(names):
+            position[name] = (offset + column, row)
+    return position
+
+
+def render(graph: Graph, path: Path) -> None:
+    """Draw ``graph`` to ``path`` (.svg or .png), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, and far smaller
+    position = _layout(graph)
+    columns = max(x for x, _ in position.values()) + 1
+    rows = max(y for _, y in position.values()) + 1
+    figure = plt.figure(figsize=(max(columns * COLUMN_WIDTH, 4.0), rows * ROW_HEIGHT + 0.8))
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_xlim(-0.55, columns - 0.45)
+    axes.set_ylim(rows - 0.4, -1.0)
+    axes.axis("off")
+    axes.text((columns - 1) / 2, -0.75, f"{graph.name}: {graph.params:,} params, {graph.macs / 1e6:,.1f} M MACs",
+              ha="center", va="center", fontsize=11, weight="bold")
+    labels = {INPUT: f"input\n{format_shape(graph.input_shape)}"} | {node.name: _label(node) for node in graph.nodes}
+    for node in graph.nodes:
+        x1, y1 = position[node.name]
+        for source in node.inputs:
+            x0, y0 = position[source]
+            arrow = {"arrowstyle": "-|>", "color": "#607d8b", "lw": 0.8}
+            if y1 - y0 > 1 and x0 == x1:  # a skip connection: around the boxes between, on the right
+                axes.annotate("", xy=(x1 + 0.45, y1), xytext=(x0 + 0.45, y0),
+                              arrowprops=arrow | {"connectionstyle": "arc,angleA=0,angleB=0,armA=18,armB=18,rad=6"})
+            else:
+                axes.annotate("", xy=(x1, y1 - 0.33), xytext=(x0, y0 + 0.33), arrowprops=arrow)
+    for name, (x, y) in position.items():
+        colour = "#e8f5e9" if name == INPUT else "#eef3fb"
+        axes.add_patch(FancyBboxPatch((x - 0.45, y - 0.33), 0.9, 0.66, boxstyle="round,pad=0.02",
+                                      facecolor=colour, edgecolor="#90a4ae", lw=0.8))
+        axes.text(x, y, labels[name], ha="center", va="center", fontsize=7, family="DejaVu Sans")
+    suffix = path.suffix.lstrip(".")
+    atomic_write(path, lambda p: figure.savefig(p, format=suffix, dpi=110))
+    plt.close(figure)
+
+
+def draw(graph: Graph, path: Path) -> None:
+    """DOT, SVG or PNG by ``path``'s suffix."""
+    if path.suffix == ".dot":
+        write_text(path, to_dot(graph))
+    elif path.suffix in (".svg", ".png"):
+        render(graph, path)
+    else:
+        raise ValueError(f"{path}: draw writes .dot, .svg or .png, not '{path.suffix or 'no suffix'}'")

@@ -1,0 +1,145 @@
+"""``cnnspec export``: a model another framework loads, verified before it is reported.
+
+Each format is written by one backend module (its ``EXPORTS`` and ``LOADERS`` tables).
+An export runs in this order, so that a failure leaves nothing behind:
+
+1. build the artifact in memory (a layer the format cannot represent is refused here);
+2. run it on a fixed batch and compare with the backend it must agree with;
+3. write it to a temporary name beside the destination, with the spec, the weights'
+   origin and the measured error as metadata where the format has room for them;
+4. load that file back, run it again, compare again;
+5. only then rename it into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnspec.graph import Graph
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    suffix: str  # of the file written; "" for a directory
+    module: str  # the backend module under cnnspec.backends that writes it
+    extra: str  # the pip extra that installs its framework
+    reference: str  # the backend its outputs are compared with
+    metadata: str  # where the spec and the measured error are stored, in words
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format(".onnx", "onnx_backend", "onnx", "numpy", "metadata in the model's metadata_props"),
+    "torchscript": Format(".pt", "torch_backend", "torch", "torch", "metadata in the archive's extra file cnnspec.json"),
+    "torch-export": Format(".pt2", "torch_backend", "torch", "torch", "metadata in the archive's extra file cnnspec.json"),
+    "savedmodel": Format("", "tensorflow_backend", "tensorflow", "tensorflow", "metadata in cnnspec.json in the directory"),
+    "keras": Format(".keras", "tensorflow_backend", "tensorflow", "tensorflow", "no metadata (the format has no room for it)"),
+    "tflite": Format(".tflite", "tensorflow_backend", "tensorflow", "tensorflow", "no metadata (the format has no room for it)"),
+}
+DIAGRAMS = {"dot": ".dot", "svg": ".svg", "png": ".png"}
+TOLERANCE = 1e-4  # relative to the reference output's largest magnitude
+
+
+class ExportFailed(RuntimeError):
+    """The artifact does not reproduce the reference; nothing was written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    format: str
+    reference: str
+    max_abs_error: float
+    max_rel_error: float
+    batch: tuple[int, ...]
+    bytes: int
+    weights_from: str
+    metadata_in: str
+
+
+def default_path(graph: Graph, fmt: str, target: str) -> Path:
+    suffix = FORMATS[fmt].suffix if fmt in FORMATS else DIAGRAMS[fmt]
+    base = Path(target) / "exports" if Path(target).is_dir() else Path(".")
+    return base / f"{graph.name}{suffix or '-' + fmt}"
+
+
+def _errors(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    if got.shape != expected.shape:
+        raise ExportFailed(f"the exported model returns shape {got.shape}, the spec {expected.shape}")
+    absolute = float(np.abs(got - expected).max())
+    return absolute, absolute / max(float(np.abs(expected).max()), 1e-12)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *, weights_from: str,
+           options: dict[str, Any] | None = None, tolerance: float = TOLERANCE, batch: int = 2, seed: int = 0) -> ExportReport:
+    """Write ``graph`` with ``weights`` as ``fmt`` at ``out``, verified (see the module doc)."""
+    from cnnspec import __version__
+    from cnnspec.backends import import_module, load_backend
+    from cnnspec.harness.config import TrainConfig
+
+    spec = FORMATS[fmt]
+    module: Any = import_module(spec.module, spec.extra, f"export to {fmt}")
+    x = np.random.default_rng(seed).standard_normal((batch, *graph.input_shape)).astype(np.float32)
+    session: Any = load_backend(spec.reference).open_session(graph, TrainConfig(), device="cpu", precision="fp32")
+    session.set_weights(weights)
+    expected = session.predict(x)
+
+    artifact = module.EXPORTS[fmt](graph, weights, options or {})
+    absolute, relative = _errors(np.asarray(artifact.run(x)), expected)
+    if relative > tolerance:
+        raise ExportFailed(f"{fmt} export of '{graph.name}' differs from {spec.reference} by {relative:.2e} relative "
+                           f"(max abs {absolute:.2e}) > {tolerance:g}; nothing was written")
+    metadata = {
+        "cnnspec.version": __version__, "cnnspec.spec": graph.source, "cnnspec.weights": weights_from,
+        "cnnspec.reference": spec.reference, "cnnspec.max_abs_error": f"{absolute:.3e}",
+        "cnnspec.max_rel_error": f"{relative:.3e}", "cnnspec.input": "N x " + " x ".join(map(str, graph.input_shape)),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.parent / f".{out.stem}.{os.getpid()}.partial{out.suffix}"
+    _remove(temporary)
+    try:
+        artifact.save(temporary, metadata)
+        absolute_back, relative_back = _errors(np.asarray(module.LOADERS[fmt](temporary)(x)), expected)
+        if relative_back > tolerance:
+            raise ExportFailed(f"{fmt} export of '{graph.name}', loaded back from disk, differs from {spec.reference} by "
+                               f"{relative_back:.2e} relative > {tolerance:g}; nothing was written")
+        if out.is_dir():
+            shutil.rmtree(out)
+        os.replace(temporary, out)
+    except BaseException:
+        _remove(temporary)
+        raise
+    return ExportReport(out, fmt, spec.reference, max(absolute, absolute_back), max(relative, relative_back),
+                        tuple(x.shape), _size(out), weights_from, spec.metadata)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The cnnspec metadata an export stored (ONNX: metadata_props; others: cnnspec.json)."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if path.is_dir():
+        return dict(json.loads((path / "cnnspec.json").read_text()))
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("cnnspec.json"))
+        return dict(json.loads(archive.read(name)))

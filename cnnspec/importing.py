@@ -1,0 +1,130 @@
+"""``cnnspec import``: models and weights from elsewhere, into specs and checkpoints.
+
+- ``MODEL.onnx``: the graph becomes a spec (``-o spec.yaml``) and its initializers a
+  checkpoint beside it (``spec.safetensors``); the spec is validated, and the imported
+  network's outputs are compared with onnxruntime's on the original file.
+- A PyTorch ``state_dict`` (``.pt``, ``.pth``, ``.bin``), loaded with ``weights_only``
+  (tensors, never code), for a spec whose layer names are the model's module names (the
+  zoo uses torchvision's).
+- A Keras ``.weights.h5`` saved from the model the tensorflow backend builds for a spec.
+
+Checkpoints are canonical safetensors files: ``--weights`` for ``verify`` and ``export``,
+``--init`` for ``train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnspec.graph import Graph
+from cnnspec.harness.weights import check_weights, save_arrays, write_text
+
+
+class ImportFailed(ValueError):
+    """The file cannot become what was asked; the message says why."""
+
+
+def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
+    """Import ``model``; returns what was written, one line each."""
+    if not model.is_file():
+        raise ImportFailed(f"{model}: no such file")
+    name = model.name.lower()
+    if name.endswith(".onnx"):
+        if spec is not None:
+            raise ImportFailed("an ONNX model brings its own graph: leave out --spec")
+        return _import_onnx(model, out or Path(f"{model.name[: -len('.onnx')]}.yaml"))
+    if spec is None:
+        raise ImportFailed(f"{model}: weights need the spec they belong to: add --spec NAME_OR_FILE")
+    from cnnspec.load import load_spec
+
+    graph = load_spec(spec)
+    target = out or Path(f"{graph.name}.safetensors")
+    if target.suffix != ".safetensors":
+        raise ImportFailed(f"{target}: a checkpoint is written as .safetensors")
+    if name.endswith((".pt", ".pth", ".bin")):
+        weights, ignored = _from_state_dict(graph, model)
+    elif name.endswith(".h5"):
+        from cnnspec.backends import import_module
+
+        backend = import_module("tensorflow_backend", "tensorflow", "importing Keras weights")
+        try:
+            weights, ignored = backend.load_keras_weights(graph, model), []
+        except (ValueError, KeyError) as exc:
+            raise ImportFailed(f"{model} does not fit the Keras model of '{graph.name}': {exc}") from None
+    else:
+        raise ImportFailed(f"{model}: import reads .onnx, a PyTorch state_dict (.pt, .pth, .bin) or a Keras .weights.h5")
+    check_weights(graph, weights, str(model))
+    save_arrays(target, weights, {"spec": graph.name, "source": str(model)})
+    lines = [f"wrote {target}: {len(weights)} arrays for '{graph.name}' from {model}"]
+    if ignored:
+        lines.append(f"ignored {len(ignored)} array(s) the spec has no place for: {', '.join(ignored[:8])}"
+                     f"{' ...' if len(ignored) > 8 else ''}")
+    return lines
+
+
+def _from_state_dict(graph: Graph, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    from cnnspec.backends import import_module
+
+    torch_backend = import_module("torch_backend", "torch", "importing a PyTorch state_dict")
+    try:
+        state = torch_backend.load_state_dict(path)
+    except Exception as exc:  # torch raises UnpicklingError for anything but plain tensors
+        raise ImportFailed(f"{path}: not a state_dict of tensors that loads safely (weights_only): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(state, dict):
+        raise ImportFailed(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    expected = graph.weights()
+    weights = {name: array for name, array in state.items() if name in expected}
+    ignored = [name for name in state if name not in expected and not name.endswith("num_batches_tracked")]
+    return weights, ignored
+
+
+def _import_onnx(model: Path, out: Path) -> list[str]:
+    from cnnspec.backends import import_module, load_backend
+    from cnnspec.harness.config import TrainConfig
+    from cnnspec.load import parse_spec
+
+    if out.suffix not in (".yaml", ".yml"):
+        raise ImportFailed(f"{out}: an ONNX import writes a spec (.yaml) and a checkpoint beside it")
+    onnx_backend = import_module("onnx_backend", "onnx", "importing ONNX")
+    import onnx
+
+    try:
+        loaded = onnx.load(str(model))
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ImportFailed(f"{model}: not an ONNX model ({type(exc).__name__})") from None
+    try:
+        from cnnspec.spec import NAME_PATTERN
+
+        name = loaded.graph.name if NAME_PATTERN.match(loaded.graph.name or "") else _spec_name(model)
+        text, weights = onnx_backend.import_onnx(loaded, name=name)
+    except onnx_backend.ImportRefused as exc:
+        raise ImportFailed(f"{model}: {exc}") from None
+    graph = parse_spec(text, str(out))
+    check_weights(graph, weights, str(model))
+    # The imported network must compute what the file computes.
+    x = np.random.default_rng(0).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    session = load_backend("numpy").open_session(graph, TrainConfig())
+    session.set_weights(weights)
+    ours = session.predict(x)
+    theirs = next(iter(onnx_backend.run(loaded, x).values()))
+    error = float(np.abs(ours - theirs).max()) / max(float(np.abs(theirs).max()), 1e-12)
+    if error > 1e-4:
+        raise ImportFailed(f"{model}: the imported spec computes differently from the ONNX model "
+                           f"(relative error {error:.2e}); nothing was written")
+    checkpoint = out.with_suffix(".safetensors")
+    write_text(out, text)
+    save_arrays(checkpoint, weights, {"spec": graph.name, "source": str(model)})
+    return [f"wrote {out}: spec '{graph.name}', {len(graph.nodes)} layers, {graph.params:,} params",
+            f"wrote {checkpoint}: {len(weights)} arrays; outputs match onnxruntime's to {error:.1e} relative",
+            f"next: cnnspec check {out}; cnnspec verify {out} --weights {checkpoint}"]
+
+
+def _spec_name(model: Path) -> str:
+    from cnnspec.spec import NAME_PATTERN
+
+    stem = model.name[: -len(".onnx")]
+    clean = "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem).lstrip(".-") or "imported"
+    return clean if NAME_PATTERN.match(clean) else "imported"
