@@ -378,7 +378,9 @@ def export(
             arrays = initial_weights(graph, 0)
             stderr.print(f"note: {target} is a spec, not a trained run: exporting freshly initialised weights (seed 0)",
                          markup=False, soft_wrap=True)
-        report = exporting.export(graph, arrays, to, path, weights_from=source, options={"opset": opset}, tolerance=tolerance)
+        extra = exporting.run_preprocessing(Path(target)) if Path(target).is_dir() else {}
+        report = exporting.export(graph, arrays, to, path, weights_from=source, options={"opset": opset},
+                                  tolerance=tolerance, extra_metadata=extra)
     except SpecNotFound as exc:
         _usage(str(exc))
     except (*_run_errors(), exporting.ExportFailed, LookupError) as exc:  # type: ignore[misc]
@@ -389,6 +391,14 @@ def export(
         f"max relative {report.max_rel_error:.2e}; {report.metadata_in}",
         markup=False, soft_wrap=True,
     )
+    if extra:
+        norm = json.loads(extra["cnnspec.preprocessing"])
+        stdout.print(
+            f"inputs are N x {' x '.join(map(str, graph.input_shape))} float32, prepared as in training: x * {norm['scale']:.6g}, "
+            f"then (x - mean) / std per channel with mean {[round(m, 4) for m in norm['mean']]}, "
+            f"std {[round(v, 4) for v in norm['std']]}" + ("" if report.metadata_in.startswith("no ") else " (stored in the metadata)"),
+            markup=False, soft_wrap=True,
+        )
 
 
 @app.command()

@@ -88,7 +88,8 @@ def _remove(path: Path) -> None:
 
 
 def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *, weights_from: str,
-           options: dict[str, Any] | None = None, tolerance: float = TOLERANCE, batch: int = 2, seed: int = 0) -> ExportReport:
+           options: dict[str, Any] | None = None, tolerance: float = TOLERANCE, batch: int = 2, seed: int = 0,
+           extra_metadata: dict[str, str] | None = None) -> ExportReport:
     """Write ``graph`` with ``weights`` as ``fmt`` at ``out``, verified (see the module doc)."""
     from cnnspec import __version__
     from cnnspec.backends import import_module, load_backend
@@ -110,7 +111,7 @@ def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *,
         "cnnspec.version": __version__, "cnnspec.spec": graph.source, "cnnspec.weights": weights_from,
         "cnnspec.reference": spec.reference, "cnnspec.max_abs_error": f"{absolute:.3e}",
         "cnnspec.max_rel_error": f"{relative:.3e}", "cnnspec.input": "N x " + " x ".join(map(str, graph.input_shape)),
-    }
+    } | (extra_metadata or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.parent / f".{out.stem}.{os.getpid()}.partial{out.suffix}"
     _remove(temporary)
@@ -143,3 +144,16 @@ def read_metadata(path: Path) -> dict[str, str]:
     with zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if n.endswith("cnnspec.json"))
         return dict(json.loads(archive.read(name)))
+
+
+def run_preprocessing(run: Path) -> dict[str, str]:
+    """How a run's inputs were prepared in training, for the people who feed the export:
+    x * scale, then (x - mean) / std per channel; and the class names."""
+    from cnnspec.harness.run import load_run
+
+    loaded = load_run(run)
+    norm = loaded.normalization
+    return {
+        "cnnspec.preprocessing": json.dumps({"scale": norm.scale, "mean": list(norm.mean), "std": list(norm.std)}),
+        "cnnspec.classes": json.dumps(loaded.info.get("classes")),
+    }

@@ -156,6 +156,10 @@ def test_a_trained_run_exports_its_weights(tmp_path: Path) -> None:
     out = tmp_path / "run" / "exports" / "lenet5.onnx"
     metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert metadata["cnnspec.weights"].endswith("epoch-0001")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert json.loads(metadata["cnnspec.preprocessing"])["mean"] == run["normalization"]["mean"]
+    assert json.loads(metadata["cnnspec.classes"]) == run["classes"]
+    assert "prepared as in training" in result.output
     trained = load_arrays(tmp_path / "run" / "checkpoints" / "epoch-0001" / "weights.safetensors")
     stored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
     assert np.array_equal(stored["output.weight"], trained["output.weight"])
