@@ -379,8 +379,9 @@ def export(
             stderr.print(f"note: {target} is a spec, not a trained run: exporting freshly initialised weights (seed 0)",
                          markup=False, soft_wrap=True)
         extra = exporting.run_preprocessing(Path(target)) if Path(target).is_dir() else {}
-        report = exporting.export(graph, arrays, to, path, weights_from=source, options={"opset": opset},
-                                  tolerance=tolerance, extra_metadata=extra)
+        with stderr.status(f"exporting {graph.name} to {to}: build, run, compare, write, reload, compare again"):
+            report = exporting.export(graph, arrays, to, path, weights_from=source, options={"opset": opset},
+                                      tolerance=tolerance, extra_metadata=extra)
     except SpecNotFound as exc:
         _usage(str(exc))
     except (*_run_errors(), exporting.ExportFailed, LookupError) as exc:  # type: ignore[misc]
