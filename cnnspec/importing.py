@@ -98,7 +98,9 @@ def _import_onnx(model: Path, out: Path) -> list[str]:
     try:
         from cnnspec.spec import NAME_PATTERN
 
-        name = loaded.graph.name if NAME_PATTERN.match(loaded.graph.name or "") else _spec_name(model)
+        # cnnspec's own exports carry the spec's name; other exporters' graph names are generic
+        ours = loaded.producer_name == "cnnspec" and NAME_PATTERN.match(loaded.graph.name or "")
+        name = loaded.graph.name if ours else _spec_name(model)
         text, weights = onnx_backend.import_onnx(loaded, name=name)
     except onnx_backend.ImportRefused as exc:
         raise ImportFailed(f"{model}: {exc}") from None

@@ -121,6 +121,28 @@ def test_every_layer_kind_in_onnx_matches_numpy_and_round_trips(name: str) -> No
     assert all(np.array_equal(back[k], weights[k]) for k in weights)
 
 
+def test_import_an_onnx_file_pytorch_exported(tmp_path: Path) -> None:
+    """Not only cnnspec's own files: torch.onnx's export of LeNet-5 imports to a spec with
+    the same parameter count and the same outputs (import itself checks the outputs)."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    from cnnspec.backends import torch_backend
+
+    graph = cnnspec.load_spec("lenet5")
+    module = torch_backend.build(graph).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(module, (torch.zeros(2, 1, 32, 32),), str(tmp_path / "lenet.onnx"), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    result = runner.invoke(app, ["import", str(tmp_path / "lenet.onnx"), "-o", str(tmp_path / "lenet.yaml")])
+    assert result.exit_code == 0, result.output
+    back = cnnspec.load_spec(tmp_path / "lenet.yaml")
+    assert back.name == "lenet" and back.params == graph.params and back.macs == graph.macs
+    assert [n.kind for n in back.nodes if n.kind in ("conv2d", "dense", "maxpool2d")] == \
+        [n.kind for n in graph.nodes if n.kind in ("conv2d", "dense", "maxpool2d")]
+
+
 def test_a_layer_onnx_cannot_express_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     spec = tmp_path / "net.yaml"
     spec.write_text("name: net\ninput: {shape: [6, 4, 4]}\nlayers:\n  - lrn: {size: 4}\n  - flatten: {}\n")
