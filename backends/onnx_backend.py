@@ -28,7 +28,6 @@ from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
-from cnnspec.layers.window import covering_padding, resolve_padding
 from cnnspec.spec import INPUT
 
 MIN_OPSET = 13  # Softmax over one axis (channels) needs 13; Clip's min/max inputs 11
@@ -115,20 +114,11 @@ def _with_activation(e: Emitter, node: Node, activation: Activation | None, op: 
 # ---- layers --------------------------------------------------------------------------------
 
 
-def _window(layer: Conv2d | Pool2d, node: Node, graph: Graph) -> tuple[Padding4, Padding4, tuple[int, int]]:
-    _, height, width = graph.input_shapes(node)[0]
-    size, out = (height, width), (node.output_shape[1], node.output_shape[2])
-    stride = layer.stride if isinstance(layer, Conv2d) else (layer.stride or layer.kernel)
-    dilation = layer.dilation if isinstance(layer, Conv2d) else (1, 1)
-    given = resolve_padding(layer.padding, size, layer.kernel, stride, dilation)
-    return given, covering_padding(given, size, layer.kernel, stride, dilation, out), stride
-
-
 def _conv(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     layer = node.layer
     assert isinstance(layer, Conv2d)
     # ONNX rounds down only: ceil rounding's overhang becomes explicit padding.
-    _, padding, _ = _window(layer, node, graph)
+    padding = layer.geometry(graph.input_shapes(node)[0], node.output_shape).covering
     args = [inputs[0], e.weight(f"{node.name}.weight")] + ([e.weight(f"{node.name}.bias")] if layer.bias else [])
     return _with_activation(e, node, layer.activation, "Conv", args, kernel_shape=list(layer.kernel),
                             strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
@@ -138,7 +128,8 @@ def _conv(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
 def _pool(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     layer = node.layer
     assert isinstance(layer, Pool2d)
-    given, _, stride = _window(layer, node, graph)
+    g = layer.geometry(graph.input_shapes(node)[0], node.output_shape)
+    given, stride = g.given, g.stride
     ceil = int(layer.rounding == "ceil" and layer.padding != "same")
     attributes: dict[str, Any] = {"kernel_shape": list(layer.kernel), "strides": list(stride), "pads": _onnx_pads(given),
                                   "ceil_mode": ceil}

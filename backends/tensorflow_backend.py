@@ -58,7 +58,7 @@ from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
-from cnnspec.layers.window import covering_padding, resolve_padding
+from cnnspec.layers.window import resolve_padding
 from cnnspec.spec import INPUT
 
 Array = np.ndarray
@@ -182,20 +182,11 @@ def _is_tf_same(padding: Padding4, size: tuple[int, int], kernel: tuple[int, int
     return padding == same and out == (-(-size[0] // stride[0]), -(-size[1] // stride[1]))
 
 
-def _window(layer: Conv2d | Pool2d, node: Node, b: Builder) -> tuple[Padding4, Padding4, tuple[int, int], tuple[int, int]]:
-    """(given padding, covering padding, input H x W, output H x W) of a conv or pool."""
-    _, height, width = b.graph.input_shapes(node)[0]
-    size, out = (height, width), (node.output_shape[1], node.output_shape[2])
-    stride = layer.stride if isinstance(layer, Conv2d) else (layer.stride or layer.kernel)
-    dilation = layer.dilation if isinstance(layer, Conv2d) else (1, 1)
-    given = resolve_padding(layer.padding, size, layer.kernel, stride, dilation)
-    return given, covering_padding(given, size, layer.kernel, stride, dilation, out), size, out
-
-
 def _conv(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
     assert isinstance(layer, Conv2d)
-    _, padding, size, out = _window(layer, node, b)
+    g = layer.geometry(b.graph.input_shapes(node)[0], node.output_shape)
+    padding, size, out = g.covering, g.size, g.out
     x = inputs[0].tensor
     both = max(layer.stride) > 1 and max(layer.dilation) > 1
     conv: keras.layers.Layer
@@ -225,8 +216,8 @@ def _conv(b: Builder, node: Node, inputs: list[Value]) -> Value:
 def _pool(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
     assert isinstance(layer, Pool2d)
-    given, padding, size, out = _window(layer, node, b)
-    stride = layer.stride or layer.kernel
+    g = layer.geometry(b.graph.input_shapes(node)[0], node.output_shape)
+    given, padding, size, out, stride = g.given, g.covering, g.size, g.out, g.stride
     x = inputs[0].tensor
     if isinstance(layer, MaxPool2d):
         if padding == NO_PADDING:

@@ -17,7 +17,8 @@ from cnnspec import Graph
 from cnnspec.cli import app
 from cnnspec.harness.config import TrainConfig
 from cnnspec.harness.weights import initial_weights, load_arrays, save_arrays
-from cnnspec.layers.window import covering_padding, resolve_padding
+from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.pool import Pool2d
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -47,15 +48,10 @@ def resolved(graph: Graph) -> list[tuple[object, ...]]:
         args = node.layer.model_dump(exclude={"init", "rounding", "padding"})
         if args.get("stride", 0) is None:  # a pool's stride defaults to its kernel
             args["stride"] = args["kernel"]
-        if "padding" in type(node.layer).model_fields and node.kind != "zero_padding2d":
-            layer = node.layer
-            shape = graph.input_shapes(node)[0]
-            stride = getattr(layer, "stride", None) or layer.kernel  # type: ignore[attr-defined]
-            dilation = getattr(layer, "dilation", (1, 1))
-            args["padding"] = resolve_padding(layer.padding, shape[1:], layer.kernel, stride, dilation)  # type: ignore[attr-defined]
-            if node.kind == "conv2d":  # ONNX rounds convolutions down: ceil's overhang comes back as zero padding
-                args["padding"] = covering_padding(args["padding"], shape[1:], layer.kernel, stride, dilation,  # type: ignore[attr-defined]
-                                                   node.output_shape[1:])
+        if isinstance(node.layer, (Conv2d, Pool2d)):
+            window = node.layer.geometry(graph.input_shapes(node)[0], node.output_shape)
+            # ONNX rounds convolutions down: ceil's overhang comes back as zero padding
+            args["padding"] = window.covering if node.kind == "conv2d" else window.given
         rows.append((node.name, node.kind, node.inputs, node.output_shape, node.params, node.non_trainable, args))
     return rows
 

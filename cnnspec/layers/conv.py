@@ -24,7 +24,7 @@ from cnnspec.layers.base import (
     feature_map,
     register,
 )
-from cnnspec.layers.window import resolve_padding, window_out
+from cnnspec.layers.window import WindowGeometry, resolve_padding, window_geometry, window_out
 
 
 @final
@@ -61,6 +61,10 @@ class Conv2d(Layer):
             macs=conv2d_macs(channels, self.filters, self.kernel, out, self.groups),
             window=Window(kernel=span, stride=self.stride),
         )
+
+    def geometry(self, input_shape: Shape, output_shape: Shape) -> WindowGeometry:
+        """The window resolved for these shapes (for lowerings)."""
+        return window_geometry(self.padding, self.kernel, self.stride, self.dilation, input_shape, output_shape)
 
     def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
         channels = inputs[0][0]

@@ -18,7 +18,7 @@ from cnnspec.layers.base import (
     feature_map,
     register,
 )
-from cnnspec.layers.window import resolve_padding, window_out
+from cnnspec.layers.window import WindowGeometry, resolve_padding, window_geometry, window_out
 
 
 class Pool2d(Layer):
@@ -40,6 +40,10 @@ class Pool2d(Layer):
         rounding = "floor" if self.padding == "same" else self.rounding
         out = window_out((channels, height, width), self.kernel, stride, padding, (1, 1), rounding, pool=True)
         return LayerInfo(output_shape=(channels, *out), window=Window(kernel=self.kernel, stride=stride))
+
+    def geometry(self, input_shape: Shape, output_shape: Shape) -> WindowGeometry:
+        """The window resolved for these shapes (for lowerings)."""
+        return window_geometry(self.padding, self.kernel, self.stride or self.kernel, (1, 1), input_shape, output_shape)
 
 
 @final

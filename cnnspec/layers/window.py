@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cnnspec.calculators import Rounding, SizeError, conv_out_size, pool_out_size, same_padding
 from cnnspec.layers.base import Padding4, ShapeError, format_shape
 
@@ -78,3 +80,31 @@ def covering_padding(
         needed = (out[axis] - 1) * stride[axis] + span - size[axis] - before
         grown.append((before, max(after, needed)))
     return (grown[0], grown[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowGeometry:
+    """A conv or pool window with everything resolved, for lowerings: input and output
+    H x W, kernel, stride, dilation, the padding as given (numbers, 'same' resolved), and
+    that padding grown to cover ceil rounding's overhang."""
+
+    size: tuple[int, int]
+    out: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    given: Padding4
+    covering: Padding4
+
+
+def window_geometry(
+    padding: Padding4 | str,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+) -> WindowGeometry:
+    size, out = (input_shape[1], input_shape[2]), (output_shape[1], output_shape[2])
+    given = resolve_padding(padding, size, kernel, stride, dilation)
+    return WindowGeometry(size, out, kernel, stride, dilation, given, covering_padding(given, size, kernel, stride, dilation, out))
