@@ -11,7 +11,14 @@ scalars, never objects. What a spec compiler needs beyond ``yaml.safe_load``:
 - alias expansion and nesting depth are bounded, so a "billion laughs" document or a
   million nested brackets is refused at once instead of eating memory or the stack.
 
-libyaml's C parser is used when PyYAML has it (several times faster, same marks).
+libyaml's C parser is the fast path when PyYAML has it (several times faster, same values
+and marks). It is never the judge of a refusal: libyaml has limits and wording of its own
+that change between PyYAML releases (6.0.4's bundled libyaml stops at 1000 nested levels
+while its scanner reads ahead, before cnnspec's limit of 100 is met in event order). When it
+refuses a file, PyYAML's pure-Python parser reads the file again and has the final word: it
+has no limits of its own, streams its events (reading ahead at most 1024 characters of one
+line), and so every refusal is cnnspec's own rule or the reference parser's message, the
+same on every PyYAML 6.x, with or without libyaml.
 """
 
 from __future__ import annotations
@@ -94,9 +101,14 @@ def load_yaml(text: str | bytes, path: str) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SpecError([Diagnostic(top, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
-    parser = _parser(text)
+    fast = _fast_parser()
+    if fast is not None:
+        try:
+            return _build(fast(text), path)
+        except yaml.YAMLError:
+            pass  # libyaml's own refusal: the reference parser below gives the verdict
     try:
-        return _Builder(parser, path).document()
+        return _build(_reference_parser(text), path)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else top
@@ -104,16 +116,27 @@ def load_yaml(text: str | bytes, path: str) -> Any:
         raise SpecError([Diagnostic(where, f"invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(top, f"invalid YAML: {exc}")]) from None
+
+
+def _build(parser: Any, path: str) -> Any:
+    try:
+        return _Builder(parser, path).document()
     finally:
         parser.dispose()
 
 
-def _parser(text: str) -> Any:
+def _fast_parser() -> Any:
+    """libyaml's event parser when PyYAML was built with it, else None."""
     try:
-        from yaml._yaml import CParser  # libyaml, when PyYAML was built with it
+        from yaml._yaml import CParser
     except ImportError:
-        return yaml.SafeLoader(text)  # pure Python; only its event methods are used
-    return CParser(text)
+        return None
+    return CParser
+
+
+def _reference_parser(text: str) -> Any:
+    """PyYAML's pure-Python parser: no limits of its own; only its event methods are used."""
+    return yaml.SafeLoader(text)
 
 
 class _Scalars(yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
@@ -141,6 +164,7 @@ class _Builder:
         self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded size)
         self.stack: list[_Frame] = []
         self.total = 0
+        self.aliased = False
 
     def where(self, event: Any) -> Location:
         return Location(self.path, event.start_mark.line + 1, event.start_mark.column + 1)
@@ -188,8 +212,11 @@ class _Builder:
                 if event.anchor is not None:
                     self.anchors[event.anchor] = (value, size)
             self.total += size
+            self.aliased |= isinstance(event, AliasEvent)
             if self.total > MAX_EXPANDED_NODES:
-                raise self.fail(event, f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes (an alias bomb?); refusing to load")
+                what = "aliases expand to" if self.aliased else "has"
+                bomb = " (an alias bomb?)" if self.aliased else ""
+                raise self.fail(event, f"YAML {what} more than {MAX_EXPANDED_NODES} nodes{bomb}; refusing to load")
             if not self.stack:
                 return value
             self.add(self.stack[-1], value, size, event, where)

@@ -46,6 +46,13 @@ def test_alias_bomb_is_refused_fast() -> None:
     assert time.perf_counter() - start < 5  # a generous bound: expanding it would take hours
 
 
+def test_a_huge_file_without_aliases_is_not_called_an_alias_bomb() -> None:
+    from cnnspec.yamlmarks import MAX_EXPANDED_NODES
+
+    text = "".join(f"k{i}: {i}\n" for i in range(MAX_EXPANDED_NODES // 2 + 1))
+    assert refusal(text).endswith(f"YAML has more than {MAX_EXPANDED_NODES} nodes; refusing to load")
+
+
 def test_aliases_and_merge_keys_that_stay_small_work() -> None:
     data = load_yaml("base: &b {kernel: 3, padding: 1}\nconv: {<<: *b, filters: 8}\n", "x.yaml")
     assert data["conv"] == {"kernel": 3, "padding": 1, "filters": 8}
@@ -104,7 +111,81 @@ def test_pure_python_parser_gives_the_same_result(monkeypatch: pytest.MonkeyPatc
         text = zoo_path(name).read_text()
         fast = load_yaml(text, "x.yaml")
         with monkeypatch.context() as patch:
-            patch.setattr(marks, "_parser", yaml.SafeLoader)
+            patch.setattr(marks, "_fast_parser", lambda: None)
             slow = load_yaml(text, "x.yaml")
         assert fast == slow == yaml.safe_load(text)
         assert fast["layers"].item_locations == slow["layers"].item_locations
+
+
+def _nested(depth: int, style: str) -> str:
+    """A document whose deepest value sits inside `depth` collections (the top mapping included)."""
+    if style == "flow":
+        return "a: " + "[" * (depth - 1) + "]" * (depth - 1) + "\n"
+    return "a:\n" + "".join("  " * level + "-\n" for level in range(1, depth - 1)) + "  " * (depth - 1) + "- x\n"
+
+
+class _StricterLibyaml:
+    """A stand-in for a libyaml release with limits and wording of its own: it refuses any
+    document nested more than 5 levels deep, as soon as its scanner sees the level."""
+
+    def __init__(self, text: str) -> None:
+        import yaml
+
+        self._events = yaml.SafeLoader(text)
+        self._depth = 0
+
+    def _count(self, event: object) -> object:
+        import yaml
+
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            self._depth += 1
+            if self._depth > 5:
+                raise yaml.MarkedYAMLError(problem="this library's own limit", problem_mark=event.start_mark)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            self._depth -= 1
+        return event
+
+    def get_event(self) -> object:
+        return self._count(self._events.get_event())
+
+    def check_event(self, *kinds: type) -> bool:
+        return bool(self._events.check_event(*kinds))
+
+    def peek_event(self) -> object:
+        return self._events.peek_event()
+
+    def dispose(self) -> None:
+        self._events.dispose()
+
+
+@pytest.mark.parametrize("parser", ["libyaml", "pure-python", "stricter-libyaml"])
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_the_depth_limit_is_cnnspecs_whatever_the_parser(parser: str, style: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 levels load and 101 are refused with cnnspec's message at the 101st opening, with
+    libyaml, without it, and with a libyaml whose own limit is lower than cnnspec's."""
+    import cnnspec.yamlmarks as marks
+
+    if parser == "pure-python":
+        monkeypatch.setattr(marks, "_fast_parser", lambda: None)
+    elif parser == "stricter-libyaml":
+        monkeypatch.setattr(marks, "_fast_parser", lambda: _StricterLibyaml)
+
+    data = load_yaml(_nested(marks.MAX_DEPTH, style), "x.yaml")
+    inner = data["a"]
+    for _ in range(marks.MAX_DEPTH - 2):
+        (inner,) = inner
+    assert inner == ([] if style == "flow" else ["x"])
+
+    expected_place = "1:103" if style == "flow" else f"{marks.MAX_DEPTH + 1}:{2 * marks.MAX_DEPTH + 1}"
+    assert refusal(_nested(marks.MAX_DEPTH + 1, style)) == (
+        f"{expected_place}: YAML is nested too deeply (more than {marks.MAX_DEPTH} levels)"
+    )
+
+
+def test_a_libyaml_refusal_of_a_valid_file_is_not_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What libyaml alone refuses (its limits, its bugs) is read again by the reference parser."""
+    import cnnspec.yamlmarks as marks
+
+    monkeypatch.setattr(marks, "_fast_parser", lambda: _StricterLibyaml)
+    assert load_yaml(_nested(8, "flow"), "x.yaml") == {"a": [[[[[[[]]]]]]]}
+    assert refusal("a: [1, 2\nb: 3\n").startswith("2:2: invalid YAML:")
