@@ -2,18 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LOCK := requirements-lock.txt
+LOCKED := $(VENV)/.locked
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck golden bench clean
+.PHONY: setup demo test lint ruff typecheck pytest golden bench lock test-latest clean
 
 setup: $(STAMP)
 
-# Reinstalls only when the package metadata or the pins change (idempotent).
-$(STAMP): pyproject.toml constraints.txt
+# Every direct and transitive dependency at the version in $(LOCK), the tools (pip,
+# setuptools) included, and nothing else: --no-deps keeps pip from resolving anew. Re-runs
+# only when the lock or the package metadata change (idempotent).
+$(LOCKED): $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,dev]'
+	$(BIN)/python -m pip install --quiet $$(grep -E '^(pip|setuptools)==' $(LOCK))
+	$(BIN)/python -m pip install --quiet --no-deps -r $(LOCK)
+	touch $(LOCKED)
+
+# cnnspec itself, editable, built with the locked setuptools (no isolated build environment
+# to fetch a newer one).
+$(STAMP): $(LOCKED) pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check || { echo "$(LOCK) does not satisfy pyproject.toml: run 'make lock'" >&2; exit 1; }
 	touch $(STAMP)
+
+# Regenerate $(LOCK) from pyproject.toml's ranges and constraints.txt's pins (pip-tools),
+# keeping every pin that still fits; `make lock LOCK_FLAGS=--upgrade` moves every package
+# to the newest version the ranges allow. It resolves for this platform (Linux x86-64,
+# CPython 3.11, the CPU wheels of torch and tensorflow).
+LOCK_FLAGS ?=
+lock: $(LOCKED)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet $(LOCK_FLAGS) --allow-unsafe --strip-extras \
+		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host --all-build-deps \
+		--extra torch --extra tensorflow --extra onnx --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
 
 DEMO_RUN := runs/demo-lenet5
 # Three validation digits as PNG files named by their true label, for `cnnspec predict`.
@@ -46,15 +67,47 @@ demo: setup
 # so it checks a tree of links laid out as the package installs.
 TYPECHECK := build/typecheck
 lint: setup
+	$(MAKE) --no-print-directory ruff typecheck BIN=$(BIN)
+
+ruff:
 	$(BIN)/ruff check .
+
+typecheck:
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/cnnspec
 	for f in cnnspec/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/cnnspec/; done
 	ln -s "$(CURDIR)/backends" $(TYPECHECK)/cnnspec/backends
 	ln -s "$(CURDIR)/calculators" $(TYPECHECK)/cnnspec/calculators
-	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p cnnspec
+	cd $(TYPECHECK) && $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml -p cnnspec
 
-test: setup lint
+pytest:
 	$(BIN)/pytest -q
+
+test: setup
+	$(MAKE) --no-print-directory ruff typecheck pytest BIN=$(BIN)
+
+# The suite against the newest versions pyproject.toml's ranges allow, in a scratch
+# environment (run by hand, before users meet the drift). torch and tensorflow stay at
+# constraints.txt's CPU wheels: a newer torch from the registry is a CUDA build of several GB.
+LATEST := build/latest
+define LOCK_DRIFT
+import sys
+from importlib.metadata import distributions
+from packaging.utils import canonicalize_name as canon
+locked = dict(line.split(";")[0].strip().split("==") for line in open(sys.argv[1]) if "==" in line and not line.startswith("#"))
+locked = {canon(k): v for k, v in locked.items()}
+now = {canon(d.metadata["Name"]): d.version for d in distributions()}
+rows = [f"  {n:28} {locked.get(n, '-'):>22} -> {now.get(n, '-')}" for n in sorted(set(locked) | set(now))
+        if locked.get(n) != now.get(n) and n != "cnnspec"]
+print(f"{len(rows)} packages differ from the lock (locked -> newest allowed):", *rows, sep="\n")
+endef
+export LOCK_DRIFT
+
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c constraints.txt -e '.[all,dev]'
+	$(LATEST)/bin/python -c "$$LOCK_DRIFT" $(LOCK)
+	CNNSPEC_UNLOCKED=1 $(MAKE) --no-print-directory ruff typecheck pytest BIN=$(LATEST)/bin TYPECHECK=build/typecheck-latest
 
 # Rewrite the stored `cnnspec check` tables in tests/golden/ after an intended change.
 golden: setup

@@ -41,7 +41,8 @@ def test_no_top_level_backends_or_calculators() -> None:
 
 def test_wheel_contents(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        # The locked setuptools builds it: an isolated build would fetch whatever is newest.
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("cnnspec-*.whl")
@@ -50,6 +51,57 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == {"cnnspec"}
     for expected in ("cnnspec/calculators/sizes.py", "cnnspec/backends/__init__.py", "cnnspec/specs/vgg16.yaml", "cnnspec/layers/conv.py"):
         assert expected in names
+
+
+def _locked() -> dict[str, str]:
+    """requirements-lock.txt as {canonical name: version}."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            name, version = line.split(";")[0].strip().split("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_lock_pins_every_requirement_within_its_range() -> None:
+    """What `make setup` installs satisfies pyproject.toml's ranges (the package, every extra
+    but cupy's, the build system) and constraints.txt's pins; a dependency added to
+    pyproject.toml without `make lock` fails here."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = {name: reqs for name, reqs in config["project"]["optional-dependencies"].items() if name != "cupy"}
+    wanted = [*config["project"]["dependencies"], *config["build-system"]["requires"], *(r for reqs in extras.values() for r in reqs)]
+    wanted += [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    locked = _locked()
+    checked = 0
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.name == "cnnspec" or (requirement.marker and not requirement.marker.evaluate(default_environment())):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{requirement} is not in requirements-lock.txt: run 'make lock'"
+        assert requirement.specifier.contains(locked[name], prereleases=True), f"locked {name}=={locked[name]} is outside {requirement}"
+        checked += 1
+    assert checked >= 20 and {"torch", "tensorflow-cpu", "pyyaml", "pip", "setuptools"} <= set(locked)
+
+
+def test_the_environment_is_the_lock() -> None:
+    """The suite runs on exactly the locked versions (skipped under `make test-latest`, whose
+    environment is the newest the ranges allow)."""
+    import os
+    from importlib.metadata import version
+
+    import pytest
+
+    if os.environ.get("CNNSPEC_UNLOCKED"):
+        pytest.skip("make test-latest: the environment holds the newest versions, not the lock")
+    drift = {name: (pin, version(name)) for name, pin in _locked().items() if version(name) != pin}
+    assert not drift, f"installed versions differ from requirements-lock.txt (run 'make setup'): {drift}"
 
 
 def test_unknown_backend_is_a_clear_error() -> None:
