@@ -31,15 +31,19 @@ class Normalize(_Section):
     std: list[Annotated[float, Field(gt=0.0)]]
 
 
+FitMode = Literal["auto", "pad", "resize"]
+
+
 class DataConfig(_Section):
     source: StrictStr = Field(default="digits", description="digits, synthetic, or a path: IDX directory, image class folders, CIFAR-10 batches, .npz")
     validation: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(default=0.2, description="fraction held out when the data has no validation split")
-    fit: Literal["auto", "pad", "resize"] = Field(default="auto", description="how images meet the input size: auto pads when at most 25% smaller, else resizes")
+    fit: FitMode = Field(default="auto", description="how images meet the input size: auto pads when at most 25% smaller, else resizes")
     normalize: Literal["standard", "unit", "none"] | Normalize = Field(
         default="standard", description="standard: per-channel mean/std of the training set; unit: scale to [0, 1]; or explicit {mean, std} on [0, 1] data"
     )
     augment: Augment = Augment()
     limit: PositiveInt | None = Field(default=None, description="use at most this many training images (smoke tests)")
+    strict: StrictBool = Field(default=False, description="an unreadable image or a missing file is an error, not a skipped and counted sample")
 
 
 class OptimizerConfig(_Section):

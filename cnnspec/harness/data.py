@@ -9,7 +9,9 @@ value means:
 - a directory of IDX files (MNIST, Fashion-MNIST; gzipped or not);
 - a directory of CIFAR-10 python batches (``data_batch_1`` ..., ``test_batch``);
 - a directory of class folders (``root/daisy/*.jpg``), with ``train/`` and ``val/``
-  subfolders when present;
+  subfolders when present; a CSV or JSON Lines manifest (``path,label``); tar shards
+  (``KEY.jpg`` beside ``KEY.cls``): listed by ``cnnspec.data.sources``, each image
+  prepared by ``cnnspec.data.prepare``, unreadable ones skipped and counted;
 - an ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
 """
 
@@ -20,13 +22,14 @@ import importlib.util
 import io
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from cnnspec.harness.config import DataConfig
+from cnnspec.data import BadImage, Listing, Sample, list_source, prepare
+from cnnspec.harness.config import DataConfig, FitMode
 
 # Where to put the files of data sets people ask for by name.
 WELL_KNOWN = {
@@ -37,9 +40,6 @@ WELL_KNOWN = {
     "flowers": "unpack the images into one folder per class (flowers/daisy/*.jpg, flowers/rose/*.jpg, ...)",
     "imagenet": "arrange the images as class folders (root/train/CLASS/*.JPEG and root/val/CLASS/*.JPEG)",
 }
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
 
 class DataError(ValueError):
     """The data cannot be used; the message says what to do."""
@@ -53,6 +53,7 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray
     classes: list[str]
+    skipped: tuple[str, ...] = ()  # "file: reason" for each sample left out
 
 
 def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
@@ -72,15 +73,15 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
                 f"data '{source}' not found: give 'digits', 'synthetic', or a path to an IDX directory, "
                 "image class folders, CIFAR-10 python batches or an .npz file (nothing is downloaded)"
             )
-        raw = _from_path(path, config, seed)
+        raw = _from_path(path, shape, config, seed)
     dataset = _fit(raw, shape, config)
     if config.limit is not None:
-        dataset = Dataset(dataset.name, dataset.x_train[: config.limit], dataset.y_train[: config.limit], dataset.x_val, dataset.y_val, dataset.classes)
+        dataset = replace(dataset, x_train=dataset.x_train[: config.limit], y_train=dataset.y_train[: config.limit])
     found = int(max(dataset.y_train.max(initial=0), dataset.y_val.max(initial=0))) + 1
     if found > num_classes:
         raise DataError(f"data '{dataset.name}' has {found} classes but the network outputs {num_classes}")
     classes = dataset.classes + [str(i) for i in range(len(dataset.classes), num_classes)]
-    return Dataset(dataset.name, dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val, classes[:num_classes])
+    return replace(dataset, classes=classes[:num_classes])
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -110,17 +111,22 @@ def _synthetic(shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
     return Dataset("synthetic", x[:1024], y[:1024], x[1024:], y[1024:], [str(i) for i in range(num_classes)])
 
 
-def _from_path(path: Path, config: DataConfig, seed: int) -> Dataset:
-    if path.is_file():
-        if path.suffix == ".npz":
-            return _npz(path, config, seed)
-        raise DataError(f"{path}: a data file must be an .npz with x_train, y_train, x_test, y_test")
-    names = {p.name for p in path.iterdir()}
-    if any(n.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for n in names):
-        return _idx(path, config, seed)
-    if "data_batch_1" in names or "test_batch" in names:
-        return _cifar10(path, config, seed)
-    return _image_folders(path, config, seed)
+def _from_path(path: Path, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
+    if path.is_file() and path.suffix == ".npz":
+        return _npz(path, config, seed)
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if any(n.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for n in names):
+            return _idx(path, config, seed)
+        if "data_batch_1" in names or "test_batch" in names:
+            return _cifar10(path, config, seed)
+    listing = list_source(path)
+    if listing is None:
+        raise DataError(
+            f"{path}: a data file is an .npz (x_train, y_train, x_test, y_test), a manifest (.csv or .jsonl with "
+            "path,label) or a tar shard (.tar)"
+        )
+    return _listed(listing, shape, config, seed)
 
 
 # ---- IDX (MNIST) ----------------------------------------------------------------------
@@ -241,66 +247,56 @@ def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: images must be N x H x W, N x C x H x W or N x H x W x C, got shape {x.shape}")
 
 
-# ---- class folders ------------------------------------------------------------------------
+# ---- image files (class folders, manifests, tar shards): decoded into memory -------------------
 
 
-def _image_folders(path: Path, config: DataConfig, seed: int) -> Dataset:
-    from PIL import Image  # only this source needs Pillow
+def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
+    """Every sample of ``listing`` prepared for ``shape``; unreadable ones are skipped and
+    counted (an error with ``strict``)."""
+    skipped = list(listing.skipped)
+    if config.strict and skipped:
+        raise DataError(f"{skipped[0]} (strict: turn it off to skip and count such samples)")
+    samples, val = listing.train, listing.val
+    if val is None:
+        order = np.random.default_rng(seed).permutation(len(samples))
+        cut = len(samples) - max(1, round(len(samples) * config.validation))
+        samples, val = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
+    x_train, y_train = _prepared(samples, shape, config, skipped)
+    x_val, y_val = _prepared(val, shape, config, skipped)
+    return Dataset(listing.name, x_train, y_train, x_val, y_val, listing.classes, tuple(skipped))
 
-    train_root, val_root = path / "train", path / "val"
-    roots = [train_root, val_root] if train_root.is_dir() and val_root.is_dir() else [path]
-    classes = sorted(p.name for p in roots[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"{path}: no class folders found (expected {path}/CLASS/*.jpg, or train/ and val/ with class folders inside)"
-        )
-    loaded: list[tuple[list[Any], np.ndarray]] = []
-    for root in roots:
-        images: list[Any] = []
-        labels: list[int] = []
-        for label, name in enumerate(classes):
-            for file in sorted((root / name).iterdir() if (root / name).is_dir() else []):
-                if file.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                try:
-                    with Image.open(file) as image:
-                        images.append(image.convert("RGB"))
-                        images[-1].load()
-                except OSError as exc:
-                    raise DataError(f"{file}: cannot read image ({exc})") from None
-                labels.append(label)
-        if not images:
-            raise DataError(f"{root}: no images found in the class folders")
-        loaded.append((images, np.array(labels, dtype=np.int64)))
-    # Different sizes cannot stack yet: keep PIL images until _fit resizes them.
-    if len(loaded) == 2:
-        (x_train, y_train), (x_val, y_val) = loaded
-    else:
-        pictures, targets = loaded[0]
-        order = np.random.default_rng(seed).permutation(len(pictures))
-        cut = len(pictures) - max(1, round(len(pictures) * config.validation))
-        x_train, y_train = [pictures[i] for i in order[:cut]], targets[order[:cut]]
-        x_val, y_val = [pictures[i] for i in order[cut:]], targets[order[cut:]]
-    return Dataset(f"folders:{path.name}", x_train, y_train, x_val, y_val, classes)  # type: ignore[arg-type]
+
+def _prepared(samples: list[Sample], shape: tuple[int, ...], config: DataConfig, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    images = np.empty((len(samples), *shape), dtype=np.uint8)
+    labels = np.empty(len(samples), dtype=np.int64)
+    kept = 0
+    for sample in samples:
+        try:
+            images[kept] = prepare(sample.read(), shape, config.fit)
+        except (BadImage, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if config.strict:
+                raise DataError(f"{sample.name}: {reason}") from None
+            skipped.append(f"{sample.name}: {reason}")
+            continue
+        labels[kept] = sample.label
+        kept += 1
+    return images[:kept], labels[:kept]
 
 
 # ---- fitting to the input ------------------------------------------------------------------
 
 
 def _fit(raw: Dataset, shape: tuple[int, ...], config: DataConfig) -> Dataset:
-    return Dataset(
-        raw.name, fit_images(raw.x_train, shape, config.fit), raw.y_train, fit_images(raw.x_val, shape, config.fit), raw.y_val, raw.classes
-    )
+    return replace(raw, x_train=fit_images(raw.x_train, shape, config.fit), x_val=fit_images(raw.x_val, shape, config.fit))
 
 
-def fit_images(images: Any, shape: tuple[int, ...], fit: str = "auto") -> np.ndarray:
-    """Images (an N x C x H x W array, or a list of PIL images) at ``shape``: channels
-    converted (grey <-> RGB), then padded (centred, with zeros) or resized (bilinear)."""
+def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto") -> np.ndarray:
+    """Images (an N x C x H x W array) at ``shape``: channels converted (grey <-> RGB),
+    then padded (centred, with zeros) or resized (bilinear)."""
     if len(shape) != 3:
         raise DataError(f"image data needs a C x H x W input, but the spec's input is {shape}")
     channels, height, width = shape
-    if isinstance(images, list):
-        return np.stack([_pil_to_array(image, shape) for image in images]) if images else np.zeros((0, *shape), np.uint8)
     x = images
     if x.shape[1] != channels:
         if x.shape[1] == 1:
@@ -336,24 +332,13 @@ def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def _pil_to_array(image: Any, shape: tuple[int, ...]) -> np.ndarray:
-    from PIL import Image
-
-    channels, height, width = shape
-    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
-
-
-def load_images(paths: list[Path], shape: tuple[int, ...]) -> np.ndarray:
-    """Image files for prediction, converted and resized like training data."""
-    from PIL import Image
-
+def load_images(paths: list[Path], shape: tuple[int, ...], fit: FitMode = "auto") -> np.ndarray:
+    """Image files for prediction, prepared exactly as training prepares them."""
     arrays = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                arrays.append(_pil_to_array(image, shape))
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read image ({exc})") from None
+            arrays.append(prepare(path.read_bytes(), shape, fit))
+        except (BadImage, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise DataError(f"{path}: cannot read image ({reason})") from None
     return np.stack(arrays)

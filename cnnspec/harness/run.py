@@ -303,6 +303,12 @@ def train(
     progress = Progress(quiet)
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
+    if data.skipped:
+        shown = "; ".join(data.skipped[:3]) + ("; ..." if len(data.skipped) > 3 else "")
+        progress.message(
+            f"skipped {len(data.skipped)} sample(s) that cannot be used ({shown}); "
+            "--strict (train.data.strict) makes this an error"
+        )
     norm = normalization_for(config, data.x_train)
     workspace = backend_module.workspace_bytes(graph)
     check_memory(graph, config, *backend_module.available_memory(device), workspace)  # before allocating anything
@@ -339,6 +345,7 @@ def train(
                 "precision": session.precision,
                 "data": data.name,
                 "classes": data.classes,
+                "skipped": list(data.skipped[:100]),
                 "normalization": dataclasses.asdict(norm),
                 "train": config.model_dump(mode="json"),
                 "init": None if init is None else str(init),
@@ -357,7 +364,8 @@ def train(
         session.set_learning_rate(lr)
         row = _train_epoch(session, data, norm, config, epoch, progress, run)
         val = _evaluate_arrays(session, x_val, data.y_val, config.batch_size, config.top_k)
-        row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr}
+        row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr,
+               "skipped_samples": len(data.skipped)}
         history.append(row)
         with open(run.path / "metrics.jsonl", "a") as stream:
             stream.write(json.dumps(row) + "\n")
@@ -516,7 +524,7 @@ def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session]
             arrays.append(batch / np.float32(loaded.normalization.scale))  # back to the raw pixel scale
             names += [f"{item}[{i}]" for i in range(len(batch))]
         else:
-            arrays.append(load_images([item], shape))
+            arrays.append(load_images([item], shape, loaded.config.data.fit))
             names.append(str(item))
     x = loaded.normalization.apply(np.concatenate([a.astype(np.float32) for a in arrays]))
     session = open_run_session(loaded, open_session, device)

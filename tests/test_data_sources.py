@@ -1,0 +1,237 @@
+"""Image sources a user brings: messy class folders, manifests and tar shards; every file
+is read correctly or skipped and counted, and one function prepares an image everywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnspec.data import BadImage, decode, list_source, prepare
+from cnnspec.harness.config import DataConfig
+from cnnspec.harness.data import DataError, fit_images, load_dataset, load_images
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, **options)
+    return buffer.getvalue()
+
+
+def halves() -> Image.Image:
+    """20 wide, 10 high: red left half, blue right half (tells rotations apart)."""
+    array = np.zeros((10, 20, 3), np.uint8)
+    array[:, :10, 0] = 255
+    array[:, 10:, 2] = 255
+    return Image.fromarray(array)
+
+
+def test_exif_rotated_photo_is_turned_upright() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; show rotated 90 degrees clockwise
+    upright = decode(jpeg_bytes(halves(), exif=exif.tobytes()), 3)
+    assert upright.shape == (3, 20, 10)  # tall now
+    top, bottom = upright[:, :8].reshape(3, -1).mean(axis=1), upright[:, 12:].reshape(3, -1).mean(axis=1)
+    assert top[0] > 200 and top[2] < 60  # red on top after a clockwise turn
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_modes_are_converted() -> None:
+    sixteen = Image.fromarray(np.array([[0, 32896, 65535]], np.uint16))
+    assert decode(png_bytes(sixteen), 1).tolist() == [[[0, 128, 255]]]
+    assert decode(png_bytes(sixteen), 3)[:, 0, 2].tolist() == [255, 255, 255]
+    cmyk = Image.new("CMYK", (4, 4), (0, 0, 0, 0))  # no ink: white
+    assert decode(jpeg_bytes(cmyk), 3).min() >= 250
+    rgba = Image.new("RGBA", (2, 2), (10, 20, 30, 0))
+    assert decode(png_bytes(rgba), 3)[:, 0, 0].tolist() == [10, 20, 30]  # alpha dropped
+    grey = Image.new("L", (3, 2), 77)
+    assert decode(png_bytes(grey), 3).shape == (3, 2, 3) and decode(png_bytes(grey), 3).max() == 77
+    palette = Image.new("RGB", (2, 2), (200, 0, 0)).convert("P")  # the web palette's nearest red, 204
+    assert decode(png_bytes(palette), 3)[:, 0, 0].tolist() == [204, 0, 0]
+    assert decode(png_bytes(palette), 1)[0, 0, 0] == 61  # ITU-R 601 luma, 0.299 x 204
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is a text file named photo.jpg\n", "not an image"),
+        (jpeg_bytes(halves())[:300], "truncated or corrupt"),
+    ],
+)
+def test_unusable_files_are_refused_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(BadImage, match=reason):
+        decode(data, 3)
+
+
+def test_large_jpegs_decode_at_reduced_scale_never_below_the_target() -> None:
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3)).astype(np.uint8))
+    reduced = decode(jpeg_bytes(big), 3, size_hint=(56, 56))
+    assert reduced.shape == (3, 60, 80)  # 1/8 scale: the smallest that still covers 56x56
+    assert decode(jpeg_bytes(big), 3, size_hint=(300, 300)).shape == (3, 480, 640)  # 1/2 would be too small
+    assert prepare(jpeg_bytes(big), (3, 56, 56), "resize").shape == (3, 56, 56)
+
+
+def messy_folder(root: Path) -> dict[str, int]:
+    """Class folders holding every kind of file a real collection has; returns how many
+    usable images each class holds."""
+    rng = np.random.default_rng(0)
+    cat, dog, empty = root / "cat", root / "dog", root / "empty"
+    for folder in (cat, dog, empty):
+        folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (30 + i, 40, 3)).astype(np.uint8)).save(cat / f"ok{i}.jpg")
+    Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(cat / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65536, (32, 32))).astype(np.uint16)).save(dog / "sixteen.png")
+    Image.new("L", (32, 32), 90).save(dog / "grey.png")
+    Image.new("RGBA", (32, 32), (1, 2, 3, 4)).save(dog / "alpha.png")
+    (dog / "zero.jpg").write_bytes(b"")
+    (dog / "notes.jpg").write_text("not an image")
+    (dog / "cut.jpg").write_bytes(jpeg_bytes(halves())[:200])
+    (dog / "readme.txt").write_text("ignored: not an image suffix")
+    return {"cat": 5, "dog": 3, "empty": 0}
+
+
+def test_a_messy_folder_is_read_with_bad_files_skipped_and_counted(tmp_path: Path) -> None:
+    usable = messy_folder(tmp_path)
+    data = load_dataset(DataConfig(source=str(tmp_path), validation=0.25), (3, 16, 16), 3, 0)
+    assert data.classes == ["cat", "dog", "empty"]
+    labels = np.concatenate([data.y_train, data.y_val])
+    assert np.bincount(labels, minlength=3).tolist() == [usable["cat"], usable["dog"], 0]
+    reasons = {Path(entry.split(":")[0]).name: entry for entry in data.skipped}
+    assert set(reasons) == {"empty", "zero.jpg", "notes.jpg", "cut.jpg"}
+    assert "class folder has no images" in reasons["empty"]
+    assert "empty file" in reasons["zero.jpg"] and "not an image" in reasons["notes.jpg"] and "truncated" in reasons["cut.jpg"]
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (3, 16, 16)
+
+
+def test_strict_makes_the_first_bad_file_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "fine.png")
+    (tmp_path / "a" / "zero.jpg").write_bytes(b"")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "also-fine.png")
+    with pytest.raises(DataError, match=r"zero\.jpg: empty file"):
+        load_dataset(DataConfig(source=str(tmp_path), strict=True), (3, 8, 8), 1, 0)
+    assert len(load_dataset(DataConfig(source=str(tmp_path)), (3, 8, 8), 1, 0).skipped) == 1
+
+
+def test_csv_manifest_with_names_splits_and_a_missing_file(tmp_path: Path) -> None:
+    images = tmp_path / "anywhere" / "deep"
+    images.mkdir(parents=True)
+    for i in range(6):
+        Image.new("L", (8, 8), 40 * i).save(images / f"{i}.png")
+    rows = ["path,label,split"] + [f"anywhere/deep/{i}.png,{'sun' if i % 2 else 'moon'},{'val' if i >= 4 else 'train'}" for i in range(6)]
+    rows.append("anywhere/deep/gone.png,sun,train")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    data = load_dataset(DataConfig(source=str(manifest)), (1, 8, 8), 2, 0)
+    assert data.classes == ["moon", "sun"]
+    assert data.y_train.tolist() == [0, 1, 0, 1] and data.y_val.tolist() == [0, 1]
+    assert data.x_val[:, 0, 0, 0].tolist() == [160, 200]
+    assert data.skipped == (f"{manifest}:8: {images / 'gone.png'}: no such file",)
+
+
+def test_jsonl_manifest_with_integer_labels(tmp_path: Path) -> None:
+    for i in range(5):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps({"path": f"{i}.png", "label": 2 * (i % 2)}) + "\n" for i in range(5)))
+    listing = list_source(manifest)
+    assert listing is not None and listing.classes == ["0", "1", "2"]
+    assert [s.label for s in listing.train] == [0, 2, 0, 2, 0] and listing.val is None
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("m.csv", "path,label\na.png,cat\nb.png\n", r"m\.csv:3: 1 fields where the header has 2"),
+        ("m.csv", "file,class\na.png,cat\n", r"m\.csv:1: a CSV manifest's header names the columns 'path' and 'label'"),
+        ("m.csv", "path,label,split\na.png,cat,test\n", r"m\.csv:2: split is 'train' or 'val', got 'test'"),
+        ("m.jsonl", '{"path": "a.png", "label": 1}\n{"path": "b.png", "label": \n', r"m\.jsonl:2: not a JSON object"),
+        ("m.jsonl", '{"path": "a.png"}\n', r"m\.jsonl:1: the row has no 'label'"),
+    ],
+)
+def test_malformed_manifest_rows_are_errors_naming_the_line(tmp_path: Path, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(source=str(tmp_path / name)), (3, 8, 8), 2, 0)
+
+
+def write_shard(path: Path, samples: list[tuple[str, bytes | None, int | None]]) -> None:
+    with tarfile.open(path, "w") as shard:
+        for key, image, label in samples:
+            for suffix, payload in ((".png", image), (".cls", None if label is None else str(label).encode())):
+                if payload is not None:
+                    info = tarfile.TarInfo(key + suffix)
+                    info.size = len(payload)
+                    shard.addfile(info, io.BytesIO(payload))
+
+
+def test_tar_shards_are_read_by_offset(tmp_path: Path) -> None:
+    pictures = {f"s{i:03d}": Image.new("L", (6, 6), 30 * i) for i in range(7)}
+    write_shard(tmp_path / "shard-000000.tar", [(k, png_bytes(pictures[k]), i % 3) for i, k in enumerate(list(pictures)[:4])])
+    write_shard(
+        tmp_path / "shard-000001.tar",
+        [(k, png_bytes(pictures[k]), i % 3) for i, k in enumerate(list(pictures)[4:], start=4)] + [("orphan", png_bytes(pictures["s000"]), None)],
+    )
+    listing = list_source(tmp_path)
+    assert listing is not None and listing.classes == ["0", "1", "2"]
+    assert [s.member for s in listing.train] == [f"s{i:03d}.png" for i in range(7)]
+    assert [s.label for s in listing.train] == [i % 3 for i in range(7)]
+    assert all(decode(s.read(), 1)[0, 0, 0] == 30 * i for i, s in enumerate(listing.train))
+    assert listing.skipped == [f"{tmp_path / 'shard-000001.tar'}:orphan.png: no orphan.cls with a class index beside it"]
+    data = load_dataset(DataConfig(source=str(tmp_path / "shard-000000.tar")), (1, 6, 6), 3, 0)
+    assert len(data.x_train) + len(data.x_val) == 4
+
+
+def test_a_file_is_prepared_for_prediction_exactly_as_for_training(tmp_path: Path) -> None:
+    """The 28x28 digit as a PNG file meets a 32x32 input the way the array does (padded,
+    fit: auto), and a resize-fitted run resizes both the same way."""
+    digit = np.random.default_rng(1).integers(0, 256, (28, 28)).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    for fit in ("auto", "pad", "resize"):
+        from_file = load_images([tmp_path / "digit.png"], (1, 32, 32), fit)
+        np.testing.assert_array_equal(from_file, fit_images(digit[None, None], (1, 32, 32), fit))
+    assert load_images([tmp_path / "digit.png"], (1, 32, 32))[0, 0, 2:30, 2:30].tolist() == digit.tolist()
+
+
+def test_unreadable_prediction_input_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"zero\.png: cannot read image \(empty file"):
+        load_images([tmp_path / "zero.png"], (1, 8, 8))
+
+
+def test_training_on_a_messy_folder_says_what_it_skipped(tmp_path: Path) -> None:
+    """As a user runs it: the run goes on, names the first bad files and counts them in
+    metrics.jsonl; with --strict it stops at the first, exit 1 and no traceback."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    messy_folder(tmp_path / "photos")
+    spec = tmp_path / "small.yaml"
+    spec.write_text(
+        "name: small\ninput: {shape: [3, 16, 16]}\nlayers:\n  - conv2d: {filters: 4, kernel: 3, activation: relu}\n"
+        "  - global_avgpool2d: {}\n  - dense: {units: 3}\n"
+    )
+    command = [sys.executable, "-m", "cnnspec", "train", str(spec), "--data", "photos", "--epochs", "1", "--set", "data.validation=0.25"]
+    result = subprocess.run([*command, "--out", "run"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 4 sample(s) that cannot be used" in result.stdout + result.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert row["skipped_samples"] == 4
+    assert len(json.loads((tmp_path / "run" / "run.json").read_text())["skipped"]) == 4
+    strict = subprocess.run([*command, "--out", "strict", "--strict"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+    assert "class folder has no images (strict" in strict.stderr and not (tmp_path / "strict").exists()
