@@ -191,13 +191,14 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="continue this run from its last checkpoint")] = None,
     init: Annotated[Path | None, typer.Option(help="start from a checkpoint's weights where names and shapes fit (transfer learning)")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="an unreadable image or missing file is an error (default: skipped and counted)")] = False,
+    workers: Annotated[int | None, typer.Option(min=0, help="processes decoding image files (train.data.workers) [default: the cores available]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Train a spec with the shared harness; writes a run directory."""
     overrides = _parse_sets(set_ or [])
     if strict:
         overrides["data.strict"] = True
-    for key, value in (("data.source", data), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed)):
+    for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed)):
         if value is not None:
             overrides[key] = value
     from pydantic import ValidationError

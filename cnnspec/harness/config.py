@@ -44,6 +44,10 @@ class DataConfig(_Section):
     augment: Augment = Augment()
     limit: PositiveInt | None = Field(default=None, description="use at most this many training images (smoke tests)")
     strict: StrictBool = Field(default=False, description="an unreadable image or a missing file is an error, not a skipped and counted sample")
+    stream: Literal["auto", "always", "never"] = Field(
+        default="auto", description="image files: decode each batch in workers while training (always), decode once into memory (never), or auto: in memory when the decoded set fits 2 GiB and a quarter of the available memory"
+    )
+    workers: Annotated[StrictInt, Field(ge=0)] | None = Field(default=None, description="processes that decode image files (default: the cores available; 0 decodes in the training process)")
 
 
 class OptimizerConfig(_Section):

@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cnnspec.data import BadImage, Listing, Sample, list_source, prepare
+from cnnspec.data import BadImage, Listing, list_source, prepare
+from cnnspec.data.loader import ImageStream, available_cores
 from cnnspec.harness.config import DataConfig, FitMode
 
 # Where to put the files of data sets people ask for by name.
@@ -45,15 +46,32 @@ class DataError(ValueError):
     """The data cannot be used; the message says what to do."""
 
 
+# Image files are decoded once into memory when the decoded set fits this and a quarter of
+# the available memory; larger sets are streamed.
+IN_MEMORY_LIMIT = 2 * 2**30
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    x_train: np.ndarray  # N x C x H x W, uint8 (0..255) or float32
+    x_train: np.ndarray | ImageStream  # N x C x H x W, uint8 (0..255) or float32
     y_train: np.ndarray  # N, int64
-    x_val: np.ndarray
+    x_val: np.ndarray | ImageStream
     y_val: np.ndarray
     classes: list[str]
-    skipped: tuple[str, ...] = ()  # "file: reason" for each sample left out
+    skipped: tuple[str, ...] = ()  # "file: reason" for each sample left out while loading
+
+    @property
+    def residence(self) -> str:
+        if isinstance(self.x_train, ImageStream):
+            workers = self.x_train.workers
+            return f"streamed, decoded by {workers} worker{'s' if workers != 1 else ''}" if workers else "streamed, decoded in this process"
+        return "in memory"
+
+    def skipped_so_far(self) -> list[str]:
+        """Samples left out while loading, and those a stream has met since."""
+        streams = [x for x in (self.x_train, self.x_val) if isinstance(x, ImageStream)]
+        return [*self.skipped, *(entry for stream in streams for entry in stream.skipped)]
 
 
 def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
@@ -76,7 +94,8 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
         raw = _from_path(path, shape, config, seed)
     dataset = _fit(raw, shape, config)
     if config.limit is not None:
-        dataset = replace(dataset, x_train=dataset.x_train[: config.limit], y_train=dataset.y_train[: config.limit])
+        head = dataset.x_train.head(config.limit) if isinstance(dataset.x_train, ImageStream) else dataset.x_train[: config.limit]
+        dataset = replace(dataset, x_train=head, y_train=dataset.y_train[: config.limit])
     found = int(max(dataset.y_train.max(initial=0), dataset.y_val.max(initial=0))) + 1
     if found > num_classes:
         raise DataError(f"data '{dataset.name}' has {found} classes but the network outputs {num_classes}")
@@ -251,8 +270,11 @@ def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
-    """Every sample of ``listing`` prepared for ``shape``; unreadable ones are skipped and
-    counted (an error with ``strict``)."""
+    """The samples of ``listing`` at ``shape``: decoded once into memory (in parallel) when
+    they fit ``IN_MEMORY_LIMIT``, else streamed. Unreadable ones are skipped and counted
+    (an error with ``strict``)."""
+    from cnnspec.harness.run import system_available_memory
+
     skipped = list(listing.skipped)
     if config.strict and skipped:
         raise DataError(f"{skipped[0]} (strict: turn it off to skip and count such samples)")
@@ -261,33 +283,26 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
         order = np.random.default_rng(seed).permutation(len(samples))
         cut = len(samples) - max(1, round(len(samples) * config.validation))
         samples, val = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
-    x_train, y_train = _prepared(samples, shape, config, skipped)
-    x_val, y_val = _prepared(val, shape, config, skipped)
-    return Dataset(listing.name, x_train, y_train, x_val, y_val, listing.classes, tuple(skipped))
-
-
-def _prepared(samples: list[Sample], shape: tuple[int, ...], config: DataConfig, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    images = np.empty((len(samples), *shape), dtype=np.uint8)
-    labels = np.empty(len(samples), dtype=np.int64)
-    kept = 0
-    for sample in samples:
-        try:
-            images[kept] = prepare(sample.read(), shape, config.fit)
-        except (BadImage, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if config.strict:
-                raise DataError(f"{sample.name}: {reason}") from None
-            skipped.append(f"{sample.name}: {reason}")
-            continue
-        labels[kept] = sample.label
-        kept += 1
-    return images[:kept], labels[:kept]
+    samples = samples[: config.limit]
+    workers = available_cores() if config.workers is None else config.workers
+    streams = [ImageStream(part, shape, config.fit, workers=workers, strict=config.strict) for part in (samples, val)]
+    y_train, y_val = (np.array([s.label for s in part], dtype=np.int64) for part in (samples, val))
+    decoded = (len(samples) + len(val)) * int(np.prod(shape))
+    budget = min(IN_MEMORY_LIMIT, (system_available_memory() or IN_MEMORY_LIMIT * 4) // 4)
+    if config.stream == "always" or (config.stream == "auto" and decoded > budget):
+        return Dataset(listing.name, streams[0], y_train, streams[1], y_val, listing.classes, tuple(skipped))
+    (kept_train, x_train), (kept_val, x_val) = (stream.load() for stream in streams)
+    skipped += [entry for stream in streams for entry in stream.skipped]
+    return Dataset(listing.name, x_train, y_train[kept_train], x_val, y_val[kept_val], listing.classes, tuple(skipped))
 
 
 # ---- fitting to the input ------------------------------------------------------------------
 
 
 def _fit(raw: Dataset, shape: tuple[int, ...], config: DataConfig) -> Dataset:
+    """Array sources fitted to ``shape``; image files were prepared at ``shape`` already."""
+    if isinstance(raw.x_train, ImageStream) or isinstance(raw.x_val, ImageStream):
+        return raw
     return replace(raw, x_train=fit_images(raw.x_train, shape, config.fit), x_val=fit_images(raw.x_val, shape, config.fit))
 
 

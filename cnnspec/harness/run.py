@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.data.loader import ImageStream
+from cnnspec.data.loader import batches as image_batches
 from cnnspec.graph import Graph
 from cnnspec.harness import plots
 from cnnspec.harness.config import TrainConfig
@@ -62,7 +64,7 @@ class Normalization:
         return out
 
 
-def normalization_for(config: TrainConfig, x_train: np.ndarray) -> Normalization:
+def normalization_for(config: TrainConfig, x_train: np.ndarray | ImageStream) -> Normalization:
     scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
     channels = x_train.shape[1]
     mode = config.data.normalize
@@ -71,7 +73,11 @@ def normalization_for(config: TrainConfig, x_train: np.ndarray) -> Normalization
     if mode == "unit":
         return Normalization(scale, (0.0,) * channels, (1.0,) * channels)
     if mode == "standard":
-        sample = x_train[:: max(1, len(x_train) // 10_000)].astype(np.float64) * scale
+        if isinstance(x_train, ImageStream):  # 1,000 images, evenly spaced, estimate a large set well
+            picked = x_train.load(np.unique(np.linspace(0, len(x_train) - 1, min(len(x_train), 1_000)).astype(np.int64)))[1]
+        else:
+            picked = x_train[:: max(1, len(x_train) // 10_000)]
+        sample = picked.astype(np.float64) * scale
         axes = (0, 2, 3) if sample.ndim == 4 else (0,)
         mean, std = sample.mean(axis=axes), sample.std(axis=axes)
         return Normalization(scale, tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std))
@@ -303,12 +309,8 @@ def train(
     progress = Progress(quiet)
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
-    if data.skipped:
-        shown = "; ".join(data.skipped[:3]) + ("; ..." if len(data.skipped) > 3 else "")
-        progress.message(
-            f"skipped {len(data.skipped)} sample(s) that cannot be used ({shown}); "
-            "--strict (train.data.strict) makes this an error"
-        )
+    _report_skipped(progress, list(data.skipped))
+    reported = len(data.skipped)
     norm = normalization_for(config, data.x_train)
     workspace = backend_module.workspace_bytes(graph)
     check_memory(graph, config, *backend_module.available_memory(device), workspace)  # before allocating anything
@@ -355,18 +357,20 @@ def train(
     write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     progress.message(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
-        f"{len(data.x_val)} val images from {data.name}, {config.epochs} epochs -> {run.path}"
+        f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
     )
 
-    x_val = norm.apply(data.x_val)
     for epoch in range(start_epoch, config.epochs):
         lr = learning_rate(config.schedule, config.optimizer.lr, epoch, config.epochs, plateau)
         session.set_learning_rate(lr)
         row = _train_epoch(session, data, norm, config, epoch, progress, run)
-        val = _evaluate_arrays(session, x_val, data.y_val, config.batch_size, config.top_k)
+        val = _evaluate_arrays(session, data.x_val, data.y_val, norm, config.batch_size, config.top_k)
         row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr,
-               "skipped_samples": len(data.skipped)}
+               "skipped_samples": len(data.skipped_so_far())}
         history.append(row)
+        met = data.skipped_so_far()[reported:]  # by a stream, during this epoch
+        _report_skipped(progress, met)
+        reported += len(met)
         with open(run.path / "metrics.jsonl", "a") as stream:
             stream.write(json.dumps(row) + "\n")
         after_epoch(config.schedule, plateau, val["loss"])
@@ -388,6 +392,12 @@ def train(
     return TrainResult(run.path, history, session)
 
 
+def _report_skipped(progress: Progress, entries: list[str]) -> None:
+    if entries:
+        shown = "; ".join(entries[:3]) + ("; ..." if len(entries) > 3 else "")
+        progress.message(f"skipped {len(entries)} sample(s) that cannot be used ({shown}); --strict (train.data.strict) makes this an error")
+
+
 def _train_epoch(
     session: Session, data: Dataset, norm: Normalization, config: TrainConfig, epoch: int, progress: Progress, run: RunDir
 ) -> dict[str, float]:
@@ -398,8 +408,7 @@ def _train_epoch(
     progress.start_epoch(epoch + 1, config.epochs, math.ceil(total / config.batch_size))
     loss_sum, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    for index in batches(total, config.batch_size, order):
-        x = data.x_train[index]
+    for index, x in image_batches(data.x_train, order, config.batch_size):
         if config.data.augment.random_crop or config.data.augment.hflip:
             x = augment(x, config, rng)
         batch_loss, batch_correct = session.train_step(norm.apply(x), data.y_train[index])
@@ -425,13 +434,17 @@ def _train_epoch(
 # ---- evaluation and prediction -------------------------------------------------------------
 
 
-def _evaluate_arrays(session: Session, x: np.ndarray, y: np.ndarray, batch_size: int, top_k: int) -> dict[str, Any]:
-    loss_sum, outputs = 0.0, []
-    for index in batches(len(x), batch_size):
-        batch_loss, batch_out = session.evaluate(x[index], y[index])
+def _evaluate_arrays(
+    session: Session, images: np.ndarray | ImageStream, labels: np.ndarray, norm: Normalization, batch_size: int, top_k: int
+) -> dict[str, Any]:
+    loss_sum, outputs, delivered = 0.0, [], []
+    for index, x in image_batches(images, np.arange(len(images)), batch_size):
+        batch_loss, batch_out = session.evaluate(norm.apply(x), labels[index])
         loss_sum += batch_loss
         outputs.append(batch_out)
+        delivered.append(index)
     logits = np.concatenate(outputs)
+    y = labels[np.concatenate(delivered)]
     classes = logits.shape[1]
     k = min(top_k, classes)
     top = np.argsort(-logits, axis=1)[:, :k]
@@ -440,7 +453,8 @@ def _evaluate_arrays(session: Session, x: np.ndarray, y: np.ndarray, batch_size:
     np.add.at(matrix, (y, predicted), 1)
     counts = matrix.sum(axis=1)
     return {
-        "loss": loss_sum / len(x),
+        "images": len(y),
+        "loss": loss_sum / len(y),
         "accuracy": float((predicted == y).mean()),
         "k": k,
         "top_k": float((top == y[:, None]).any(axis=1).mean()),
@@ -487,15 +501,15 @@ def evaluate(
         config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
     dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
     session = open_run_session(loaded, open_session, device)
-    result = _evaluate_arrays(session, loaded.normalization.apply(dataset.x_val), dataset.y_val, config.batch_size, config.top_k)
+    result = _evaluate_arrays(session, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k)
     classes = loaded.info["classes"]
     png = confusion_png or loaded.run.path / "confusion.png"
-    plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({len(dataset.y_val)} images)")
+    plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({result['images']} images)")
     return {
         "run": str(loaded.run.path),
         "checkpoint": loaded.checkpoint.name,
         "data": dataset.name,
-        "images": len(dataset.y_val),
+        "images": result["images"],
         "loss": result["loss"],
         "accuracy": result["accuracy"],
         f"top{result['k']}": result["top_k"],

@@ -1,0 +1,164 @@
+"""Images decoded by worker processes while the backend computes.
+
+An ``ImageStream`` stands where an N x C x H x W uint8 array would: it has a length, a
+shape and a dtype, and ``batches(x, order, size)`` gives the same (positions, images)
+pairs for an array and for a stream, so the harness has one loop. A stream decodes each
+batch in a pool of worker processes (``prepare`` in each), a few batches ahead, so memory
+stays bounded by the prefetch depth whatever the size of the data set, and decoding
+overlaps training. Decoding is deterministic and results come back in order, so the same
+seed gives the same batches whatever the number of workers.
+
+A sample that cannot be decoded is dropped from its batch and remembered in
+``ImageStream.skipped`` (with ``strict``, it is an error naming the file). The positions
+returned with each batch are those of the images actually delivered, so labels stay aligned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from cnnspec.data.decode import BadImage, prepare
+from cnnspec.data.sources import Sample
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per worker count for the life of the process (epochs reuse it). Workers
+    come from a fork server that has imported only the decoder: never a fork of a process
+    holding a framework's threads."""
+    if workers not in _POOLS:
+        import multiprocessing
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["cnnspec.data.decode"])
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return _POOLS[workers]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+def decode_chunk(samples: list[Sample], shape: tuple[int, ...], fit: str) -> tuple[np.ndarray, list[int], list[str]]:
+    """The images of ``samples`` that can be used (stacked), their positions in the list,
+    and "name: reason" for the others. Runs in a worker."""
+    images, kept, bad = [], [], []
+    for position, sample in enumerate(samples):
+        try:
+            images.append(prepare(sample.read(), shape, fit))  # type: ignore[arg-type]
+        except (BadImage, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            bad.append(f"{sample.name}: {reason}")
+            continue
+        kept.append(position)
+    stacked = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
+    return stacked, kept, bad
+
+
+class ImageStream:
+    """The images of ``samples`` at ``shape``, decoded on demand."""
+
+    def __init__(self, samples: list[Sample], shape: tuple[int, ...], fit: str, *, workers: int, strict: bool, prefetch: int | None = None) -> None:
+        self.samples = samples
+        self.sample_shape = shape
+        self.fit = fit
+        self.workers = workers
+        self.strict = strict
+        self.prefetch = prefetch if prefetch is not None else 2 * max(1, workers)
+        self.skipped: list[str] = []
+        self._seen_bad: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.samples), *self.sample_shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.uint8)
+
+    def head(self, count: int) -> ImageStream:
+        return ImageStream(self.samples[:count], self.sample_shape, self.fit, workers=self.workers, strict=self.strict, prefetch=self.prefetch)
+
+    def batches(self, order: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions delivered, images) for each run of ``size`` positions of ``order``,
+        decoded ``prefetch`` batches ahead."""
+        chunks = (order[start : start + size] for start in range(0, len(order), size))
+        if self.workers == 0:
+            for chunk in chunks:
+                yield self._received(chunk, decode_chunk([self.samples[i] for i in chunk], self.sample_shape, self.fit))
+            return
+        pool = _pool(self.workers)
+        pending: deque[tuple[np.ndarray, Future[Any]]] = deque()
+
+        def submit() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append((chunk, pool.submit(decode_chunk, [self.samples[i] for i in chunk], self.sample_shape, self.fit)))
+
+        for _ in range(self.prefetch):
+            submit()
+        try:
+            while pending:
+                chunk, future = pending.popleft()
+                result = future.result()
+                submit()
+                yield self._received(chunk, result)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def load(self, order: np.ndarray | None = None, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Every image (of ``order``) decoded into one array, in parallel: (positions, images)."""
+        order = np.arange(len(self)) if order is None else order
+        images = np.empty((len(order), *self.sample_shape), np.uint8)
+        positions = np.empty(len(order), np.int64)
+        filled = 0
+        for delivered, batch in self.batches(order, size):
+            images[filled : filled + len(batch)] = batch
+            positions[filled : filled + len(batch)] = delivered
+            filled += len(batch)
+        return positions[:filled], images[:filled]
+
+    def _received(self, chunk: np.ndarray, result: tuple[np.ndarray, list[int], list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        images, kept, bad = result
+        for entry in bad:
+            if self.strict:
+                from cnnspec.harness.data import DataError
+
+                raise DataError(entry)
+            if entry not in self._seen_bad:
+                self._seen_bad.add(entry)
+                self.skipped.append(entry)
+        return chunk[kept], images
+
+
+def batches(x: np.ndarray | ImageStream, order: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions, images) for each run of ``size`` positions of ``order``, from an array
+    in memory or from a stream: one loop for both."""
+    if isinstance(x, ImageStream):
+        yield from x.batches(order, size)
+        return
+    for start in range(0, len(order), size):
+        index = order[start : start + size]
+        yield index, x[index]
