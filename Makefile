@@ -118,6 +118,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_torch_train.py
 	$(BIN)/python benchmarks/bench_tensorflow_train.py
 	$(BIN)/python benchmarks/bench_numpy.py
+	$(BIN)/python benchmarks/bench_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -94,6 +94,59 @@ def test_resume_after_a_kill_mid_epoch(tmp_path: Path, monkeypatch: pytest.Monke
     assert resumed.final["val_loss"] == pytest.approx(whole.final["val_loss"], rel=1e-6)
 
 
+@pytest.mark.parametrize("stream", ["never", "always"])
+def test_resume_continues_a_killed_epoch_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: str) -> None:
+    """With checkpoints inside the epoch, a run killed mid-epoch continues from the last of
+    them (not from the epoch's start) and ends with the weights of an uninterrupted run:
+    for data in memory and streamed from files, with augmentation drawing random numbers."""
+    from PIL import Image
+
+    from cnnspec.backends import torch_backend
+    from cnnspec.harness.weights import load_arrays
+
+    rng = np.random.default_rng(0)
+    for label in range(3):
+        (tmp_path / "photos" / f"c{label}").mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 256, (20, 20)).astype(np.uint8)).save(tmp_path / "photos" / f"c{label}" / f"{i}.png")
+    settings = {
+        "epochs": 2, "batch_size": 16, "checkpoint_steps": 3, "data.source": str(tmp_path / "photos"), "data.stream": stream,
+        "data.workers": 2, "data.augment.hflip": True, "data.augment.random_crop": 2,
+    }
+    graph = cnnspec.parse_spec(
+        "name: tiny\ninput: {shape: [1, 16, 16]}\nlayers:\n  - conv2d: {filters: 4, kernel: 3, activation: relu}\n"
+        "  - global_avgpool2d: {}\n  - dense: {units: 3}\n",
+        "tiny.yaml",
+    )
+    real_step = torch_backend.TorchSession.train_step
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(self: object, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        calls["n"] += 1
+        if calls["n"] == 6 + 5:  # 96 training images: 6 batches an epoch; the 5th batch of epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, x, y)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch_backend.TorchSession, "train_step", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        cnnspec.train(graph, "torch", out=tmp_path / "killed", quiet=True, **settings)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    mid = json.loads((tmp_path / "killed" / "checkpoints" / "mid-epoch" / "state.json").read_text())
+    assert (mid["epoch"], mid["step"], mid["sums"][2]) == (1, 3, 48)
+    calls["n"] = 0
+    monkeypatch.setattr(torch_backend.TorchSession, "train_step", lambda self, x, y: (calls.__setitem__("n", calls["n"] + 1), real_step(self, x, y))[1])
+    resumed = cnnspec.resume(tmp_path / "killed", quiet=True)
+    assert calls["n"] == 3  # the last 3 batches of epoch 2, not all 6
+    monkeypatch.undo()
+    whole = cnnspec.train(graph, "torch", out=tmp_path / "whole", quiet=True, **settings)  # type: ignore[arg-type]
+    for key in ("train_loss", "train_accuracy", "val_loss"):
+        assert resumed.final[key] == pytest.approx(whole.final[key], rel=1e-6), key
+    ours, theirs = (load_arrays(tmp_path / run / "checkpoints" / "epoch-0002" / "weights.safetensors") for run in ("killed", "whole"))
+    for name in theirs:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-7)
+    assert not (tmp_path / "killed" / "checkpoints" / "mid-epoch").exists()
+
+
 def test_nan_loss_stops_with_a_clear_message(tmp_path: Path) -> None:
     result = cli(
         "train", "lenet5", "--out", "nan", "--optimizer", "sgd", "--lr", "1e12", "--set", "data.limit=256", "--epochs", "3", cwd=tmp_path

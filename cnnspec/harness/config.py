@@ -94,6 +94,10 @@ class TrainConfig(_Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     early_stopping: EarlyStopping = EarlyStopping()
+    checkpoint_minutes: PositiveNumber | None = Field(
+        default=10.0, description="also checkpoint inside an epoch this often, so that --resume continues the epoch where it stopped; none: at epoch ends only"
+    )
+    checkpoint_steps: PositiveInt | None = Field(default=None, description="also checkpoint inside an epoch every this many steps")
 
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ A run directory holds everything needed to evaluate, resume or export a run:
     metrics.jsonl        one JSON object per epoch
     checkpoints/epoch-NNNN/{weights,optimizer}.safetensors, state.json
     checkpoints/latest.json   which checkpoint is the newest complete one
+    checkpoints/mid-epoch/    the newest checkpoint inside the current epoch, for --resume
     curves.png           learning curves
     final.json           the final metrics
 """
@@ -201,10 +202,20 @@ def default_run_dir(graph: Graph) -> Path:
     return Path("runs") / f"{graph.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+MID_EPOCH = "mid-epoch"  # the one checkpoint inside an epoch; latest.json never points at it
+
+
 def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, Any]) -> Path:
     """A complete checkpoint folder, then the pointer to it: a crash at any moment
     leaves the previous checkpoint intact and pointed to."""
     name = f"epoch-{epoch:04d}"
+    final = _write_checkpoint(run, name, session, state)
+    write_json(run.checkpoints / "latest.json", {"checkpoint": name, "epoch": epoch})
+    shutil.rmtree(run.checkpoints / MID_EPOCH, ignore_errors=True)  # the epoch it was inside is complete
+    return final
+
+
+def _write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str, Any]) -> Path:
     staging = run.checkpoints / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     save_arrays(staging / "weights.safetensors", session.get_weights(), {"format": "cnnspec-canonical-v1"})
@@ -214,7 +225,6 @@ def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, 
     final = run.checkpoints / name
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    write_json(run.checkpoints / "latest.json", {"checkpoint": name, "epoch": epoch})
     return final
 
 
@@ -319,7 +329,8 @@ def train(
     plateau = Plateau(lr=config.optimizer.lr)
     history: list[dict[str, float]] = []
     start_epoch, best, bad_epochs = 0, math.inf, 0
-    latest = run.latest() if resume is not None else None
+    latest = _resume_point(run) if resume is not None else None
+    partial: dict[str, Any] | None = None
     if resume is not None and latest is None:
         raise TrainingError(f"{resume}: nothing to resume (no checkpoint; train it again instead)")
     if latest is not None:
@@ -331,7 +342,9 @@ def train(
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         plateau = Plateau(**state["plateau"])
         history = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()][:start_epoch]
-        progress.message(f"resuming {run.path} from {latest.name}")
+        partial = state if "step" in state else None
+        where = f"step {state['step']} of epoch {start_epoch + 1}" if partial else latest.name
+        progress.message(f"resuming {run.path} from {where}")
     else:
         if run.path.exists() and any(run.path.iterdir()):
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
@@ -363,7 +376,9 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         lr = learning_rate(config.schedule, config.optimizer.lr, epoch, config.epochs, plateau)
         session.set_learning_rate(lr)
-        row = _train_epoch(session, data, norm, config, epoch, progress, run)
+        epoch_state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
+        row = _train_epoch(session, data, norm, config, epoch, progress, run, epoch_state, partial)
+        partial = None
         val = _evaluate_arrays(session, data.x_val, data.y_val, norm, config.batch_size, config.top_k)
         row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr,
                "skipped_samples": len(data.skipped_so_far())}
@@ -398,17 +413,44 @@ def _report_skipped(progress: Progress, entries: list[str]) -> None:
         progress.message(f"skipped {len(entries)} sample(s) that cannot be used ({shown}); --strict (train.data.strict) makes this an error")
 
 
+def _resume_point(run: RunDir) -> Path | None:
+    """The newest checkpoint: the one inside an epoch when it is ahead of the last complete epoch."""
+    latest = run.latest()
+    mid = run.checkpoints / MID_EPOCH
+    if (mid / "state.json").exists():
+        epoch = json.loads((mid / "state.json").read_text())["epoch"]
+        if latest is None or epoch >= json.loads((latest / "state.json").read_text())["epoch"]:
+            return mid
+    return latest
+
+
 def _train_epoch(
-    session: Session, data: Dataset, norm: Normalization, config: TrainConfig, epoch: int, progress: Progress, run: RunDir
+    session: Session,
+    data: Dataset,
+    norm: Normalization,
+    config: TrainConfig,
+    epoch: int,
+    progress: Progress,
+    run: RunDir,
+    epoch_state: dict[str, Any] | None = None,
+    partial: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """One epoch; with ``partial`` (a mid-epoch checkpoint's state), the rest of one. Inside
+    the epoch, a checkpoint is written every ``checkpoint_steps`` steps or
+    ``checkpoint_minutes`` minutes, holding the step, the sums so far and the random
+    generator's state, so that resuming from it ends exactly as an uninterrupted run."""
     # Seeded by (seed, epoch): a resumed run sees the same order and augmentations.
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(data.x_train))
     total = len(order)
     progress.start_epoch(epoch + 1, config.epochs, math.ceil(total / config.batch_size))
-    loss_sum, correct, seen = 0.0, 0, 0
-    started = time.perf_counter()
-    for index, x in image_batches(data.x_train, order, config.batch_size):
+    loss_sum, correct, seen, step = 0.0, 0, 0, 0
+    if partial is not None:
+        step = partial["step"]
+        loss_sum, correct, seen = partial["sums"]
+        rng.bit_generator.state = partial["rng"]
+    started = last_saved = time.perf_counter()
+    for index, x in image_batches(data.x_train, order[step * config.batch_size :], config.batch_size):
         if config.data.augment.random_crop or config.data.augment.hflip:
             x = augment(x, config, rng)
         batch_loss, batch_correct = session.train_step(norm.apply(x), data.y_train[index])
@@ -419,15 +461,22 @@ def _train_epoch(
                 f"the loss became {batch_loss} in epoch {epoch + 1} after {seen} images; training stopped and {kept}. "
                 f"Try a lower learning rate (now {config.optimizer.lr:g}) or clip_grad_norm"
             )
-        loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(index)
-        elapsed = time.perf_counter() - started
-        progress.step(loss_sum / seen, correct / seen, seen / max(elapsed, 1e-9))
+        loss_sum, correct, seen, step = loss_sum + batch_loss, correct + batch_correct, seen + len(index), step + 1
+        now = time.perf_counter()
+        progress.step(loss_sum / seen, correct / seen, seen / max(now - started, 1e-9))
+        every_steps, every_minutes = config.checkpoint_steps, config.checkpoint_minutes
+        due = (every_steps is not None and step % every_steps == 0) or (every_minutes is not None and now - last_saved >= 60 * every_minutes)
+        if due and epoch_state is not None and step * config.batch_size < total:
+            state = {**epoch_state, "step": step, "sums": [loss_sum, correct, seen], "rng": rng.bit_generator.state}
+            _write_checkpoint(run, MID_EPOCH, session, state)
+            last_saved = now
     seconds = time.perf_counter() - started
+    seen_now = seen - (partial["sums"][2] if partial else 0)
     return {
         "train_loss": loss_sum / seen,
         "train_accuracy": correct / seen,
         "seconds": seconds,
-        "images_per_second": seen / seconds,
+        "images_per_second": seen_now / seconds,
     }
 
 
