@@ -142,9 +142,19 @@ def memory_child(count: int, steps: int) -> None:
     order = np.random.default_rng(0).permutation(len(data.x_train))[: steps * config.batch_size]
     for index, x in batches(data.x_train, order, config.batch_size):
         session.train_step(norm.apply(x), data.y_train[index])
+    from cnnspec.data.loader import _POOLS
+
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    workers = max(_peak_mib(pid) for pool in _POOLS.values() for pid in pool._processes)  # type: ignore[attr-defined]
     print(json.dumps({"images": count, "self_mib": own, "worker_mib": workers}))
+
+
+def _peak_mib(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def memory(steps: int) -> None:

@@ -306,3 +306,28 @@ def test_streamed_training_equals_training_from_memory(tmp_path: Path) -> None:
     for a, b in zip(runs["never"].history, runs["always"].history, strict=True):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("stream", ["never", "always"])
+def test_a_folder_of_nothing_readable_is_an_error_not_a_crash(tmp_path: Path, stream: str) -> None:
+    import subprocess
+    import sys
+
+    for name in ("a", "b"):
+        (tmp_path / "bad" / name).mkdir(parents=True)
+        (tmp_path / "bad" / name / "x.jpg").write_bytes(b"")
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "train", "lenet5", "--data", "bad", "--epochs", "1", "--workers", "0", "--set", f"data.stream={stream}", "--out", "run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert "x.jpg: empty file" in result.stderr and "be read" in result.stderr
+
+
+def test_resizing_a_decoded_colour_image_equals_resizing_its_array() -> None:
+    """prepare() resizes the Pillow image in one go; array data is resized per channel:
+    the same bilinear filter, so the same pixels."""
+    photo = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3)).astype(np.uint8))
+    data = png_bytes(photo)
+    for shape in ((3, 16, 16), (3, 50, 61), (1, 16, 16)):
+        np.testing.assert_array_equal(prepare(data, shape, "resize"), fit_images(decode(data, shape[0])[None], shape, "resize")[0])

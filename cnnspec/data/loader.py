@@ -8,6 +8,11 @@ stays bounded by the prefetch depth whatever the size of the data set, and decod
 overlaps training. Decoding is deterministic and results come back in order, so the same
 seed gives the same batches whatever the number of workers.
 
+Pixels never cross a pipe: the stream owns ``prefetch + 1`` batch-sized buffers of
+shared memory, a worker writes the images it decodes straight into the buffer of its
+batch, and only positions and reasons come back. The consumer gets a copy, so a buffer
+is free for the next batch as soon as it has been handed over.
+
 A sample that cannot be decoded is dropped from its batch and remembered in
 ``ImageStream.skipped`` (with ``strict``, it is an error naming the file). The positions
 returned with each batch are those of the images actually delivered, so labels stay aligned.
@@ -19,7 +24,7 @@ import atexit
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -57,20 +62,36 @@ def _close_pools() -> None:
     _POOLS.clear()
 
 
-def decode_chunk(samples: list[Sample], shape: tuple[int, ...], fit: str) -> tuple[np.ndarray, list[int], list[str]]:
-    """The images of ``samples`` that can be used (stacked), their positions in the list,
-    and "name: reason" for the others. Runs in a worker."""
-    images, kept, bad = [], [], []
+def decode_into(out: np.ndarray, samples: list[Sample], shape: tuple[int, ...], fit: str) -> tuple[list[int], list[str]]:
+    """Decode ``samples`` into the first rows of ``out``: the positions (in ``samples``) of
+    the images written, in order, and "name: reason" for the others."""
+    kept: list[int] = []
+    bad: list[str] = []
     for position, sample in enumerate(samples):
         try:
-            images.append(prepare(sample.read(), shape, fit))  # type: ignore[arg-type]
+            out[len(kept)] = prepare(sample.read(), shape, fit)  # type: ignore[arg-type]
         except (BadImage, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             bad.append(f"{sample.name}: {reason}")
             continue
         kept.append(position)
-    stacked = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
-    return stacked, kept, bad
+    return kept, bad
+
+
+_ATTACHED: dict[str, Any] = {}  # in a worker: shared buffers by name, attached once
+
+
+def _decode_shared(buffer: str, slot: int, samples: list[Sample], shape: tuple[int, ...], fit: str, size: int) -> tuple[list[int], list[str]]:
+    """In a worker: decode into slot ``slot`` of the shared buffer named ``buffer``."""
+    if buffer not in _ATTACHED:
+        from multiprocessing import shared_memory
+
+        # Attaching registers the name with the resource tracker the stream's process
+        # shares with its workers; that is a no-op (a set), and the stream unlinks it.
+        _ATTACHED[buffer] = shared_memory.SharedMemory(name=buffer)
+    batch = size * int(np.prod(shape))
+    out = np.ndarray((size, *shape), np.uint8, buffer=_ATTACHED[buffer].buf, offset=slot * batch)
+    return decode_into(out, samples, shape, fit)
 
 
 class ImageStream:
@@ -85,6 +106,30 @@ class ImageStream:
         self.prefetch = prefetch if prefetch is not None else 2 * max(1, workers)
         self.skipped: list[str] = []
         self._seen_bad: set[str] = set()
+        self._buffers: dict[int, Any] = {}  # batch size -> SharedMemory of prefetch + 1 batches
+
+    def _buffer(self, size: int) -> tuple[str, np.ndarray]:
+        if size not in self._buffers:
+            from multiprocessing import shared_memory
+
+            nbytes = (self.prefetch + 1) * size * int(np.prod(self.sample_shape))
+            self._buffers[size] = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+            atexit.register(self.close)
+        block = self._buffers[size]
+        return block.name, np.ndarray((self.prefetch + 1, size, *self.sample_shape), np.uint8, buffer=block.buf)
+
+    def close(self) -> None:
+        """Free the shared buffers (also done at exit)."""
+        for block in self._buffers.values():
+            block.close()
+            block.unlink()
+        self._buffers.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (OSError, BufferError):  # interpreter shutdown, or a view still alive: atexit retries
+            pass
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,28 +150,37 @@ class ImageStream:
         decoded ``prefetch`` batches ahead."""
         chunks = (order[start : start + size] for start in range(0, len(order), size))
         if self.workers == 0:
+            out = np.empty((size, *self.sample_shape), np.uint8)
             for chunk in chunks:
-                yield self._received(chunk, decode_chunk([self.samples[i] for i in chunk], self.sample_shape, self.fit))
+                kept, bad = decode_into(out, [self.samples[i] for i in chunk], self.sample_shape, self.fit)
+                yield self._received(chunk, kept, bad, out)
             return
         pool = _pool(self.workers)
-        pending: deque[tuple[np.ndarray, Future[Any]]] = deque()
+        name, slots = self._buffer(size)
+        pending: deque[tuple[np.ndarray, int, Future[Any]]] = deque()
+        submitted = 0
 
         def submit() -> None:
+            nonlocal submitted
             chunk = next(chunks, None)
             if chunk is not None:
-                pending.append((chunk, pool.submit(decode_chunk, [self.samples[i] for i in chunk], self.sample_shape, self.fit)))
+                slot = submitted % len(slots)
+                samples = [self.samples[i] for i in chunk]
+                pending.append((chunk, slot, pool.submit(_decode_shared, name, slot, samples, self.sample_shape, self.fit, size)))
+                submitted += 1
 
         for _ in range(self.prefetch):
             submit()
         try:
             while pending:
-                chunk, future = pending.popleft()
-                result = future.result()
-                submit()
-                yield self._received(chunk, result)
+                chunk, slot, future = pending.popleft()
+                kept, bad = future.result()
+                submit()  # into the slot handed over last time, now free
+                yield self._received(chunk, kept, bad, slots[slot])
         finally:
-            for _, future in pending:
+            for *_, future in pending:
                 future.cancel()
+            wait([future for *_, future in pending])  # no worker still writes into a slot the next call reuses
 
     def load(self, order: np.ndarray | None = None, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Every image (of ``order``) decoded into one array, in parallel: (positions, images)."""
@@ -140,8 +194,7 @@ class ImageStream:
             filled += len(batch)
         return positions[:filled], images[:filled]
 
-    def _received(self, chunk: np.ndarray, result: tuple[np.ndarray, list[int], list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        images, kept, bad = result
+    def _received(self, chunk: np.ndarray, kept: list[int], bad: list[str], out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for entry in bad:
             if self.strict:
                 from cnnspec.harness.data import DataError
@@ -150,7 +203,7 @@ class ImageStream:
             if entry not in self._seen_bad:
                 self._seen_bad.add(entry)
                 self.skipped.append(entry)
-        return chunk[kept], images
+        return chunk[kept], out[: len(kept)].copy()
 
 
 def batches(x: np.ndarray | ImageStream, order: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

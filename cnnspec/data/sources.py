@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,11 +27,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".t
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """Where one image's bytes are: a file, or ``size`` bytes at ``offset`` in a tar shard."""
+    """Where one image's bytes are: a file, or ``size`` bytes at ``offset`` in a tar shard.
+    Small (slots, the path as a string): a stream holds one per image of the data set."""
 
-    path: Path
+    path: str
     label: int
     member: str | None = None
     offset: int = 0
@@ -38,14 +40,14 @@ class Sample:
 
     @property
     def name(self) -> str:
-        return str(self.path) if self.member is None else f"{self.path}:{self.member}"
+        return self.path if self.member is None else f"{self.path}:{self.member}"
 
     def read(self) -> bytes:
-        if self.member is None:
-            return self.path.read_bytes()
-        with open(self.path, "rb") as shard:
-            shard.seek(self.offset)
-            return shard.read(self.size)
+        with open(self.path, "rb") as stream:
+            if self.member is None:
+                return stream.read()
+            stream.seek(self.offset)
+            return stream.read(self.size)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def _class_folders(path: Path) -> Listing:
             files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()) if folder.is_dir() else []
             if not files:
                 skipped.append(f"{folder}: class folder has no images")
-            samples += [Sample(f, label) for f in files]
+            samples += [Sample(str(f), label) for f in files]
         if not samples:
             raise DataError(f"{root}: no images found in the class folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
         listed.append(samples)
@@ -109,24 +111,29 @@ def _class_folders(path: Path) -> Listing:
 
 
 def _manifest(path: Path) -> Listing:
+    """Two passes over the rows (labels first, then samples), so that only the samples are
+    held: a manifest of millions of rows costs its samples, not its text twice."""
     from cnnspec.harness.data import DataError
 
-    rows = list(_jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path))
-    if not rows:
+    rows = _jsonl_rows if path.suffix.lower() == ".jsonl" else _csv_rows
+    labels = {label for _, _, label, _ in rows(path)}
+    if not labels:
         raise DataError(f"{path}: the manifest lists no images")
-    index, classes = _class_index(label for _, _, label, _ in rows)
+    index, classes = _class_index(labels)
+    root = path.parent
     train: list[Sample] = []
     val: list[Sample] = []
     skipped: list[str] = []
-    for line, file, label, split in rows:
-        target = path.parent / file
-        if not target.is_file():
+    has_val = False
+    for line, file, label, split in rows(path):
+        has_val |= split is not None
+        target = os.path.join(root, file)
+        if not os.path.isfile(target):
             skipped.append(f"{path}:{line}: {target}: no such file")
             continue
         (val if split == "val" else train).append(Sample(target, index[label]))
     if not train:
         raise DataError(f"{path}: none of the manifest's training images exists (first: {skipped[0] if skipped else '-'})")
-    has_val = any(split is not None for *_, split in rows)
     return Listing(f"manifest:{path.name}", classes, train, val if has_val else None, skipped)
 
 
@@ -226,5 +233,5 @@ def _shards(shards: list[Path], name: str) -> Listing:
     if not known:
         raise DataError(f"{name}: the tar shards hold no image with a label (KEY.jpg beside KEY.cls)")
     index, classes = _class_index(label for *_, label in known)
-    samples = [Sample(shard, index[label], member, offset, size) for shard, member, offset, size, label in known]
+    samples = [Sample(str(shard), index[label], member, offset, size) for shard, member, offset, size, label in known]
     return Listing(f"shards:{name}", classes, samples, None, skipped)

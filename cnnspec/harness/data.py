@@ -293,6 +293,9 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
         return Dataset(listing.name, streams[0], y_train, streams[1], y_val, listing.classes, tuple(skipped))
     (kept_train, x_train), (kept_val, x_val) = (stream.load() for stream in streams)
     skipped += [entry for stream in streams for entry in stream.skipped]
+    for split, kept in (("training", kept_train), ("validation", kept_val)):
+        if not len(kept):
+            raise DataError(f"{listing.name}: none of the {split} images can be read ({len(skipped)} skipped; first: {skipped[0]})")
     return Dataset(listing.name, x_train, y_train[kept_train], x_val, y_val[kept_val], listing.classes, tuple(skipped))
 
 
@@ -304,6 +307,16 @@ def _fit(raw: Dataset, shape: tuple[int, ...], config: DataConfig) -> Dataset:
     if isinstance(raw.x_train, ImageStream) or isinstance(raw.x_val, ImageStream):
         return raw
     return replace(raw, x_train=fit_images(raw.x_train, shape, config.fit), x_val=fit_images(raw.x_val, shape, config.fit))
+
+
+def fit_rule(size: tuple[int, int], target: tuple[int, int], fit: str) -> str:
+    """keep, pad or resize an H x W image for a ``target`` input: ``auto`` pads an image at
+    most 25% smaller in each direction (MNIST's 28x28 into 32x32) and resizes the rest."""
+    (h, w), (height, width) = size, target
+    if (h, w) == (height, width):
+        return "keep"
+    small_enough = h <= height and w <= width and (height - h) <= height // 4 and (width - w) <= width // 4
+    return "pad" if fit == "pad" or (fit == "auto" and small_enough) else "resize"
 
 
 def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto") -> np.ndarray:
@@ -322,10 +335,10 @@ def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto") ->
         else:
             raise DataError(f"images have {x.shape[1]} channels; the spec's input has {channels}")
     h, w = x.shape[2:]
-    if (h, w) == (height, width):
+    rule = fit_rule((h, w), (height, width), fit)
+    if rule == "keep":
         return x
-    small_enough = h <= height and w <= width and (height - h) <= height // 4 and (width - w) <= width // 4
-    if fit == "pad" or (fit == "auto" and small_enough):
+    if rule == "pad":
         if h > height or w > width:
             raise DataError(f"images of {h}x{w} cannot be padded to {height}x{width}; use fit: resize")
         top, left = (height - h) // 2, (width - w) // 2

@@ -78,6 +78,9 @@ def normalization_for(config: TrainConfig, x_train: np.ndarray | ImageStream) ->
             picked = x_train.load(np.unique(np.linspace(0, len(x_train) - 1, min(len(x_train), 1_000)).astype(np.int64)))[1]
         else:
             picked = x_train[:: max(1, len(x_train) // 10_000)]
+        if not len(picked):
+            unread = "; ".join(x_train.skipped[:3]) if isinstance(x_train, ImageStream) else "the set is empty"
+            raise TrainingError(f"no training image could be read to measure the normalisation ({unread})")
         sample = picked.astype(np.float64) * scale
         axes = (0, 2, 3) if sample.ndim == 4 else (0,)
         mean, std = sample.mean(axis=axes), sample.std(axis=axes)
@@ -470,6 +473,8 @@ def _train_epoch(
             state = {**epoch_state, "step": step, "sums": [loss_sum, correct, seen], "rng": rng.bit_generator.state}
             _write_checkpoint(run, MID_EPOCH, session, state)
             last_saved = now
+    if not seen:
+        raise TrainingError(f"no training image of {data.name} could be read this epoch: {data.skipped_so_far()[:3]}")
     seconds = time.perf_counter() - started
     seen_now = seen - (partial["sums"][2] if partial else 0)
     return {
@@ -492,6 +497,8 @@ def _evaluate_arrays(
         loss_sum += batch_loss
         outputs.append(batch_out)
         delivered.append(index)
+    if not outputs:
+        raise TrainingError("no validation image could be read")
     logits = np.concatenate(outputs)
     y = labels[np.concatenate(delivered)]
     classes = logits.shape[1]
