@@ -331,3 +331,28 @@ def test_resizing_a_decoded_colour_image_equals_resizing_its_array() -> None:
     data = png_bytes(photo)
     for shape in ((3, 16, 16), (3, 50, 61), (1, 16, 16)):
         np.testing.assert_array_equal(prepare(data, shape, "resize"), fit_images(decode(data, shape[0])[None], shape, "resize")[0])
+
+
+def test_a_plain_script_can_stream_and_leaves_no_shared_memory(tmp_path: Path) -> None:
+    """A user's script with no `if __name__ == "__main__"` guard: its workers must not run
+    the script again, and every shared buffer is gone once its stream is."""
+    import os
+    import subprocess
+    import sys
+
+    photo_folder(tmp_path / "photos", per_class=6, broken=False)
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import gc, os\nimport numpy as np\nfrom cnnspec.harness.config import DataConfig\n"
+        "from cnnspec.harness.data import load_dataset\nfrom cnnspec.data.loader import batches\n"
+        "for round_ in range(3):\n"
+        "    data = load_dataset(DataConfig(source='photos', stream='always', workers=2), (3, 8, 8), 3, 0)\n"
+        "    seen = sum(len(i) for i, _ in batches(data.x_train, np.arange(len(data.x_train)), 4))\n"
+        "    del data; gc.collect()\n"
+        "    print(seen, sum(name.startswith('psm') for name in os.listdir('/dev/shm')))\n"
+    )
+    before = sum(name.startswith("psm") for name in os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else 0
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(14), str(before)] * 3  # 18 photos, 4 held out; no buffer left behind
+    assert "leaked" not in result.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
@@ -43,15 +44,20 @@ def available_cores() -> int:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    """One pool per worker count for the life of the process (epochs reuse it). Workers
-    come from a fork server that has imported only the decoder: never a fork of a process
-    holding a framework's threads."""
+    """One pool per worker count for the life of the process (epochs reuse it).
+
+    Workers are forked where the platform can (as torch's DataLoader does on Linux): a
+    forked worker needs nothing from the user's script. A fork server or spawn would import
+    the script that called cnnspec in every worker, and a script without an
+    ``if __name__ == "__main__"`` guard would then start its training again there. The
+    workers run only Pillow and NumPy, never a framework, so the framework threads a fork
+    copies are never used in them.
+    """
     if workers not in _POOLS:
         import multiprocessing
 
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["cnnspec.data.decode"])
-        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
     return _POOLS[workers]
 
 
@@ -94,6 +100,13 @@ def _decode_shared(buffer: str, slot: int, samples: list[Sample], shape: tuple[i
     return decode_into(out, samples, shape, fit)
 
 
+def _release(buffers: dict[int, Any]) -> None:
+    for block in buffers.values():
+        block.close()
+        block.unlink()
+    buffers.clear()
+
+
 class ImageStream:
     """The images of ``samples`` at ``shape``, decoded on demand."""
 
@@ -107,6 +120,8 @@ class ImageStream:
         self.skipped: list[str] = []
         self._seen_bad: set[str] = set()
         self._buffers: dict[int, Any] = {}  # batch size -> SharedMemory of prefetch + 1 batches
+        # Freed when the stream is collected, or at exit: never left behind in /dev/shm.
+        self._release = weakref.finalize(self, _release, self._buffers)
 
     def _buffer(self, size: int) -> tuple[str, np.ndarray]:
         if size not in self._buffers:
@@ -114,22 +129,12 @@ class ImageStream:
 
             nbytes = (self.prefetch + 1) * size * int(np.prod(self.sample_shape))
             self._buffers[size] = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
-            atexit.register(self.close)
         block = self._buffers[size]
         return block.name, np.ndarray((self.prefetch + 1, size, *self.sample_shape), np.uint8, buffer=block.buf)
 
     def close(self) -> None:
-        """Free the shared buffers (also done at exit)."""
-        for block in self._buffers.values():
-            block.close()
-            block.unlink()
-        self._buffers.clear()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except (OSError, BufferError):  # interpreter shutdown, or a view still alive: atexit retries
-            pass
+        """Free the shared buffers now (a later batch makes new ones)."""
+        _release(self._buffers)
 
     def __len__(self) -> int:
         return len(self.samples)

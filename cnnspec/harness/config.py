@@ -35,7 +35,7 @@ FitMode = Literal["auto", "pad", "resize"]
 
 
 class DataConfig(_Section):
-    source: StrictStr = Field(default="digits", description="digits, synthetic, or a path: IDX directory, image class folders, CIFAR-10 batches, .npz")
+    source: StrictStr = Field(default="digits", description="digits, synthetic, or a path: IDX directory, image class folders, a .csv or .jsonl manifest, tar shards, CIFAR-10 batches, .npz")
     validation: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(default=0.2, description="fraction held out when the data has no validation split")
     fit: FitMode = Field(default="auto", description="how images meet the input size: auto pads when at most 25% smaller, else resizes")
     normalize: Literal["standard", "unit", "none"] | Normalize = Field(

@@ -89,7 +89,8 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
         if not path.exists():
             raise DataError(
                 f"data '{source}' not found: give 'digits', 'synthetic', or a path to an IDX directory, "
-                "image class folders, CIFAR-10 python batches or an .npz file (nothing is downloaded)"
+                "image class folders, a manifest (.csv or .jsonl), tar shards, CIFAR-10 python batches or an .npz file "
+                "(nothing is downloaded)"
             )
         raw = _from_path(path, shape, config, seed)
     dataset = _fit(raw, shape, config)
