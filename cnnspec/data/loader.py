@@ -21,6 +21,7 @@ returned with each batch are those of the images actually delivered, so labels s
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import weakref
 from collections import deque
@@ -57,7 +58,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         import multiprocessing
 
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+        # gc.freeze: the objects a forked worker inherits (a stream's samples, millions of
+        # them) are never visited by its garbage collector, so their pages stay shared.
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=gc.freeze)
     return _POOLS[workers]
 
 

@@ -284,7 +284,7 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
         order = np.random.default_rng(seed).permutation(len(samples))
         cut = len(samples) - max(1, round(len(samples) * config.validation))
         samples, val = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
-    samples = samples[: config.limit]
+    samples = samples[: config.limit]  # before decoding: a smoke test decodes only what it uses
     workers = available_cores() if config.workers is None else config.workers
     streams = [ImageStream(part, shape, config.fit, workers=workers, strict=config.strict) for part in (samples, val)]
     y_train, y_val = (np.array([s.label for s in part], dtype=np.int64) for part in (samples, val))
