@@ -1,9 +1,10 @@
 """The streaming input pipeline, measured three ways (run by hand: `make bench`, or
 `python benchmarks/bench_data.py [throughput|memory|overlap] [--images N]`).
 
-- throughput: decode + resize to 224x224 + horizontal flip of JPEGs of mixed sizes (250 to
-  500 pixels, made with Pillow), 2 workers, batch 64: cnnspec's stream against a
-  hand-written torch DataLoader(num_workers=2) doing the same with Pillow; paired rounds.
+- throughput: decode + random resized crop to 224x224 + horizontal flip of JPEGs of mixed
+  sizes (250 to 500 pixels, made with Pillow), 2 workers, batch 64: cnnspec's stream (the
+  ImageNet preset a 224 input gets) against a hand-written torch DataLoader(num_workers=2)
+  doing the same with Pillow, as torchvision's transforms do; paired rounds.
 - memory: peak RSS of the training process plus the workers' private memory (forked
   workers share the rest) while streaming and training 200 steps over a manifest of 20,000
   and of 200,000 images; the difference is the cost of a larger set.
@@ -51,24 +52,29 @@ def make_jpegs(folder: Path, count: int, sizes: tuple[int, int], classes: int = 
 
 
 def throughput(images: int, rounds: int) -> None:
+    import math
+    import random
+
     import torch
     from PIL import Image, ImageOps
 
-    from cnnspec.data.loader import batches
-    from cnnspec.harness.config import DataConfig, TrainConfig
+    import cnnspec
     from cnnspec.harness.data import load_dataset
     from cnnspec.harness.run import augment
 
     folder = make_jpegs(WORK / f"jpegs-{images}", images, (250, 500))
-    config = TrainConfig(batch_size=64, data=DataConfig(source=str(folder), stream="always", workers=2, fit="resize", validation=0.01))
-    config = config.model_copy(update={"data": config.data.model_copy(update={"augment": config.data.augment.model_copy(update={"hflip": True})})})
+    graph = cnnspec.load_spec("resnet18")
+    config = cnnspec.api.train_config(graph, {"data.source": str(folder), "data.stream": "always", "data.workers": 2, "data.validation": 0.01,
+                                              "batch_size": 64})
     data = load_dataset(config.data, (3, 224, 224), 10, 0)
+    config = config.model_copy(update={"data": data.config})  # the ImageNet preset: random resized crops and flips
+    assert data.config.augment.random_resized_crop is not None and data.config.augment.hflip
 
     def ours(round_: int) -> float:
         rng = np.random.default_rng([0, round_])
         order = rng.permutation(len(data.x_train))
         started, seen = time.perf_counter(), 0
-        for index, x in batches(data.x_train, order, 64):
+        for index, x in data.training_batches(order, 64, (0, round_)):
             x = augment(x, config, rng)
             torch.from_numpy(x)
             seen += len(index)
@@ -78,13 +84,26 @@ def throughput(images: int, rounds: int) -> None:
     labels = data.y_train
 
     class Files(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        """What torchvision's RandomResizedCrop(224) + RandomHorizontalFlip do, by hand."""
+
         def __len__(self) -> int:
             return len(files)
 
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
             with Image.open(files[i]) as image:
-                image = image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
-            if torch.rand(1).item() < 0.5:
+                image = image.convert("RGB")
+            width, height = image.size
+            for _ in range(10):
+                area = width * height * random.uniform(0.08, 1.0)
+                aspect = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
+                w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                if 0 < w <= width and 0 < h <= height:
+                    top, left = random.randint(0, height - h), random.randint(0, width - w)
+                    break
+            else:
+                w, h, top, left = min(width, height), min(width, height), (height - min(width, height)) // 2, (width - min(width, height)) // 2
+            image = image.crop((left, top, left + w, top + h)).resize((224, 224), Image.Resampling.BILINEAR)
+            if random.random() < 0.5:
                 image = ImageOps.mirror(image)
             return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()), int(labels[i])
 
@@ -103,7 +122,7 @@ def throughput(images: int, rounds: int) -> None:
         result = {fn.__name__: fn(round_) for fn in pair}
         speeds.append((result["ours"], result["theirs"]))
         ratios.append(result["ours"] / result["theirs"])
-    print(f"throughput, {len(files):,} JPEGs (250-500 px) -> 224x224 + flip, 2 workers, batch 64, {rounds} paired rounds:")
+    print(f"throughput, {len(files):,} JPEGs (250-500 px) -> 224x224 random resized crops + flips, 2 workers, batch 64, {rounds} paired rounds:")
     print(f"  cnnspec {statistics.median(s[0] for s in speeds):,.0f} img/s, DataLoader {statistics.median(s[1] for s in speeds):,.0f} img/s (medians)")
     print(f"  ratio cnnspec / DataLoader: median {statistics.median(ratios):.2f}, range {min(ratios):.2f} .. {max(ratios):.2f}")
 

@@ -29,7 +29,7 @@ def train_config(graph: Graph, overrides: dict[str, Any] | None = None) -> Train
     """The spec's ``train:`` section with dotted overrides ({'optimizer.lr': 0.01})."""
     if not overrides:
         return graph.train
-    return TrainConfig.model_validate(with_overrides(graph.train.model_dump(), overrides))
+    return TrainConfig.model_validate(with_overrides(graph.train.model_dump(exclude_unset=True), overrides))
 
 
 def build(spec: SpecLike, backend: str = "torch", device: str = "auto", seed: int = 0) -> Any:

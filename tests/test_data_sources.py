@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnspec.data import BadImage, decode, list_source, prepare
+from cnnspec.data import BadImage, Transform, decode, list_source
 from cnnspec.harness.config import DataConfig
 from cnnspec.harness.data import DataError, fit_images, load_dataset, load_images
 
@@ -80,7 +80,7 @@ def test_large_jpegs_decode_at_reduced_scale_never_below_the_target() -> None:
     reduced = decode(jpeg_bytes(big), 3, size_hint=(56, 56))
     assert reduced.shape == (3, 60, 80)  # 1/8 scale: the smallest that still covers 56x56
     assert decode(jpeg_bytes(big), 3, size_hint=(300, 300)).shape == (3, 480, 640)  # 1/2 would be too small
-    assert prepare(jpeg_bytes(big), (3, 56, 56), "resize").shape == (3, 56, 56)
+    assert Transform((3, 56, 56), "resize").from_file(jpeg_bytes(big)).shape == (3, 56, 56)
 
 
 def messy_folder(root: Path) -> dict[str, int]:
@@ -325,12 +325,12 @@ def test_a_folder_of_nothing_readable_is_an_error_not_a_crash(tmp_path: Path, st
 
 
 def test_resizing_a_decoded_colour_image_equals_resizing_its_array() -> None:
-    """prepare() resizes the Pillow image in one go; array data is resized per channel:
+    """A file is resized as one Pillow image; array data is resized per channel:
     the same bilinear filter, so the same pixels."""
     photo = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3)).astype(np.uint8))
     data = png_bytes(photo)
     for shape in ((3, 16, 16), (3, 50, 61), (1, 16, 16)):
-        np.testing.assert_array_equal(prepare(data, shape, "resize"), fit_images(decode(data, shape[0])[None], shape, "resize")[0])
+        np.testing.assert_array_equal(Transform(shape, "resize").from_file(data), fit_images(decode(data, shape[0])[None], shape, "resize")[0])
 
 
 def test_a_plain_script_can_stream_and_leaves_no_shared_memory(tmp_path: Path) -> None:

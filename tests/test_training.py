@@ -94,11 +94,12 @@ def test_resume_after_a_kill_mid_epoch(tmp_path: Path, monkeypatch: pytest.Monke
     assert resumed.final["val_loss"] == pytest.approx(whole.final["val_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("stream", ["never", "always"])
-def test_resume_continues_a_killed_epoch_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: str) -> None:
+@pytest.mark.parametrize(("stream", "per_sample"), [("never", False), ("always", False), ("never", True), ("always", True)])
+def test_resume_continues_a_killed_epoch_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: str, per_sample: bool) -> None:
     """With checkpoints inside the epoch, a run killed mid-epoch continues from the last of
     them (not from the epoch's start) and ends with the weights of an uninterrupted run:
-    for data in memory and streamed from files, with augmentation drawing random numbers."""
+    for data in memory and streamed from files, with augmentation drawing random numbers
+    (per sample, too: random resized crops and colour jitter, in the workers when streamed)."""
     from PIL import Image
 
     from cnnspec.backends import torch_backend
@@ -113,6 +114,8 @@ def test_resume_continues_a_killed_epoch_where_it_stopped(tmp_path: Path, monkey
         "epochs": 2, "batch_size": 16, "checkpoint_steps": 3, "data.source": str(tmp_path / "photos"), "data.stream": stream,
         "data.workers": 2, "data.augment.hflip": True, "data.augment.random_crop": 2,
     }
+    if per_sample:
+        settings |= {"data.augment.random_resized_crop": {"scale": [0.3, 1.0]}, "data.augment.color_jitter": {"brightness": 0.3, "contrast": 0.3}}
     graph = cnnspec.parse_spec(
         "name: tiny\ninput: {shape: [1, 16, 16]}\nlayers:\n  - conv2d: {filters: 4, kernel: 3, activation: relu}\n"
         "  - global_avgpool2d: {}\n  - dense: {units: 3}\n",

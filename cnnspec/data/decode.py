@@ -11,32 +11,18 @@ and decompression bombs.
 from __future__ import annotations
 
 import io
+import math
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from cnnspec.harness.config import FitMode
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 class BadImage(ValueError):
     """The bytes are not an image that can be used; the message says why."""
-
-
-def prepare(data: bytes, shape: tuple[int, ...], fit: FitMode = "auto") -> np.ndarray:
-    """The network input for one image file: decoded, channels converted, then padded or
-    resized to ``shape`` (C x H x W) by ``fit`` exactly as array data is (the rule is
-    ``fit_rule``; Pillow's bilinear resize of an RGB image equals that of each channel)."""
-    from PIL import Image
-
-    from cnnspec.harness.data import fit_images, fit_rule
-
-    channels, height, width = _image_shape(shape)
-    image = _decode_image(data, channels, (height, width))
-    if fit_rule((image.height, image.width), (height, width), fit) == "resize":
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = _to_array(image, channels)
-    fitted: np.ndarray = fit_images(array[None], shape, fit)[0]  # pads, or keeps what already fits
-    return fitted
 
 
 def decode(data: bytes, channels: int, size_hint: tuple[int, int] | None = None) -> np.ndarray:
@@ -46,31 +32,43 @@ def decode(data: bytes, channels: int, size_hint: tuple[int, int] | None = None)
     (1/2, 1/4 or 1/8, never below the hint: Pillow's draft mode), which is several times
     faster and what the resize that follows would throw away anyway.
     """
-    return _to_array(_decode_image(data, channels, size_hint), channels)
+    plan = None if size_hint is None else (lambda size: max(size_hint[1] / size[0], size_hint[0] / size[1]))
+    return to_array(decode_image(data, channels, plan)[0], channels)
 
 
-def _decode_image(data: bytes, channels: int, size_hint: tuple[int, int] | None) -> Any:
-    """The upright 8-bit Pillow image (mode L, RGB or RGBA for 1, 3 or 4 channels)."""
+def decode_image(data: bytes, channels: int, plan: Callable[[tuple[int, int]], float | None] | None = None) -> tuple[Any, tuple[int, int]]:
+    """The upright 8-bit Pillow image (mode L, RGB or RGBA for 1, 3 or 4 channels), and the
+    upright (width, height) of the image as stored.
+
+    ``plan`` is told that stored size before any pixel is decoded and answers the scale the
+    image may be reduced to (0.3: any size down to 30% in each direction will do; None or
+    1: full size); a JPEG is then decoded at the smallest of 1/2, 1/4 and 1/8 that keeps
+    it (Pillow's draft mode). The returned image may therefore be smaller than the stored one.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            if size_hint is not None and opened.format == "JPEG":
-                opened.draft("L" if channels == 1 else "RGB", (size_hint[1], size_hint[0]))
+            width, height = opened.size
+            if opened.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # turned a quarter: upright is the other way round
+                width, height = height, width
+            scale = plan((width, height)) if plan is not None else None
+            if scale is not None and scale < 1 and opened.format == "JPEG":
+                opened.draft("L" if channels == 1 else "RGB", (math.ceil(opened.width * scale), math.ceil(opened.height * scale)))
             opened.load()
             upright = ImageOps.exif_transpose(opened) or opened
-            return _eight_bit(upright, channels)
+            return _eight_bit(upright, channels), (width, height)
     except UnidentifiedImageError:
         raise BadImage("not an image (Pillow recognises no image format in it)") from None
     except Image.DecompressionBombError as exc:
         raise BadImage(f"refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise BadImage(f"truncated or corrupt image ({exc})") from None
 
 
-def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     from cnnspec.harness.data import DataError
 
     if len(shape) != 3 or shape[0] not in (1, 3, 4):
@@ -92,6 +90,10 @@ def _eight_bit(image: Any, channels: int) -> Any:
     return image if image.mode == mode else image.convert(mode)
 
 
-def _to_array(image: Any, channels: int) -> np.ndarray:
+def to_array(image: Any, channels: int, contiguous: bool = True) -> np.ndarray:
+    """The Pillow image as C x H x W; ``contiguous=False`` leaves the channels-first view
+    of Pillow's pixels to a caller that copies it anyway."""
     array = np.asarray(image, dtype=np.uint8)
-    return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
+    if channels == 1:
+        return array[None]
+    return np.ascontiguousarray(array.transpose(2, 0, 1)) if contiguous else array.transpose(2, 0, 1)

@@ -3,10 +3,11 @@
 An ``ImageStream`` stands where an N x C x H x W uint8 array would: it has a length, a
 shape and a dtype, and ``batches(x, order, size)`` gives the same (positions, images)
 pairs for an array and for a stream, so the harness has one loop. A stream decodes each
-batch in a pool of worker processes (``prepare`` in each), a few batches ahead, so memory
-stays bounded by the prefetch depth whatever the size of the data set, and decoding
-overlaps training. Decoding is deterministic and results come back in order, so the same
-seed gives the same batches whatever the number of workers.
+batch in a pool of worker processes (its ``Transform`` in each), a few batches ahead, so
+memory stays bounded by the prefetch depth whatever the size of the data set, and decoding
+overlaps training. Each sample's random transform is seeded by (seed, epoch, sample) and
+results come back in order, so the same seed gives the same batches whatever the number
+of workers.
 
 Pixels never cross a pipe: the stream owns ``prefetch + 1`` batch-sized buffers of
 shared memory, a worker writes the images it decodes straight into the buffer of its
@@ -31,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnspec.data.decode import BadImage, prepare
+from cnnspec.data.decode import BadImage
 from cnnspec.data.sources import Sample
+from cnnspec.data.transforms import Transform, sample_generator
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
@@ -71,14 +73,18 @@ def _close_pools() -> None:
     _POOLS.clear()
 
 
-def decode_into(out: np.ndarray, samples: list[Sample], shape: tuple[int, ...], fit: str) -> tuple[list[int], list[str]]:
+def decode_into(
+    out: np.ndarray, samples: list[Sample], transform: Transform, seed: tuple[int, ...] | None = None, indices: list[int] | None = None
+) -> tuple[list[int], list[str]]:
     """Decode ``samples`` into the first rows of ``out``: the positions (in ``samples``) of
-    the images written, in order, and "name: reason" for the others."""
+    the images written, in order, and "name: reason" for the others. With ``seed``, each
+    sample's random transform uses the generator of (seed, its index in the data set)."""
     kept: list[int] = []
     bad: list[str] = []
     for position, sample in enumerate(samples):
+        rng = None if seed is None or indices is None or not transform.random else sample_generator(seed, indices[position])
         try:
-            out[len(kept)] = prepare(sample.read(), shape, fit)  # type: ignore[arg-type]
+            out[len(kept)] = transform.from_file(sample.read(), rng)
         except (BadImage, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             bad.append(f"{sample.name}: {reason}")
@@ -90,7 +96,9 @@ def decode_into(out: np.ndarray, samples: list[Sample], shape: tuple[int, ...], 
 _ATTACHED: dict[str, Any] = {}  # in a worker: shared buffers by name, attached once
 
 
-def _decode_shared(buffer: str, slot: int, samples: list[Sample], shape: tuple[int, ...], fit: str, size: int) -> tuple[list[int], list[str]]:
+def _decode_shared(
+    buffer: str, slot: int, samples: list[Sample], transform: Transform, seed: tuple[int, ...] | None, indices: list[int], size: int
+) -> tuple[list[int], list[str]]:
     """In a worker: decode into slot ``slot`` of the shared buffer named ``buffer``."""
     if buffer not in _ATTACHED:
         from multiprocessing import shared_memory
@@ -98,9 +106,9 @@ def _decode_shared(buffer: str, slot: int, samples: list[Sample], shape: tuple[i
         # Attaching registers the name with the resource tracker the stream's process
         # shares with its workers; that is a no-op (a set), and the stream unlinks it.
         _ATTACHED[buffer] = shared_memory.SharedMemory(name=buffer)
-    batch = size * int(np.prod(shape))
-    out = np.ndarray((size, *shape), np.uint8, buffer=_ATTACHED[buffer].buf, offset=slot * batch)
-    return decode_into(out, samples, shape, fit)
+    batch = size * int(np.prod(transform.shape))
+    out = np.ndarray((size, *transform.shape), np.uint8, buffer=_ATTACHED[buffer].buf, offset=slot * batch)
+    return decode_into(out, samples, transform, seed, indices)
 
 
 def _release(buffers: dict[int, Any]) -> None:
@@ -111,12 +119,12 @@ def _release(buffers: dict[int, Any]) -> None:
 
 
 class ImageStream:
-    """The images of ``samples`` at ``shape``, decoded on demand."""
+    """The images of ``samples`` prepared by ``transform``, decoded on demand."""
 
-    def __init__(self, samples: list[Sample], shape: tuple[int, ...], fit: str, *, workers: int, strict: bool, prefetch: int | None = None) -> None:
+    def __init__(self, samples: list[Sample], transform: Transform, *, workers: int, strict: bool, prefetch: int | None = None) -> None:
         self.samples = samples
-        self.sample_shape = shape
-        self.fit = fit
+        self.transform = transform
+        self.sample_shape: tuple[int, ...] = transform.shape
         self.workers = workers
         self.strict = strict
         self.prefetch = prefetch if prefetch is not None else 2 * max(1, workers)
@@ -151,17 +159,23 @@ class ImageStream:
         return np.dtype(np.uint8)
 
     def head(self, count: int) -> ImageStream:
-        return ImageStream(self.samples[:count], self.sample_shape, self.fit, workers=self.workers, strict=self.strict, prefetch=self.prefetch)
+        return ImageStream(self.samples[:count], self.transform, workers=self.workers, strict=self.strict, prefetch=self.prefetch)
 
-    def batches(self, order: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, order: np.ndarray, size: int, seed: tuple[int, ...] | None = None, *, views: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(positions delivered, images) for each run of ``size`` positions of ``order``,
-        decoded ``prefetch`` batches ahead."""
+        decoded ``prefetch`` batches ahead; ``seed`` (the run's seed and epoch) seeds the
+        random transforms, and without it images are prepared as for evaluation.
+
+        With ``views``, the images are the stream's own buffer, valid until the next batch
+        is asked for (no copy: for a consumer that is done with a batch by then)."""
         chunks = (order[start : start + size] for start in range(0, len(order), size))
         if self.workers == 0:
             out = np.empty((size, *self.sample_shape), np.uint8)
             for chunk in chunks:
-                kept, bad = decode_into(out, [self.samples[i] for i in chunk], self.sample_shape, self.fit)
-                yield self._received(chunk, kept, bad, out)
+                kept, bad = decode_into(out, [self.samples[i] for i in chunk], self.transform, seed, chunk.tolist())
+                yield self._received(chunk, kept, bad, out, views)
             return
         pool = _pool(self.workers)
         name, slots = self._buffer(size)
@@ -174,7 +188,7 @@ class ImageStream:
             if chunk is not None:
                 slot = submitted % len(slots)
                 samples = [self.samples[i] for i in chunk]
-                pending.append((chunk, slot, pool.submit(_decode_shared, name, slot, samples, self.sample_shape, self.fit, size)))
+                pending.append((chunk, slot, pool.submit(_decode_shared, name, slot, samples, self.transform, seed, chunk.tolist(), size)))
                 submitted += 1
 
         for _ in range(self.prefetch):
@@ -183,8 +197,8 @@ class ImageStream:
             while pending:
                 chunk, slot, future = pending.popleft()
                 kept, bad = future.result()
-                submit()  # into the slot handed over last time, now free
-                yield self._received(chunk, kept, bad, slots[slot])
+                submit()  # into the slot handed over last time: copied, or its consumer has moved on
+                yield self._received(chunk, kept, bad, slots[slot], views)
         finally:
             for *_, future in pending:
                 future.cancel()
@@ -202,7 +216,7 @@ class ImageStream:
             filled += len(batch)
         return positions[:filled], images[:filled]
 
-    def _received(self, chunk: np.ndarray, kept: list[int], bad: list[str], out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _received(self, chunk: np.ndarray, kept: list[int], bad: list[str], out: np.ndarray, views: bool) -> tuple[np.ndarray, np.ndarray]:
         for entry in bad:
             if self.strict:
                 from cnnspec.harness.data import DataError
@@ -211,15 +225,28 @@ class ImageStream:
             if entry not in self._seen_bad:
                 self._seen_bad.add(entry)
                 self.skipped.append(entry)
-        return chunk[kept], out[: len(kept)].copy()
+        return chunk[kept], out[: len(kept)] if views else out[: len(kept)].copy()
 
 
-def batches(x: np.ndarray | ImageStream, order: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(
+    x: np.ndarray | ImageStream,
+    order: np.ndarray,
+    size: int,
+    transform: Transform | None = None,
+    seed: tuple[int, ...] | None = None,
+    *,
+    views: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions, images) for each run of ``size`` positions of ``order``, from an array
-    in memory or from a stream: one loop for both."""
+    in memory or from a stream: one loop for both. With ``seed``, each image gets the
+    random part of its transform (a stream's own; ``transform`` for an array), drawn
+    from the generator of (seed, its index). ``views``: see ``ImageStream.batches``."""
     if isinstance(x, ImageStream):
-        yield from x.batches(order, size)
+        yield from x.batches(order, size, seed, views=views)
         return
     for start in range(0, len(order), size):
         index = order[start : start + size]
-        yield index, x[index]
+        images = x[index]
+        if transform is not None and transform.random and seed is not None:
+            images = np.stack([transform.from_array(image, sample_generator(seed, int(i))) for i, image in zip(index, images, strict=True)])
+        yield index, images

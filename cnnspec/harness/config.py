@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from cnnspec.layers.base import PositiveInt, PositiveNumber, Rate
 
@@ -19,11 +19,55 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
+def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
+    if pair[0] > pair[1]:
+        raise ValueError(f"a range is [low, high]; got [{pair[0]}, {pair[1]}]")
+    return pair
+
+
+class RandomResizedCrop(_Section):
+    """Cut a random box (a fraction ``scale`` of the image's area, of aspect ratio within
+    ``ratio``) from the image at full size and resize it to the input: the training crop
+    of the ImageNet recipe (torchvision's RandomResizedCrop, with the same defaults)."""
+
+    scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.08, 1.0)
+    ratio: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (3 / 4, 4 / 3)
+
+    _ranges = field_validator("scale", "ratio")(_ordered)
+
+
+class ColorJitter(_Section):
+    """Random brightness, contrast and saturation: each multiplied by a factor drawn from
+    [1 - amount, 1 + amount], in a random order (torchvision's ColorJitter without hue)."""
+
+    brightness: Rate = 0.0
+    contrast: Rate = 0.0
+    saturation: Rate = 0.0
+
+
 class Augment(_Section):
-    """Training-time augmentation (never applied to validation data)."""
+    """Training-time augmentation (never applied to validation data). Each sample's random
+    draws are seeded by (seed, epoch, sample), so runs repeat exactly."""
 
     random_crop: Annotated[StrictInt, Field(ge=0, description="pad by this many pixels, then crop back at a random offset; 0 is off")] = 0
     hflip: StrictBool = Field(default=False, description="flip left-right with probability 1/2")
+    random_resized_crop: RandomResizedCrop | None = Field(
+        default=None, description="true (or {scale, ratio}): a random box of the image at full size, resized to the input; replaces fit for training images"
+    )
+    color_jitter: ColorJitter | None = Field(default=None, description="{brightness, contrast, saturation}: random factors in [1 - amount, 1 + amount]")
+
+    @field_validator("random_resized_crop", "color_jitter", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        """``true`` turns a transform on with its defaults, ``false`` off."""
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether each sample needs its own random transform (not a whole-batch one)."""
+        return self.random_resized_crop is not None or (self.color_jitter is not None and self.color_jitter != ColorJitter())
 
 
 class Normalize(_Section):
@@ -31,13 +75,24 @@ class Normalize(_Section):
     std: list[Annotated[float, Field(gt=0.0)]]
 
 
-FitMode = Literal["auto", "pad", "resize"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+FitMode = Literal["auto", "pad", "resize", "crop"]
 
 
 class DataConfig(_Section):
     source: StrictStr = Field(default="digits", description="digits, synthetic, or a path: IDX directory, image class folders, a .csv or .jsonl manifest, tar shards, CIFAR-10 batches, .npz")
     validation: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(default=0.2, description="fraction held out when the data has no validation split")
-    fit: FitMode = Field(default="auto", description="how images meet the input size: auto pads when at most 25% smaller, else resizes")
+    preset: Literal["auto", "imagenet", "none"] = Field(
+        default="auto",
+        description="imagenet: fit crop, random resized crops and flips for training, ImageNet mean/std (fields set here win); auto: imagenet for image files at a square RGB input of 224 or more, else none",
+    )
+    fit: FitMode = Field(
+        default="auto", description="how images meet the input size: pad (centred), resize (to the input, aspect ignored), crop (shorter side to `resize`, then the centre), auto: pad when at most 25% smaller, else resize"
+    )
+    resize: PositiveInt | None = Field(default=None, description="fit crop: the shorter side before the centre crop (default: the input side / 0.875, 256 for 224)")
     normalize: Literal["standard", "unit", "none"] | Normalize = Field(
         default="standard", description="standard: per-channel mean/std of the training set; unit: scale to [0, 1]; or explicit {mean, std} on [0, 1] data"
     )
@@ -48,6 +103,32 @@ class DataConfig(_Section):
         default="auto", description="image files: decode each batch in workers while training (always), decode once into memory (never), or auto: in memory when the decoded set fits 2 GiB and a quarter of the available memory"
     )
     workers: Annotated[StrictInt, Field(ge=0)] | None = Field(default=None, description="processes that decode image files (default: the cores available; 0 decodes in the training process)")
+
+
+def photo_sized(shape: tuple[int, ...]) -> bool:
+    """A square RGB input of 224 or more: where the ImageNet recipe is what people expect."""
+    return len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2] and shape[1] >= 224
+
+
+def resolve_preset(config: DataConfig, shape: tuple[int, ...], image_files: bool) -> DataConfig:
+    """``config`` with its preset applied: the preset's value for every field the spec and
+    the command line left unset, and ``preset`` itself made ``imagenet`` or ``none``, so a
+    run records what it did and applying this again changes nothing."""
+    preset = config.preset
+    if preset == "auto":
+        preset = "imagenet" if image_files and photo_sized(shape) else "none"
+    if preset == "none":
+        return config.model_copy(update={"preset": "none"})
+    augment = config.augment
+    augment_fill = {"random_resized_crop": RandomResizedCrop(), "hflip": True}
+    fill = {"fit": "crop", "normalize": Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))}
+    return config.model_copy(
+        update={
+            **{key: value for key, value in fill.items() if key not in config.model_fields_set},
+            "augment": augment.model_copy(update={key: value for key, value in augment_fill.items() if key not in augment.model_fields_set}),
+            "preset": "imagenet",
+        }
+    )
 
 
 class OptimizerConfig(_Section):

@@ -11,7 +11,7 @@ value means:
 - a directory of class folders (``root/daisy/*.jpg``), with ``train/`` and ``val/``
   subfolders when present; a CSV or JSON Lines manifest (``path,label``); tar shards
   (``KEY.jpg`` beside ``KEY.cls``): listed by ``cnnspec.data.sources``, each image
-  prepared by ``cnnspec.data.prepare``, unreadable ones skipped and counted;
+  prepared by ``cnnspec.data.Transform``, unreadable ones skipped and counted;
 - an ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
 """
 
@@ -22,15 +22,18 @@ import importlib.util
 import io
 import pickle
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from cnnspec.data import BadImage, Listing, list_source, prepare
-from cnnspec.data.loader import ImageStream, available_cores
-from cnnspec.harness.config import DataConfig, FitMode
+from cnnspec.data import BadImage, Listing, list_source
+from cnnspec.data.decode import image_shape
+from cnnspec.data.loader import ImageStream, available_cores, batches
+from cnnspec.data.transforms import Transform
+from cnnspec.harness.config import DataConfig, FitMode, resolve_preset
 
 # Where to put the files of data sets people ask for by name.
 WELL_KNOWN = {
@@ -51,6 +54,9 @@ class DataError(ValueError):
 IN_MEMORY_LIMIT = 2 * 2**30
 
 
+_DEFAULT_CONFIG = DataConfig()
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
@@ -60,13 +66,37 @@ class Dataset:
     y_val: np.ndarray
     classes: list[str]
     skipped: tuple[str, ...] = ()  # "file: reason" for each sample left out while loading
+    config: DataConfig = _DEFAULT_CONFIG  # as used: its preset applied (``resolve_preset``)
 
     @property
     def residence(self) -> str:
         if isinstance(self.x_train, ImageStream):
             workers = self.x_train.workers
-            return f"streamed, decoded by {workers} worker{'s' if workers != 1 else ''}" if workers else "streamed, decoded in this process"
+            where = f"streamed, decoded by {workers} worker{'s' if workers != 1 else ''}" if workers else "streamed, decoded in this process"
+            if self.x_train.transform.crop_scale is not None:
+                where += ", random resized crops from each file at full size"
+            return where
         return "in memory"
+
+    def transforms(self, shape: tuple[int, ...]) -> str:
+        """What training and validation do to an image, in words (the run's second line)."""
+        config = self.config
+        try:
+            train, val = Transform.training(config, shape), Transform.evaluation(config, shape)
+        except DataError:  # not an image input
+            return "none"
+        extra = [f"pad-and-crop {config.augment.random_crop}" if config.augment.random_crop else "", "flips" if config.augment.hflip else ""]
+        return f"train: {', '.join([train.describe(), *filter(None, extra)])}; val: {val.describe()} (preset {config.preset})"
+
+    def training_batches(self, order: np.ndarray, size: int, seed: tuple[int, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, images) of the training set in ``order``, each image with its own
+        random transform (seeded by ``seed`` and its position): a stream's workers apply
+        it; images held in memory get it here. A streamed batch is the stream's buffer,
+        valid until the next is asked for."""
+        transform = None
+        if not isinstance(self.x_train, ImageStream) and self.config.augment.per_sample:
+            transform = Transform.training(self.config, self.x_train.shape[1:])
+        return batches(self.x_train, order, size, transform, seed, views=True)
 
     def skipped_so_far(self) -> list[str]:
         """Samples left out while loading, and those a stream has met since."""
@@ -78,8 +108,10 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
     """The data ``config.source`` names, fitted to ``shape``, checked against the classes."""
     source = config.source
     if source == "digits":
+        config = resolve_preset(config, shape, image_files=False)
         raw = _digits(config, seed)
     elif source == "synthetic":
+        config = resolve_preset(config, shape, image_files=False)
         raw = _synthetic(shape, num_classes, seed)
     else:
         path = Path(source).expanduser()
@@ -92,8 +124,10 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
                 "image class folders, a manifest (.csv or .jsonl), tar shards, CIFAR-10 python batches or an .npz file "
                 "(nothing is downloaded)"
             )
-        raw = _from_path(path, shape, config, seed)
-    dataset = _fit(raw, shape, config)
+        kind = _kind(path)
+        config = resolve_preset(config, shape, image_files=kind == "files")
+        raw = _from_path(path, kind, shape, config, seed)
+    dataset = replace(_fit(raw, shape, config), config=config)
     if config.limit is not None:
         head = dataset.x_train.head(config.limit) if isinstance(dataset.x_train, ImageStream) else dataset.x_train[: config.limit]
         dataset = replace(dataset, x_train=head, y_train=dataset.y_train[: config.limit])
@@ -131,15 +165,22 @@ def _synthetic(shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
     return Dataset("synthetic", x[:1024], y[:1024], x[1024:], y[1024:], [str(i) for i in range(num_classes)])
 
 
-def _from_path(path: Path, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
+def _kind(path: Path) -> str:
+    """npz, idx, cifar10, or files (class folders, a manifest, tar shards)."""
     if path.is_file() and path.suffix == ".npz":
-        return _npz(path, config, seed)
+        return "npz"
     if path.is_dir():
         names = {p.name for p in path.iterdir()}
         if any(n.endswith(("idx3-ubyte", "idx3-ubyte.gz")) for n in names):
-            return _idx(path, config, seed)
+            return "idx"
         if "data_batch_1" in names or "test_batch" in names:
-            return _cifar10(path, config, seed)
+            return "cifar10"
+    return "files"
+
+
+def _from_path(path: Path, kind: str, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
+    if kind != "files":
+        return {"npz": _npz, "idx": _idx, "cifar10": _cifar10}[kind](path, config, seed)
     listing = list_source(path)
     if listing is None:
         raise DataError(
@@ -272,8 +313,10 @@ def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
 
 def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
     """The samples of ``listing`` at ``shape``: decoded once into memory (in parallel) when
-    they fit ``IN_MEMORY_LIMIT``, else streamed. Unreadable ones are skipped and counted
-    (an error with ``strict``)."""
+    they fit ``IN_MEMORY_LIMIT``, else streamed. Training images are streamed whatever
+    their size when random resized crops are cut from them, since those need each file at
+    full size every epoch (``stream: never`` crops the images held at the input size
+    instead). Unreadable ones are skipped and counted (an error with ``strict``)."""
     from cnnspec.harness.run import system_available_memory
 
     skipped = list(listing.skipped)
@@ -286,18 +329,25 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
         samples, val = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
     samples = samples[: config.limit]  # before decoding: a smoke test decodes only what it uses
     workers = available_cores() if config.workers is None else config.workers
-    streams = [ImageStream(part, shape, config.fit, workers=workers, strict=config.strict) for part in (samples, val)]
-    y_train, y_val = (np.array([s.label for s in part], dtype=np.int64) for part in (samples, val))
+    train_transform, val_transform = Transform.training(config, shape), Transform.evaluation(config, shape)
+    streams = [
+        ImageStream(part, transform, workers=workers, strict=config.strict) for part, transform in ((samples, train_transform), (val, val_transform))
+    ]
+    labels = [np.array([s.label for s in part], dtype=np.int64) for part in (samples, val)]
     decoded = (len(samples) + len(val)) * int(np.prod(shape))
     budget = min(IN_MEMORY_LIMIT, (system_available_memory() or IN_MEMORY_LIMIT * 4) // 4)
-    if config.stream == "always" or (config.stream == "auto" and decoded > budget):
-        return Dataset(listing.name, streams[0], y_train, streams[1], y_val, listing.classes, tuple(skipped))
-    (kept_train, x_train), (kept_val, x_val) = (stream.load() for stream in streams)
-    skipped += [entry for stream in streams for entry in stream.skipped]
-    for split, kept in (("training", kept_train), ("validation", kept_val)):
+    in_memory = config.stream == "never" or (config.stream == "auto" and decoded <= budget)
+    held = [in_memory and not (split == 0 and train_transform.crop_scale is not None and config.stream != "never") for split in (0, 1)]
+    x: list[np.ndarray | ImageStream] = list(streams)
+    for split, name in enumerate(("training", "validation")):
+        if not held[split]:
+            continue
+        kept, x[split] = streams[split].load()
+        skipped += streams[split].skipped
+        labels[split] = labels[split][kept]
         if not len(kept):
-            raise DataError(f"{listing.name}: none of the {split} images can be read ({len(skipped)} skipped; first: {skipped[0]})")
-    return Dataset(listing.name, x_train, y_train[kept_train], x_val, y_val[kept_val], listing.classes, tuple(skipped))
+            raise DataError(f"{listing.name}: none of the {name} images can be read ({len(skipped)} skipped; first: {skipped[0]})")
+    return Dataset(listing.name, x[0], labels[0], x[1], labels[1], listing.classes, tuple(skipped), config)
 
 
 # ---- fitting to the input ------------------------------------------------------------------
@@ -307,22 +357,26 @@ def _fit(raw: Dataset, shape: tuple[int, ...], config: DataConfig) -> Dataset:
     """Array sources fitted to ``shape``; image files were prepared at ``shape`` already."""
     if isinstance(raw.x_train, ImageStream) or isinstance(raw.x_val, ImageStream):
         return raw
-    return replace(raw, x_train=fit_images(raw.x_train, shape, config.fit), x_val=fit_images(raw.x_val, shape, config.fit))
+    fitted = (fit_images(x, shape, config.fit, config.resize) for x in (raw.x_train, raw.x_val))
+    return replace(raw, x_train=next(fitted), x_val=next(fitted))
 
 
 def fit_rule(size: tuple[int, int], target: tuple[int, int], fit: str) -> str:
-    """keep, pad or resize an H x W image for a ``target`` input: ``auto`` pads an image at
-    most 25% smaller in each direction (MNIST's 28x28 into 32x32) and resizes the rest."""
+    """keep, pad, resize or crop an H x W image for a ``target`` input: ``auto`` pads an
+    image at most 25% smaller in each direction (MNIST's 28x28 into 32x32) and resizes the rest."""
     (h, w), (height, width) = size, target
+    if fit == "crop":
+        return "crop"
     if (h, w) == (height, width):
         return "keep"
     small_enough = h <= height and w <= width and (height - h) <= height // 4 and (width - w) <= width // 4
     return "pad" if fit == "pad" or (fit == "auto" and small_enough) else "resize"
 
 
-def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto") -> np.ndarray:
+def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto", resize: int | None = None) -> np.ndarray:
     """Images (an N x C x H x W array) at ``shape``: channels converted (grey <-> RGB),
-    then padded (centred, with zeros) or resized (bilinear)."""
+    then padded (centred, with zeros), resized (bilinear) or cropped (the shorter side to
+    ``resize``, then the centre): what ``Transform.from_file`` does to a file."""
     if len(shape) != 3:
         raise DataError(f"image data needs a C x H x W input, but the spec's input is {shape}")
     channels, height, width = shape
@@ -346,27 +400,40 @@ def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto") ->
         padded = np.zeros((len(x), x.shape[1], height, width), dtype=x.dtype)
         padded[:, :, top : top + h, left : left + w] = x
         return padded
-    return _resize(x, height, width)
+    from cnnspec.data.transforms import Transform
 
-
-def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
+    box = Transform((channels, height, width), fit, resize)._box((w, h), None)
+    assert box is not None  # resize and crop always name a region
     out = np.empty((len(x), x.shape[1], height, width), dtype=np.float32 if x.dtype != np.uint8 else np.uint8)
     for i, image in enumerate(x):
-        for c, plane in enumerate(image):
-            mode = "L" if plane.dtype == np.uint8 else "F"
-            resized = Image.fromarray(plane if mode == "L" else plane.astype(np.float32), mode).resize((width, height), Image.Resampling.BILINEAR)
-            out[i, c] = np.asarray(resized)
+        out[i] = resize_box(image, box, (height, width))
     return out
 
 
-def load_images(paths: list[Path], shape: tuple[int, ...], fit: FitMode = "auto") -> np.ndarray:
-    """Image files for prediction, prepared exactly as training prepares them."""
+def resize_box(image: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """The region ``box`` (left, top, right, bottom) of one C x H x W image resized to
+    ``size`` (H, W), bilinear, channel by channel (the same pixels as Pillow resizing the
+    whole colour image)."""
+    from PIL import Image
+
+    height, width = size
+    out = np.empty((len(image), height, width), dtype=np.float32 if image.dtype != np.uint8 else np.uint8)
+    for c, plane in enumerate(image):
+        mode = "L" if plane.dtype == np.uint8 else "F"
+        resized = Image.fromarray(plane if mode == "L" else plane.astype(np.float32), mode).resize((width, height), Image.Resampling.BILINEAR, box=box)
+        out[c] = np.asarray(resized)
+    return out
+
+
+def load_images(paths: list[Path], shape: tuple[int, ...], fit: FitMode = "auto", resize: int | None = None) -> np.ndarray:
+    """Image files for prediction, prepared exactly as evaluation prepares them."""
+    from cnnspec.data.transforms import Transform
+
+    transform = Transform(image_shape(shape), fit, resize)
     arrays = []
     for path in paths:
         try:
-            arrays.append(prepare(path.read_bytes(), shape, fit))
+            arrays.append(transform.from_file(path.read_bytes()))
         except (BadImage, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise DataError(f"{path}: cannot read image ({reason})") from None

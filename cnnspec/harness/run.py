@@ -153,7 +153,8 @@ def batches(count: int, size: int, order: np.ndarray | None = None) -> Iterator[
 
 
 def augment(x: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random crop after zero padding, and horizontal flips, on an N x C x H x W batch."""
+    """Random crop after zero padding, and horizontal flips, on an N x C x H x W batch
+    (a new array: the batch given may be a stream's buffer)."""
     spec = config.data.augment
     if spec.random_crop:
         pad = spec.random_crop
@@ -162,7 +163,7 @@ def augment(x: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.
         tops: list[int] = rng.integers(0, 2 * pad + 1, size=(n,)).tolist()
         lefts: list[int] = rng.integers(0, 2 * pad + 1, size=(n,)).tolist()
         x = np.stack([padded[i, :, top : top + h, left : left + w] for i, (top, left) in enumerate(zip(tops, lefts, strict=True))])
-    if spec.hflip:
+    if spec.hflip and not spec.per_sample:  # with per-sample transforms, each sample's flip is drawn with them
         flip = rng.random(len(x)) < 0.5
         x = x.copy()
         x[flip] = x[flip, :, :, ::-1]
@@ -322,6 +323,7 @@ def train(
     progress = Progress(quiet)
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
+    config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     _report_skipped(progress, list(data.skipped))
     reported = len(data.skipped)
     norm = normalization_for(config, data.x_train)
@@ -375,6 +377,7 @@ def train(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
     )
+    progress.message(f"transforms: {data.transforms(graph.input_shape)}")
 
     for epoch in range(start_epoch, config.epochs):
         lr = learning_rate(config.schedule, config.optimizer.lr, epoch, config.epochs, plateau)
@@ -453,7 +456,7 @@ def _train_epoch(
         loss_sum, correct, seen = partial["sums"]
         rng.bit_generator.state = partial["rng"]
     started = last_saved = time.perf_counter()
-    for index, x in image_batches(data.x_train, order[step * config.batch_size :], config.batch_size):
+    for index, x in data.training_batches(order[step * config.batch_size :], config.batch_size, (config.seed, epoch)):
         if config.data.augment.random_crop or config.data.augment.hflip:
             x = augment(x, config, rng)
         batch_loss, batch_correct = session.train_step(norm.apply(x), data.y_train[index])
@@ -492,7 +495,7 @@ def _evaluate_arrays(
     session: Session, images: np.ndarray | ImageStream, labels: np.ndarray, norm: Normalization, batch_size: int, top_k: int
 ) -> dict[str, Any]:
     loss_sum, outputs, delivered = 0.0, [], []
-    for index, x in image_batches(images, np.arange(len(images)), batch_size):
+    for index, x in image_batches(images, np.arange(len(images)), batch_size, views=True):
         batch_loss, batch_out = session.evaluate(norm.apply(x), labels[index])
         loss_sum += batch_loss
         outputs.append(batch_out)
@@ -594,7 +597,7 @@ def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session]
             arrays.append(batch / np.float32(loaded.normalization.scale))  # back to the raw pixel scale
             names += [f"{item}[{i}]" for i in range(len(batch))]
         else:
-            arrays.append(load_images([item], shape, loaded.config.data.fit))
+            arrays.append(load_images([item], shape, loaded.config.data.fit, loaded.config.data.resize))
             names.append(str(item))
     x = loaded.normalization.apply(np.concatenate([a.astype(np.float32) for a in arrays]))
     session = open_run_session(loaded, open_session, device)
