@@ -296,6 +296,16 @@ class NumpySession:
                 raise KeyError(f"no weight '{name}' in the numpy model")
             self.network.weights[name][...] = self.xp.asarray(array, dtype=self._dtype)
 
+    def inputs(self, x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> Array:
+        """Normalised on this backend's device (the GPU with CuPy), in float32 as
+        ``Normalization.apply``, then in the session's dtype."""
+        xp = self.xp
+        out = xp.asarray(x).astype(xp.float32) * xp.float32(scale)
+        if out.ndim == 4:
+            out -= xp.asarray(mean, dtype=xp.float32)[:, None, None]
+            out /= xp.asarray(std, dtype=xp.float32)[:, None, None]
+        return out.astype(self._dtype, copy=False)
+
     def _host(self, array: Array) -> np.ndarray:
         return np.asarray(array.get() if hasattr(array, "get") else array, dtype=np.float32 if self._dtype == np.float32 else self._dtype)
 

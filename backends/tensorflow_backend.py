@@ -609,6 +609,15 @@ class TensorFlowSession:
         outputs = self.network.model(x, training=False)
         return self._loss(outputs, y) * tf.cast(tf.shape(x)[0], tf.float32), outputs
 
+    def inputs(self, x: Array, scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+        """Raw pixels to the session's device as they are, normalised there in float32 (the
+        operations of ``Normalization.apply``)."""
+        with tf.device(self._tf_device):
+            out = tf.cast(tf.convert_to_tensor(x), tf.float32) * tf.constant(scale, tf.float32)
+            if len(x.shape) == 4:
+                out = (out - tf.reshape(tf.constant(mean, tf.float32), (-1, 1, 1))) / tf.reshape(tf.constant(std, tf.float32), (-1, 1, 1))
+            return out
+
     def train_step(self, x: Array, y: Array) -> tuple[float, int]:
         with tf.device(self._tf_device):
             loss_sum, correct = self._train(x, y).numpy()  # one device sync per step

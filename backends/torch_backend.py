@@ -364,6 +364,7 @@ class TorchSession:
         self.precision = precision
         self._autocast_dtype = _PRECISIONS[precision]
         self._channels_last = cuda  # faster convolutions on tensor cores
+        self._normalization: tuple[Any, ...] = (None,)  # (key, scale, mean, std on the device), made on first use
         torch.manual_seed(config.seed)
         module = GraphModule(graph).to(self._device)
         if self._channels_last:
@@ -397,8 +398,22 @@ class TorchSession:
 
     # -- steps --
 
-    def _inputs(self, x: np.ndarray) -> torch.Tensor:
+    def inputs(self, x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+        """Raw pixels to the device as they are (uint8: a quarter of the bytes), then
+        normalised there, with the float32 operations of ``Normalization.apply``."""
+        if self._normalization[0] != (scale, mean, std):
+            on_device = lambda values: torch.tensor(values, dtype=torch.float32, device=self._device)  # noqa: E731
+            self._normalization = ((scale, mean, std), on_device(scale), on_device(mean).reshape(-1, 1, 1), on_device(std).reshape(-1, 1, 1))
+        _, scale_t, mean_t, std_t = self._normalization
         tensor = torch.from_numpy(x).to(self._device, non_blocking=True)
+        tensor = tensor.float() if tensor.dtype != torch.float32 else tensor.clone()  # a new tensor, normalised in place
+        tensor.mul_(scale_t)
+        if tensor.dim() == 4:
+            tensor.sub_(mean_t).div_(std_t)
+        return self._inputs(tensor)
+
+    def _inputs(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        tensor = x if isinstance(x, torch.Tensor) else torch.from_numpy(x).to(self._device, non_blocking=True)
         return tensor.contiguous(memory_format=torch.channels_last) if self._channels_last and tensor.dim() == 4 else tensor
 
     def _autocast(self) -> Any:

@@ -258,3 +258,27 @@ def test_api_build_returns_the_framework_model() -> None:
     assert isinstance(model, torch.nn.Module)
     assert sum(p.numel() for p in model.parameters()) == 11_689_512
     assert tuple(model.get_submodule("layer2.0.downsample.0").weight.shape) == (128, 64, 1, 1)  # torchvision's names
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "tensorflow"])
+def test_each_backend_normalises_raw_pixels_as_the_harness_would(backend: str) -> None:
+    """Batches cross to the backend as raw pixels (uint8 from image files: a quarter of the
+    bytes) and are normalised there, on the device for torch, with exactly the float32
+    operations of ``Normalization.apply``."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import Normalization
+
+    if backend == "tensorflow":
+        pytest.importorskip("tensorflow")
+    graph = cnnspec.parse_spec("name: n\ninput: {shape: [3, 4, 5]}\nlayers:\n  - flatten: {}\n  - dense: {units: 2}\n", "n.yaml")
+    session = load_backend(backend).open_session(graph, TrainConfig(), device="cpu")
+    norm = Normalization(1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    rng = np.random.default_rng(0)
+    for x in (rng.integers(0, 256, (6, 3, 4, 5)).astype(np.uint8), rng.random((6, 3, 4, 5)).astype(np.float32)):
+        before = x.copy()
+        got = session.inputs(x, norm.scale, norm.mean, norm.std)
+        host = got.cpu().numpy() if hasattr(got, "cpu") else np.asarray(got)
+        np.testing.assert_array_equal(host, norm.apply(x))
+        np.testing.assert_array_equal(x, before)  # the caller's batch is left alone
+        loss, correct = session.train_step(got, np.arange(6) % 2)
+        assert math.isfinite(loss) and 0 <= correct <= 6

@@ -30,13 +30,19 @@ class Session(Protocol):
 
     def get_weights(self) -> Weights: ...
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """One optimizer step on a batch (x float32 N x C x H x W, y int64 N);
-        returns (summed loss, correct top-1 predictions)."""
+    def inputs(self, x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+        """A batch of raw pixels (uint8 or float32, N x C x H x W) as this backend's input,
+        normalised where that is cheapest (on the device for torch): per channel,
+        ``(x * scale - mean) / std`` in float32, exactly as ``Normalization.apply``."""
         ...
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """(summed loss, outputs N x classes as float32), in evaluation mode."""
+    def train_step(self, x: Any, y: np.ndarray) -> tuple[float, int]:
+        """One optimizer step on a batch (x float32 N x C x H x W, or what ``inputs``
+        returned; y int64 N); returns (summed loss, correct top-1 predictions)."""
+        ...
+
+    def evaluate(self, x: Any, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """(summed loss, outputs N x classes as float32), in evaluation mode; x as for ``train_step``."""
         ...
 
     def predict(self, x: np.ndarray) -> np.ndarray:

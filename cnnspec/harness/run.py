@@ -459,7 +459,7 @@ def _train_epoch(
     for index, x in data.training_batches(order[step * config.batch_size :], config.batch_size, (config.seed, epoch)):
         if config.data.augment.random_crop or config.data.augment.hflip:
             x = augment(x, config, rng)
-        batch_loss, batch_correct = session.train_step(norm.apply(x), data.y_train[index])
+        batch_loss, batch_correct = session.train_step(session.inputs(x, norm.scale, norm.mean, norm.std), data.y_train[index])
         if not math.isfinite(batch_loss):
             latest = run.latest()
             kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
@@ -496,7 +496,7 @@ def _evaluate_arrays(
 ) -> dict[str, Any]:
     loss_sum, outputs, delivered = 0.0, [], []
     for index, x in image_batches(images, np.arange(len(images)), batch_size, views=True):
-        batch_loss, batch_out = session.evaluate(norm.apply(x), labels[index])
+        batch_loss, batch_out = session.evaluate(session.inputs(x, norm.scale, norm.mean, norm.std), labels[index])
         loss_sum += batch_loss
         outputs.append(batch_out)
         delivered.append(index)
