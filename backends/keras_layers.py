@@ -161,6 +161,8 @@ class TorchBatchNorm(keras.layers.Layer):
     move by ``momentum`` towards the batch's mean and *unbiased* variance (Keras' own layer
     uses the biased variance and 1 - momentum)."""
 
+    frozen = False  # a frozen layer normalises with its running statistics, training or not
+
     def __init__(self, epsilon: float, momentum: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.epsilon, self.momentum = epsilon, momentum
@@ -173,7 +175,7 @@ class TorchBatchNorm(keras.layers.Layer):
         self.moving_variance = self.add_weight(shape=shape, initializer="ones", trainable=False, name="moving_variance")
 
     def call(self, x: Any, training: bool = False) -> Any:  # (N, [H, W,] C) -> same
-        if not training:
+        if not training or self.frozen:
             mean, variance = self.moving_mean, self.moving_variance
         else:
             axes = list(range(len(x.shape) - 1))

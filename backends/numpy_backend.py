@@ -9,7 +9,7 @@ same state, and the same state names, so optimizer state moves between backends)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from cnnspec.backends import numpy_ops as ops
 from cnnspec.graph import Graph
 from cnnspec.harness.config import OptimizerConfig, TrainConfig
 from cnnspec.harness.protocol import BackendError
+from cnnspec.harness.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
@@ -112,12 +113,13 @@ class Network:
             self.steps.append((node.name, op, node.inputs))
         self.output = graph.output
         self.grads: dict[str, Array] = {}
+        self.frozen_norms: set[str] = set()  # batch norm layers that stay in inference mode while training
 
     def activations(self, x: Array, training: bool) -> dict[str, Array]:
         """Every layer's output by name (and the input under 'input')."""
         values: dict[str, Array] = {INPUT: x}
         for name, op, inputs in self.steps:
-            values[name] = op.forward([values[i] for i in inputs], training)
+            values[name] = op.forward([values[i] for i in inputs], training and name not in self.frozen_norms)
         return values
 
     def forward(self, x: Array, training: bool) -> Array:
@@ -189,23 +191,28 @@ LOSSES: dict[str, Callable[[Array, Array, float], tuple[float, Array]]] = {
 
 
 class Optimizer:
-    def __init__(self, config: OptimizerConfig) -> None:
+    """torch.optim's updates; ``multipliers`` scale each array's learning rate and weight
+    decay (arrays not in it are frozen: never updated, no state)."""
+
+    def __init__(self, config: OptimizerConfig, multipliers: dict[str, tuple[float, float]] | None = None) -> None:
         self.config = config
         self.lr = config.lr
+        self.multipliers = multipliers
         self.state: dict[str, dict[str, Array]] = {}
 
     def step(self, weights: dict[str, Array], grads: dict[str, Array], names: list[str]) -> None:
         for name in names:
-            if name in grads:
+            if name in grads and (self.multipliers is None or name in self.multipliers):
                 self.update(name, weights[name], grads[name], self.state.setdefault(name, {}))
 
     def update(self, name: str, p: Array, g: Array, s: dict[str, Array]) -> None:
-        c, xp, lr = self.config, ops.xp_of(p), self.lr
-        kind = c.name
+        lr_mult, decay_mult = (1.0, 1.0) if self.multipliers is None else self.multipliers[name]
+        c, xp, lr = self.config, ops.xp_of(p), self.lr * lr_mult
+        kind, weight_decay = c.name, c.weight_decay * decay_mult
         if kind == "adamw":
-            p *= 1 - lr * c.weight_decay
-        elif c.weight_decay:
-            g = g + c.weight_decay * p
+            p *= 1 - lr * weight_decay
+        elif weight_decay:
+            g = g + weight_decay * p
         if kind == "sgd":
             if c.momentum:
                 buffer = s.get("momentum_buffer")
@@ -279,7 +286,9 @@ class NumpySession:
         self.precision = "fp32" if dtype == np.float32 else "fp64"
         self.config = config
         self.network = Network(graph, self.xp, dtype, config.seed, input_gradient=False)
-        self.optimizer = Optimizer(config.optimizer)
+        self._multipliers = multipliers(graph, config)
+        self.optimizer = Optimizer(config.optimizer, self._multipliers)
+        self.network.frozen_norms = frozen_norm_layers(graph, config)
         self._loss = LOSSES[config.loss]
         self._dtype = dtype
 
@@ -316,6 +325,7 @@ class NumpySession:
         loss, grad = self._loss(outputs, targets, self.config.label_smoothing)
         self.network.grads = {}
         self.network.backward(grad)
+        self.network.grads = {name: g for name, g in self.network.grads.items() if name in self._multipliers}  # frozen: none
         if self.config.clip_grad_norm is not None:
             clip_grad_norm(self.network.grads, self.config.clip_grad_norm)
         self.optimizer.step(self.network.weights, self.network.grads, self.network.trainable)
@@ -329,9 +339,9 @@ class NumpySession:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._host(self.network.forward(self.xp.asarray(x, dtype=self._dtype), training=False))
 
-    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def activations(self, x: np.ndarray, layers: Collection[str] | None = None) -> dict[str, np.ndarray]:
         values = self.network.activations(self.xp.asarray(x, dtype=self._dtype), training=False)
-        return {name: self._host(value) for name, value in values.items() if name != INPUT}
+        return {name: self._host(value) for name, value in values.items() if name != INPUT and (layers is None or name in layers)}
 
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.lr = lr

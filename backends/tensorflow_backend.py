@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from cnnspec.backends.keras_layers import (
 from cnnspec.graph import Graph, Node
 from cnnspec.harness.config import OptimizerConfig, TrainConfig
 from cnnspec.harness.protocol import BackendError
+from cnnspec.harness.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer
 from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.base import Padding4
@@ -476,8 +477,9 @@ class TorchOptimizer:
     """torch.optim's single-tensor updates on Keras-layout variables, with its state
     names; zero-initialised slots give the same first step as PyTorch's lazy ones."""
 
-    def __init__(self, config: OptimizerConfig, variables: dict[str, Any]) -> None:
+    def __init__(self, config: OptimizerConfig, variables: dict[str, Any], multipliers: dict[str, tuple[float, float]] | None = None) -> None:
         self.config, self.variables = config, variables
+        self.multipliers = multipliers or {}  # (lr, weight decay) multipliers by name
         self.lr = tf.Variable(config.lr, trainable=False, dtype=tf.float32, name="lr")
         self.step = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="step")
         self.slots = {
@@ -486,14 +488,16 @@ class TorchOptimizer:
         }
 
     def apply(self, grads: list[Any]) -> None:  # traced inside the training step
-        c, lr = self.config, self.lr
+        c = self.config
         step = self.step.assign_add(1.0)
         for (name, p), g in zip(self.variables.items(), grads, strict=True):
             s = self.slots[name]
+            lr_mult, decay_mult = self.multipliers.get(name, (1.0, 1.0))
+            lr, weight_decay = self.lr * lr_mult if lr_mult != 1.0 else self.lr, c.weight_decay * decay_mult
             if c.name == "adamw":
-                p.assign(p * (1 - lr * c.weight_decay))
-            elif c.weight_decay:
-                g = g + c.weight_decay * p
+                p.assign(p * (1 - lr * weight_decay))
+            elif weight_decay:
+                g = g + weight_decay * p
             if c.name == "sgd":
                 if c.momentum:
                     buffer = s["momentum_buffer"].assign(s["momentum_buffer"] * c.momentum + g)
@@ -572,8 +576,11 @@ class TensorFlowSession:
         self.config = config
         with tf.device(self._tf_device):
             self.network = KerasNetwork(graph, config.seed)
-            variables = {name: self.network.bindings[name].variable for name in self.network.trainable}
-            self.optimizer = TorchOptimizer(config.optimizer, variables)
+            scaled = multipliers(graph, config)
+            variables = {name: self.network.bindings[name].variable for name in self.network.trainable if name in scaled}
+            self.optimizer = TorchOptimizer(config.optimizer, variables, scaled)
+        for name in frozen_norm_layers(graph, config):  # inference mode while training: running statistics stay
+            self.network.model.get_layer(name).frozen = True
         self._variables = list(variables.values())
         self._loss = LOSSES[config.loss](config)
         spec = [tf.TensorSpec((None, *graph.input_shape), tf.float32), tf.TensorSpec((None,), tf.int64)]
@@ -632,9 +639,10 @@ class TensorFlowSession:
         with tf.device(self._tf_device):
             return self._predict(x).numpy()
 
-    def activations(self, x: Array) -> dict[str, Array]:
+    def activations(self, x: Array, layers: Collection[str] | None = None) -> dict[str, Array]:
         with tf.device(self._tf_device):
-            return self.network.activations(x)
+            values = self.network.activations(x)
+        return values if layers is None else {name: value for name, value in values.items() if name in layers}
 
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.lr.assign(lr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from torch import nn
 from cnnspec.graph import Graph
 from cnnspec.harness.config import OptimizerConfig, TrainConfig
 from cnnspec.harness.protocol import BackendError
+from cnnspec.harness.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
 from cnnspec.layers.activation import (
     ELU,
@@ -248,13 +249,16 @@ class GraphModule(nn.Module):
         # A plain chain (LeNet, VGG) needs no bookkeeping: just call the layers in turn.
         self._chain = [module for module, *_ in self._steps] if graph.is_sequential and graph.output == graph.nodes[-1].name else None
 
-    def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every node's output by name (nothing freed), for verification."""
+    def activations(self, x: torch.Tensor, layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """Every node's output by name (nothing freed), for verification; with ``layers``,
+        only theirs, computing no further than the last of them."""
         values: list[torch.Tensor | None] = [None] * self._slots
         values[0] = x
-        for module, sources, target, _ in self._steps:
+        wanted = set(self._names if layers is None else layers)
+        last = max((i for i, name in enumerate(self._names) if name in wanted), default=-1)
+        for module, sources, target, _ in self._steps[: last + 1]:
             values[target] = module(*[values[i] for i in sources])
-        return {name: value for name, value in zip(self._names, values[1:], strict=True) if value is not None}
+        return {name: value for name, value in zip(self._names, values[1:], strict=True) if value is not None and name in wanted}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
         if self._chain is not None:
@@ -371,10 +375,31 @@ class TorchSession:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module = module
         self._forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module) if compile else module
-        self._names = [name for name, _ in module.named_parameters()]
-        self.optimizer = OPTIMIZERS[config.optimizer.name](module.parameters(), config.optimizer)
+        self.optimizer, self._names = self._optimizer(graph, config, module)
+        frozen = frozen_norm_layers(graph, config)
+        self._frozen_norms = [module for name, module in module.named_modules() if name in frozen]
+        for norm in self._frozen_norms:
+            norm.eval()
         self._loss = LOSSES[config.loss](config)
         self._scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    @staticmethod
+    def _optimizer(graph: Graph, config: TrainConfig, module: nn.Module) -> tuple[torch.optim.Optimizer, list[str]]:
+        """Frozen parameters get no gradient and no optimizer state; the others are grouped
+        by their (lr, weight decay) multipliers, one parameter group each."""
+        scaled = multipliers(graph, config)
+        groups: dict[tuple[float, float], list[str]] = {}
+        for name, parameter in module.named_parameters():
+            parameter.requires_grad_(name in scaled)
+            if name in scaled:
+                groups.setdefault(scaled[name], []).append(name)
+        parameters = dict(module.named_parameters())
+        c = config.optimizer
+        param_groups = [
+            {"params": [parameters[n] for n in names], "lr": c.lr * lr_mult, "weight_decay": c.weight_decay * decay_mult, "lr_mult": lr_mult}
+            for (lr_mult, decay_mult), names in groups.items()
+        ]
+        return OPTIMIZERS[c.name](param_groups, c), [n for names in groups.values() for n in names]
 
     @property
     def model(self) -> nn.Module:
@@ -424,6 +449,8 @@ class TorchSession:
     def _mode(self, training: bool) -> None:
         if self._module.training != training:  # .train() walks every module: only on a change
             self._module.train(training)
+            for norm in self._frozen_norms:  # frozen batch norm keeps its running statistics
+                norm.eval()
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self._mode(True)
@@ -459,10 +486,10 @@ class TorchSession:
         return float(self._loss(outputs, targets)) * len(x), outputs.cpu().numpy()
 
     @torch.no_grad()
-    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def activations(self, x: np.ndarray, layers: Collection[str] | None = None) -> dict[str, np.ndarray]:
         self._mode(False)
         with self._autocast():
-            values = self._module.activations(self._inputs(x))
+            values = self._module.activations(self._inputs(x), layers)
         return {name: value.float().contiguous().cpu().numpy() for name, value in values.items()}
 
     @torch.no_grad()
@@ -473,7 +500,7 @@ class TorchSession:
 
     def set_learning_rate(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
 
     # -- optimizer state, keyed by weight name --
 

@@ -97,6 +97,22 @@ def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: s
     return run_evaluation(Path(run), load_backend(name).open_session, data=data, device=device)
 
 
+def features(
+    run: str | os.PathLike[str], data: str, layer: str, *, out: str | os.PathLike[str] | None = None, backend: str | None = None, device: str = "auto"
+) -> Any:
+    """The output of ``layer`` for every image of ``data``: a ``Features`` (values,
+    labels, classes, names); with ``out``, also saved as one safetensors file."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import features as run_features
+    from cnnspec.harness.run import load_run, save_features
+
+    name = backend or load_run(Path(run)).info["backend"]
+    result = run_features(Path(run), load_backend(name).open_session, data, layer, device=device)
+    if out is not None:
+        save_features(result, Path(out), Path(run))
+    return result
+
+
 def predict(
     run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto"
 ) -> tuple[list[dict[str, Any]], Any]:

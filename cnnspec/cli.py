@@ -192,12 +192,18 @@ def train(
     init: Annotated[Path | None, typer.Option(help="start from a checkpoint's weights where names and shapes fit (transfer learning)")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="an unreadable image or missing file is an error (default: skipped and counted)")] = False,
     workers: Annotated[int | None, typer.Option(min=0, help="processes decoding image files (train.data.workers) [default: the cores available]")] = None,
+    classes: Annotated[str | None, typer.Option(help="the output layer's width: auto (the data's class count), N, or spec (train.classes)")] = None,
+    freeze: Annotated[str | None, typer.Option(help="layers that do not train, comma-separated: names, groups, globs (layer1.*) or before:NAME (train.freeze)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Train a spec with the shared harness; writes a run directory."""
     overrides = _parse_sets(set_ or [])
     if strict:
         overrides["data.strict"] = True
+    if classes is not None:
+        overrides["classes"] = int(classes) if classes.isdigit() else classes
+    if freeze is not None:
+        overrides["freeze"] = [part.strip() for part in freeze.split(",") if part.strip()]
     for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed)):
         if value is not None:
             overrides[key] = value
@@ -254,6 +260,26 @@ def eval_(
     from cnnspec.report import render_evaluation
 
     render_evaluation(result, stdout)
+
+
+@app.command()
+def features(
+    run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
+    data: Annotated[str, typer.Option(help="images: class folders, a manifest, tar shards, or array data")],
+    layer: Annotated[str, typer.Option(help="the layer whose output is wanted (e.g. the one before the classifier)")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="the safetensors file to write")] = Path("features.safetensors"),
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """A layer's output for every image (bottleneck features), saved with labels, class names and paths."""
+    from cnnspec import api
+
+    try:
+        result = api.features(run, data, layer, out=out, backend=backend, device=device)
+    except _run_errors() as exc:
+        _fail_run(exc)
+    shape = " x ".join(map(str, result.values.shape))
+    stdout.print(f"{out}: features {shape} from '{layer}', {len(result.classes)} classes", markup=False, soft_wrap=True)
 
 
 @app.command()

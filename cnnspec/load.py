@@ -6,13 +6,14 @@ import dataclasses
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from cnnspec.diagnostics import Diagnostic, Location, SpecError, did_you_mean
 from cnnspec.graph import Graph, build_graph
 from cnnspec.spec import Expander, SpecHeader, pydantic_diagnostics
-from cnnspec.yamlmarks import MarkedDict, load_yaml
+from cnnspec.yamlmarks import MarkedDict, MarkedList, load_yaml
 
 
 class SpecNotFound(LookupError):
@@ -62,10 +63,39 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
         graph = build_graph(expanded)
     except SpecError as exc:
         problems.update(dict.fromkeys(exc.diagnostics))
+    if not problems:
+        problems.update(dict.fromkeys(_tuning_problems(graph, raw, top)))
     if problems:
         raise SpecError(problems)
     source = text if isinstance(text, str) else text.decode("utf-8")
     return dataclasses.replace(graph, source=source)
+
+
+def _tuning_problems(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
+    """``train.freeze``, ``lr_mult`` and ``decay_mult`` patterns that name no layer (or
+    freeze them all), at the line of the pattern."""
+    from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers
+
+    train = raw.get("train")
+    if not isinstance(train, MarkedDict):
+        return []
+    problems = []
+    for option in ("freeze", "lr_mult", "decay_mult"):
+        entries = train.get(option)
+        where = train.value_locations.get(option, top)
+        patterns = entries if isinstance(entries, list) else list(entries or {})
+        for index, pattern in enumerate(patterns):
+            try:
+                match_layers(graph, str(pattern), option)
+            except TuningError as exc:
+                at = entries.item_locations[index] if isinstance(entries, MarkedList) else (entries.key_locations.get(pattern, where) if isinstance(entries, MarkedDict) else where)
+                problems.append(Diagnostic(at, str(exc)))
+    if not problems:
+        try:
+            frozen_layers(graph, graph.train)
+        except TuningError as exc:
+            problems.append(Diagnostic(train.value_locations.get("freeze", top), str(exc)))
+    return problems
 
 
 def load_spec(source: str | os.PathLike[str]) -> Graph:
@@ -85,17 +115,44 @@ def _display_path(path: Path) -> str:
 def with_input_size(graph: Graph, size: tuple[int, int]) -> Graph:
     """The same spec at another input height and width, without its ``expect:``
     assertions (they describe the original size): for fast checks of big models."""
+    document = _without_expectations(graph)
+    document["input"]["shape"] = [graph.input_shape[0], *size]
+    return _reparsed(document, f"{graph.path} at {size[0]}x{size[1]}")
+
+
+def with_output_width(graph: Graph, width: int) -> Graph:
+    """The same spec with its classifier (the last top-level dense layer) ``width``
+    wide: a pretrained network given a new head for another set of classes."""
+    if graph.output_shape == (width,):
+        return graph
+    document = _without_expectations(graph)
+    from cnnspec.layers.core import Dense
+
+    for entry in reversed(document["layers"]):
+        if isinstance(entry, dict) and isinstance(entry.get(Dense.kind), dict):
+            entry[Dense.kind]["units"] = width
+            break
+    else:
+        raise ValueError(f"'{graph.name}' has no top-level {Dense.kind} layer to resize to {width} classes; set its width in the spec")
+    resized = _reparsed(document, graph.path)
+    if resized.output_shape != (width,):
+        raise ValueError(f"resizing the last {Dense.kind} layer of '{graph.name}' does not make its output {width} wide (it gives {resized.output_shape}); set its width in the spec")
+    return resized
+
+
+def _without_expectations(graph: Graph) -> dict[str, Any]:
     import yaml
 
-    document = yaml.safe_load(graph.source)
-    document["input"]["shape"] = [graph.input_shape[0], *size]
+    document: dict[str, Any] = yaml.safe_load(graph.source)
     document.pop("expect", None)
-
-    def strip(layers: list[dict[str, object]]) -> None:
+    for layers in [document["layers"], *(block["layers"] for block in (document.get("blocks") or {}).values())]:
         for entry in layers:
-            entry.pop("expect", None)
+            if isinstance(entry, dict):
+                entry.pop("expect", None)
+    return document
 
-    strip(document["layers"])
-    for block in (document.get("blocks") or {}).values():
-        strip(block["layers"])
-    return parse_spec(yaml.safe_dump(document, sort_keys=False), f"{graph.path} at {size[0]}x{size[1]}")
+
+def _reparsed(document: dict[str, Any], path: str) -> Graph:
+    import yaml
+
+    return parse_spec(yaml.safe_dump(document, sort_keys=False), path)

@@ -88,6 +88,19 @@ def check_totals(graph: Graph) -> list[str]:
     ]
     if rf is not None:
         lines.append(f"Receptive field: {rf.size[0]}x{rf.size[1]} input pixels (largest feature map)")
+    train = graph.train
+    if train.freeze or train.lr_mult or train.decay_mult:
+        from cnnspec.harness.tuning import parameter_summary
+
+        counts = parameter_summary(graph, train)
+        text = f"Training:        {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
+        if train.freeze:
+            text += f" ({', '.join(train.freeze)})"
+        for option in ("lr_mult", "decay_mult"):
+            table = getattr(train, option)
+            if table:
+                text += f"; {option} " + ", ".join(f"{pattern} x{value:g}" for pattern, value in table.items())
+        lines.append(text)
     return lines
 
 
@@ -98,7 +111,7 @@ def render_check(graph: Graph, console: Console) -> None:
         console.print(graph.description, style="dim", markup=False, highlight=False)
     print_table(console, check_table(graph))
     for line in check_totals(graph):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -290,7 +290,7 @@ def test_train_starts_from_imported_weights_where_they_fit(tmp_path: Path) -> No
     result = runner.invoke(app, ["train", str(spec), "--init", str(tmp_path / "pretrained.safetensors"), "--epochs", "1",
                                  "--lr", "1e-12", "--set", "data.source=synthetic", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert "initialised 8 of 10 arrays from" in result.output and "freshly initialised: output.weight, output.bias" in result.output
+    assert "initialised 8 of 10 arrays from" in result.output and "new, freshly initialised: output.weight (checkpoint 10x84, network 5x84), output.bias (checkpoint 10, network 5)" in result.output
     trained = load_arrays(tmp_path / "run" / "checkpoints" / "epoch-0001" / "weights.safetensors")
     assert np.allclose(trained["c1.weight"], source["c1.weight"], atol=1e-6)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["init"].endswith("pretrained.safetensors")

@@ -179,6 +179,14 @@ class TrainConfig(_Section):
         default=10.0, description="also checkpoint inside an epoch this often, so that --resume continues the epoch where it stopped; none: at epoch ends only"
     )
     checkpoint_steps: PositiveInt | None = Field(default=None, description="also checkpoint inside an epoch every this many steps")
+    classes: Literal["spec", "auto"] | PositiveInt = Field(
+        default="spec", description="the output layer's width: the spec's, the data's class count (auto), or N; a resized output layer starts fresh"
+    )
+    freeze: list[StrictStr] = Field(
+        default=[], description="layers that do not train: names, groups (layer1), globs (layer1.*) or before:NAME; their batch norm stays in inference mode"
+    )
+    lr_mult: dict[StrictStr, NonNegativeNumber] = Field(default={}, description="learning-rate multiplier by layer pattern ({layer4: 0.1})")
+    decay_mult: dict[StrictStr, NonNegativeNumber] = Field(default={}, description="weight-decay multiplier by layer pattern ({fc: 0})")
 
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

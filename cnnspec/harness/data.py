@@ -104,15 +104,16 @@ class Dataset:
         return [*self.skipped, *(entry for stream in streams for entry in stream.skipped)]
 
 
-def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
-    """The data ``config.source`` names, fitted to ``shape``, checked against the classes."""
+def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int | None, seed: int) -> Dataset:
+    """The data ``config.source`` names, fitted to ``shape``, checked against the
+    network's ``num_classes`` (None: the caller sizes the network to the data)."""
     source = config.source
     if source == "digits":
         config = resolve_preset(config, shape, image_files=False)
         raw = _digits(config, seed)
     elif source == "synthetic":
         config = resolve_preset(config, shape, image_files=False)
-        raw = _synthetic(shape, num_classes, seed)
+        raw = _synthetic(shape, num_classes or 10, seed)  # sized to the data: ten classes
     else:
         path = Path(source).expanduser()
         hint = WELL_KNOWN.get(source.lower().replace("_", "-"))
@@ -124,7 +125,7 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
                 "image class folders, a manifest (.csv or .jsonl), tar shards, CIFAR-10 python batches or an .npz file "
                 "(nothing is downloaded)"
             )
-        kind = _kind(path)
+        kind = source_kind(path)
         config = resolve_preset(config, shape, image_files=kind == "files")
         raw = _from_path(path, kind, shape, config, seed)
     dataset = replace(_fit(raw, shape, config), config=config)
@@ -132,8 +133,13 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int, s
         head = dataset.x_train.head(config.limit) if isinstance(dataset.x_train, ImageStream) else dataset.x_train[: config.limit]
         dataset = replace(dataset, x_train=head, y_train=dataset.y_train[: config.limit])
     found = int(max(dataset.y_train.max(initial=0), dataset.y_val.max(initial=0))) + 1
+    if num_classes is None:
+        return replace(dataset, classes=dataset.classes + [str(i) for i in range(len(dataset.classes), found)])
     if found > num_classes:
-        raise DataError(f"data '{dataset.name}' has {found} classes but the network outputs {num_classes}")
+        raise DataError(
+            f"data '{dataset.name}' has {found} classes but the network outputs {num_classes}: "
+            "--classes auto (train.classes: auto) gives the network a new output layer that fits the data"
+        )
     classes = dataset.classes + [str(i) for i in range(len(dataset.classes), num_classes)]
     return replace(dataset, classes=classes[:num_classes])
 
@@ -165,7 +171,7 @@ def _synthetic(shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
     return Dataset("synthetic", x[:1024], y[:1024], x[1024:], y[1024:], [str(i) for i in range(num_classes)])
 
 
-def _kind(path: Path) -> str:
+def source_kind(path: Path) -> str:
     """npz, idx, cifar10, or files (class folders, a manifest, tar shards)."""
     if path.is_file() and path.suffix == ".npz":
         return "npz"

@@ -7,6 +7,7 @@ in the canonical layout (N x C x H x W inputs; weights as in checkpoints).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,8 +50,9 @@ class Session(Protocol):
         """Raw network outputs, N x classes, float32, in evaluation mode."""
         ...
 
-    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Every layer's output by name, canonical layout (N x C x H x W), evaluation mode."""
+    def activations(self, x: np.ndarray, layers: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Every layer's output by name (only ``layers``' when given), canonical layout
+        (N x C x H x W), evaluation mode."""
         ...
 
     def set_learning_rate(self, lr: float) -> None: ...

@@ -29,7 +29,7 @@ import numpy as np
 from cnnspec.data.loader import ImageStream
 from cnnspec.data.loader import batches as image_batches
 from cnnspec.graph import Graph
-from cnnspec.harness import plots
+from cnnspec.harness import plots, tuning
 from cnnspec.harness.config import TrainConfig
 from cnnspec.harness.data import Dataset, load_dataset
 from cnnspec.harness.protocol import Backend, Session
@@ -296,14 +296,40 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
         raise TrainingError(f"{init}: none of its arrays fits '{graph.name}' (names and shapes differ)")
     for name in taken:
         weights[name] = loaded[name].astype(np.float32)
-    fresh = [name for name in weights if name not in taken]
-    unused = [name for name in loaded if name not in taken]
-    progress.message(
-        f"initialised {len(taken)} of {len(weights)} arrays from {init}"
-        + (f"; freshly initialised: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
-        + (f"; not used: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}" if unused else "")
-    )
+    progress.message(f"initialised {len(taken)} of {len(weights)} arrays from {init}")
+    for line in _init_report(weights, loaded, set(taken)):
+        progress.message(f"  {line}")
     return weights
+
+
+def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], taken: set[str]) -> list[str]:
+    """Layers loaded, layers new (and why: a shape that differs, or no array of that
+    name), and checkpoint arrays not used."""
+
+    def layer(name: str) -> str:
+        return name.rsplit(".", 1)[0]
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+    layers = list(dict.fromkeys(layer(name) for name in weights))
+    whole = [n for n in layers if all(w in taken for w in weights if layer(w) == n)]
+    lines = [f"loaded: {listed(whole)}"] if whole else []
+    reasons = []
+    for name in weights:
+        if name in taken:
+            continue
+        if name in loaded:
+            shapes = ("x".join(map(str, loaded[name].shape)), "x".join(map(str, weights[name].shape)))
+            reasons.append(f"{name} (checkpoint {shapes[0]}, network {shapes[1]})")
+        else:
+            reasons.append(f"{name} (not in the checkpoint)")
+    if reasons:
+        lines.append(f"new, freshly initialised: {listed(reasons)}")
+    unused = [name for name in loaded if name not in weights]
+    if unused:
+        lines.append(f"not used (no such array in the network): {listed(unused)}")
+    return lines
 
 
 def train(
@@ -322,7 +348,11 @@ def train(
 ) -> TrainResult:
     progress = Progress(quiet)
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
-    data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], config.seed)
+    tuning.multipliers(graph, config)  # a freeze or lr_mult pattern that names nothing fails before any work
+    sized_by_data = config.classes != "spec"
+    data = load_dataset(config.data, graph.input_shape, None if sized_by_data else graph.output_shape[0], config.seed)
+    if sized_by_data:
+        graph, data = _sized_to_data(graph, data, config.classes)
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     _report_skipped(progress, list(data.skipped))
     reported = len(data.skipped)
@@ -378,6 +408,7 @@ def train(
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
     )
     progress.message(f"transforms: {data.transforms(graph.input_shape)}")
+    progress.message(_parameters_line(graph, config))
 
     for epoch in range(start_epoch, config.epochs):
         lr = learning_rate(config.schedule, config.optimizer.lr, epoch, config.epochs, plateau)
@@ -411,6 +442,35 @@ def train(
     if history:
         write_json(run.path / "final.json", history[-1])
     return TrainResult(run.path, history, session)
+
+
+def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Graph, Dataset]:
+    """The network with an output layer as wide as ``classes`` asks (auto: the data's
+    class count), and the data's class names padded to it."""
+    from cnnspec.load import with_output_width
+
+    found = len(data.classes)
+    width = found if classes == "auto" else int(classes)
+    if width < found:
+        shown = ", ".join(data.classes[:6]) + (", ..." if found > 6 else "")
+        raise TrainingError(f"--classes {classes} (train.classes), but the data '{data.name}' has {found} classes ({shown}); use --classes auto")
+    try:
+        resized = with_output_width(graph, width)
+    except ValueError as exc:
+        raise TrainingError(f"--classes {classes}: {exc}") from None
+    return resized, dataclasses.replace(data, classes=data.classes + [str(i) for i in range(found, width)])
+
+
+def _parameters_line(graph: Graph, config: TrainConfig) -> str:
+    counts = tuning.parameter_summary(graph, config)
+    text = f"parameters: {counts['trainable']:,} trainable, {counts['frozen']:,} frozen, {counts['non_trainable']:,} non-trainable"
+    if config.freeze:
+        text += f"; frozen: {', '.join(config.freeze)}"
+    for option in ("lr_mult", "decay_mult"):
+        table = getattr(config, option)
+        if table:
+            text += f"; {option}: " + ", ".join(f"{pattern} x{value:g}" for pattern, value in table.items())
+    return text
 
 
 def _report_skipped(progress: Progress, entries: list[str]) -> None:
@@ -615,3 +675,68 @@ def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session]
 def _softmax(x: np.ndarray) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# ---- features ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    values: np.ndarray  # N x (the layer's output shape), float32
+    labels: np.ndarray  # N, int64
+    classes: list[str]
+    names: list[str]  # each image's file (or "source[i]" for array data)
+    layer: str
+
+
+def features(path: Path, open_session: Callable[..., Session], data: str, layer: str, *, device: str = "auto", batch_size: int | None = None) -> Features:
+    """The output of ``layer`` for every image of ``data`` (both splits, in the source's
+    order), each image prepared as evaluation prepares it: bottleneck features for a
+    classifier of your own, or for similarity search."""
+    from cnnspec.data import list_source
+    from cnnspec.data.loader import ImageStream, available_cores
+    from cnnspec.data.transforms import Transform
+    from cnnspec.diagnostics import did_you_mean
+    from cnnspec.harness.config import resolve_preset
+    from cnnspec.harness.data import DataError, source_kind
+
+    loaded = load_run(path)
+    names_in_graph = [node.name for node in loaded.graph.nodes]
+    if layer not in names_in_graph:
+        raise TrainingError(f"--layer: '{loaded.graph.name}' has no layer '{layer}'{did_you_mean(layer, names_in_graph)} (`cnnspec check` lists them)")
+    config = loaded.config.data.model_copy(update={"source": data})
+    size = batch_size or loaded.config.batch_size
+    source = Path(data).expanduser()
+    listing = list_source(source) if source.exists() and source_kind(source) == "files" else None
+    if listing is not None:
+        samples = [*listing.train, *(listing.val or [])]
+        config = resolve_preset(config, loaded.graph.input_shape, image_files=True)
+        workers = available_cores() if config.workers is None else config.workers
+        images: np.ndarray | ImageStream = ImageStream(samples, Transform.evaluation(config, loaded.graph.input_shape), workers=workers, strict=config.strict)
+        labels, classes = np.array([s.label for s in samples], np.int64), listing.classes
+        names = [s.name for s in samples]
+    else:
+        dataset = load_dataset(config, loaded.graph.input_shape, None, loaded.config.seed)
+        if isinstance(dataset.x_train, ImageStream) or isinstance(dataset.x_val, ImageStream):
+            raise DataError(f"{data}: expected array data here")
+        images = np.concatenate([dataset.x_train, dataset.x_val])
+        labels, classes = np.concatenate([dataset.y_train, dataset.y_val]), dataset.classes
+        names = [f"{dataset.name}[{i}]" for i in range(len(images))]
+    session = open_run_session(loaded, open_session, device)
+    norm = loaded.normalization
+    outputs, kept = [], []
+    for index, x in image_batches(images, np.arange(len(images)), size, views=True):
+        outputs.append(session.activations(norm.apply(x), [layer])[layer])
+        kept.append(index)
+    if not outputs:
+        raise TrainingError(f"no image of {data} could be read")
+    delivered = np.concatenate(kept)
+    return Features(np.concatenate(outputs).astype(np.float32), labels[delivered], classes, [names[i] for i in delivered], layer)
+
+
+def save_features(result: Features, out: Path, run: Path) -> None:
+    """One safetensors file: ``features``, ``labels``, and ``paths`` (UTF-8, one per line,
+    as bytes: any number of them), with the class names, layer and run in its metadata."""
+    paths = np.frombuffer("\n".join(result.names).encode(), np.uint8)
+    metadata = {"classes": json.dumps(result.classes), "layer": result.layer, "run": str(run), "count": str(len(result.labels))}
+    save_arrays(out, {"features": result.values, "labels": result.labels, "paths": paths}, metadata)

@@ -1,0 +1,214 @@
+"""Transfer learning: a pretrained body, a new head sized to the data, frozen layers that
+do not move (batch norm included), and per-layer learning-rate multipliers, on every backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnspec
+from cnnspec.harness.config import TrainConfig
+from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers, multipliers, parameter_summary
+
+SMALL_RESNET = """\
+name: small
+input: {shape: [3, 8, 8]}
+blocks:
+  basic:
+    layers:
+      - conv2d: {filters: 4, kernel: 3, padding: 1, bias: false}
+        name: conv1
+      - batchnorm: {}
+        name: bn1
+      - add: {}
+        inputs: [bn1, input]
+      - relu: {}
+layers:
+  - conv2d: {filters: 4, kernel: 3, padding: 1}
+    name: stem
+  - basic: {}
+    name: layer1
+    repeat: 2
+  - global_avgpool2d: {}
+    name: pool
+  - dense: {units: 3}
+    name: fc
+"""
+
+
+def graph() -> cnnspec.Graph:
+    return cnnspec.parse_spec(SMALL_RESNET, "small.yaml")
+
+
+def test_patterns_name_layers_groups_globs_and_everything_before() -> None:
+    g = graph()
+    assert match_layers(g, "fc") == ["fc"]
+    assert match_layers(g, "layer1.0") == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.add_1", "layer1.0.relu_1"]
+    assert match_layers(g, "layer1.*.bn1") == ["layer1.0.bn1", "layer1.1.bn1"]
+    assert match_layers(g, "before:layer1.1") == ["stem", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.add_1", "layer1.0.relu_1"]
+    with pytest.raises(TuningError, match=r"freeze: 'layr1' names no layer of 'small' \(did you mean 'layer1'\?\)"):
+        match_layers(g, "layr1")
+    with pytest.raises(TuningError, match="freezes every layer with weights"):
+        frozen_layers(g, TrainConfig(freeze=["before:fc", "fc"]))
+    config = TrainConfig(freeze=["stem"], lr_mult={"layer1": 0.1, "layer1.1": 0.5}, decay_mult={"fc": 0})
+    scaled = multipliers(g, config)
+    assert "stem.weight" not in scaled and scaled["layer1.0.conv1.weight"] == (0.1, 1.0)
+    assert scaled["layer1.1.bn1.weight"] == (0.5, 1.0) and scaled["fc.weight"] == (1.0, 0.0)  # the later pattern wins
+    counts = parameter_summary(g, config)
+    assert counts == {"trainable": 2 * (144 + 8) + 15, "frozen": 4 * 27 + 4, "non_trainable": 2 * 8}
+
+
+def _step_everything(backend: str, config: TrainConfig, steps: int = 3) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.weights import initial_weights
+
+    g = graph()
+    session = load_backend(backend).open_session(g, config, device="cpu")
+    before = initial_weights(g, 0)
+    session.set_weights(before)
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+        session.train_step(x, rng.integers(0, 3, 8))
+    arrays, _ = session.optimizer_state()
+    return before, session.get_weights(), sorted({key.split("::")[0] for key in arrays})
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy", "tensorflow"])
+def test_frozen_layers_do_not_move_and_have_no_optimizer_state(backend: str) -> None:
+    if backend == "tensorflow":
+        pytest.importorskip("tensorflow")
+    config = TrainConfig(freeze=["stem", "layer1.0"], optimizer={"name": "adam", "lr": 0.05})  # type: ignore[arg-type]
+    before, after, with_state = _step_everything(backend, config)
+    for name in before:
+        moved = not np.allclose(before[name], after[name])
+        frozen = name.startswith(("stem.", "layer1.0."))
+        assert moved != frozen, name  # running statistics of the frozen batch norm stay put too
+    assert with_state and not [n for n in with_state if n.startswith(("stem.", "layer1.0."))]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "tensorflow"])
+def test_learning_rate_multipliers_agree_across_backends(backend: str) -> None:
+    """A tenth of the learning rate for one group and no weight decay for the head: the
+    same weights after three SGD steps in every backend."""
+    if backend == "tensorflow":
+        pytest.importorskip("tensorflow")
+    config = TrainConfig(
+        lr_mult={"layer1": 0.1}, decay_mult={"fc": 0.0}, freeze=["stem"],
+        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},  # type: ignore[arg-type]
+    )
+    _, reference, _ = _step_everything("torch", config)
+    _, ours, _ = _step_everything(backend, config)
+    for name in reference:
+        np.testing.assert_allclose(ours[name], reference[name], rtol=2e-4, atol=2e-5, err_msg=name)
+    _, unscaled, _ = _step_everything("torch", config.model_copy(update={"lr_mult": {}}))
+    assert not np.allclose(unscaled["layer1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
+
+
+def _folder(root: Path, classes: tuple[str, ...], per_class: int = 6) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((32, 32), 40 * index, np.uint8) + rng.integers(0, 30, (32, 32)).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_classes_auto_gives_a_new_head_and_says_what_was_loaded(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    first = cnnspec.train("lenet5", "torch", out=tmp_path / "first", quiet=True, epochs=1, **{"data.limit": 200})
+    assert first.final["val_accuracy"] >= 0
+    checkpoint = tmp_path / "first" / "checkpoints" / "epoch-0001" / "weights.safetensors"
+    photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"))
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "train", "lenet5", "--data", str(photos), "--classes", "auto", "--init", str(checkpoint),
+         "--freeze", "c1,c3", "--epochs", "1", "--workers", "0", "--out", "second"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "initialised 8 of 10 arrays" in result.stderr
+    assert "loaded: c1, c3, f5, f6" in result.stderr
+    assert "new, freshly initialised: output.weight (checkpoint 10x84, network 3x84), output.bias (checkpoint 10, network 3)" in result.stderr
+    assert "parameters: 58,539 trainable, 2,572 frozen, 0 non-trainable; frozen: c1, c3" in result.stderr
+    run = tmp_path / "second"
+    assert json.loads((run / "run.json").read_text())["classes"] == ["ant", "bee", "cow"]
+    assert cnnspec.parse_spec((run / "spec.yaml").read_text(), "spec.yaml").output_shape == (3,)
+    predictions, outputs = cnnspec.predict(run, [photos / "cow" / "0.png"])
+    assert outputs.shape == (1, 3) and predictions[0]["top"][0]["class"] in ("ant", "bee", "cow")
+    report = cnnspec.evaluate(run)
+    assert report["classes"] == ["ant", "bee", "cow"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--freeze", "c1,c33"], "freeze: 'c33' names no layer of 'lenet5' (did you mean 'c3'?)"),
+        (["--freeze", "before:output,output"], "freezes every layer with weights of 'lenet5'"),
+        (["--classes", "2"], "--classes 2 (train.classes), but the data 'folders:photos' has 3 classes (ant, bee, cow); use --classes auto"),
+        ([], "has 3 classes but the network outputs 2: --classes auto"),
+    ],
+)
+def test_bad_transfer_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=3)
+    spec = tmp_path / "two.yaml"
+    spec.write_text(cnnspec.load_spec("lenet5").source.replace("units: 10}", "units: 2}").replace("expect: {output: [10], params: 61706}\n", ""))
+    target = "lenet5" if args else str(spec)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "train", target, "--data", str(photos), "--epochs", "1", "--workers", "0", "--out", "run", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_features_are_the_layer_outputs_of_every_image_with_labels_and_paths(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from safetensors import safe_open
+
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.data import load_images
+    from cnnspec.harness.run import load_run, open_run_session
+
+    photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=4)
+    cnnspec.train("lenet5", "torch", out=tmp_path / "run", quiet=True, epochs=1, classes="auto", **{"data.source": str(photos), "data.workers": 0})
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "features", "run", "--data", str(photos), "--layer", "f6", "-o", "f6.safetensors"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "f6.safetensors: features 12 x 84 from 'f6', 3 classes" in result.stdout
+    with safe_open(str(tmp_path / "f6.safetensors"), framework="np") as stored:
+        values, labels = stored.get_tensor("features"), stored.get_tensor("labels")
+        paths = bytes(stored.get_tensor("paths")).decode().split("\n")
+        assert json.loads(stored.metadata()["classes"]) == ["ant", "bee", "cow"] and stored.metadata()["layer"] == "f6"
+    assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert paths == [str(p) for name in ("ant", "bee", "cow") for p in sorted((photos / name).glob("*.png"))]
+    loaded = load_run(tmp_path / "run")
+    session = open_run_session(loaded, load_backend("torch").open_session, "cpu")
+    images = loaded.normalization.apply(load_images([Path(p) for p in paths], loaded.graph.input_shape))
+    np.testing.assert_allclose(values, session.activations(images, ["f6"])["f6"], rtol=1e-5, atol=1e-6)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "cnnspec", "features", "run", "--data", str(photos), "--layer", "f66"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert wrong.returncode == 1 and "--layer: 'lenet5' has no layer 'f66' (did you mean 'f6'?)" in wrong.stderr
+
+
+def test_check_shows_training_counts_and_points_at_bad_patterns(tmp_path: Path) -> None:
+    spec = SMALL_RESNET + "train:\n  freeze: [stem, layer1.0]\n  lr_mult: {layer1.1: 0.1}\n"
+    (tmp_path / "ok.yaml").write_text(spec)
+    (tmp_path / "bad.yaml").write_text(spec.replace("[stem, layer1.0]", "[stem, layer2]").replace("{layer1.1: 0.1}", "{fcc: 0.1}"))
+    ok = subprocess.run([sys.executable, "-m", "cnnspec", "check", "ok.yaml"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert ok.returncode == 0 and "Training:        167 trainable, 264 frozen (stem, layer1.0); lr_mult layer1.1 x0.1" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "cnnspec", "check", "bad.yaml"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "bad.yaml:24:18: error: freeze: 'layer2' names no layer of 'small' (did you mean 'layer1'?)" in bad.stdout + bad.stderr
+    assert "bad.yaml:25:13: error: lr_mult: 'fcc' names no layer of 'small' (did you mean 'fc'?)" in bad.stdout + bad.stderr
