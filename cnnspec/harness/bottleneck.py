@@ -16,6 +16,7 @@ network as usual.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,16 @@ class HeadSession:
 
     def evaluate(self, x: Any, y: np.ndarray) -> tuple[float, np.ndarray]:
         result: tuple[float, np.ndarray] = self.head.evaluate(x, y)
+        return result
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The network's outputs for body outputs ``x``."""
+        result: np.ndarray = self.head.predict(x)
+        return result
+
+    def activations(self, x: np.ndarray, layers: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """The head's layer outputs for body outputs ``x``."""
+        result: dict[str, np.ndarray] = self.head.activations(x, layers)
         return result
 
     def set_learning_rate(self, lr: float) -> None:

@@ -163,6 +163,17 @@ class EarlyStopping(_Section):
     min_delta: NonNegativeNumber = 0.0
 
 
+class Phase(_Section):
+    """A stretch of a run with its own frozen layers, multipliers and learning rate (each
+    left unset is the run's): "3 epochs head only, then layer4 too at a tenth"."""
+
+    epochs: PositiveInt
+    freeze: list[StrictStr] | None = None
+    lr_mult: dict[StrictStr, NonNegativeNumber] | None = None
+    decay_mult: dict[StrictStr, NonNegativeNumber] | None = None
+    lr: PositiveNumber | None = Field(default=None, description="the phase's learning rate (default: optimizer.lr)")
+
+
 class TrainConfig(_Section):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
@@ -187,6 +198,25 @@ class TrainConfig(_Section):
     )
     lr_mult: dict[StrictStr, NonNegativeNumber] = Field(default={}, description="learning-rate multiplier by layer pattern ({layer4: 0.1})")
     decay_mult: dict[StrictStr, NonNegativeNumber] = Field(default={}, description="weight-decay multiplier by layer pattern ({fc: 0})")
+    phases: list[Phase] = Field(default=[], description="consecutive phases, one run; their epochs replace epochs")
+    bottleneck_cache: StrictBool = Field(
+        default=True, description="when the frozen layers end in one layer's output and nothing changes the images between epochs, compute it once and train the head on it"
+    )
+
+
+def phase_plan(config: TrainConfig) -> list[tuple[int, int, TrainConfig]]:
+    """(first epoch, end epoch, the config it trains with) of each phase; one phase, the
+    whole run, when none are declared."""
+    if not config.phases:
+        return [(0, config.epochs, config)]
+    plan, start = [], 0
+    for phase in config.phases:
+        update: dict[str, Any] = {key: getattr(phase, key) for key in ("freeze", "lr_mult", "decay_mult") if getattr(phase, key) is not None}
+        if phase.lr is not None:
+            update["optimizer"] = config.optimizer.model_copy(update={"lr": phase.lr})
+        plan.append((start, start + phase.epochs, config.model_copy(update={**update, "epochs": sum(p.epochs for p in config.phases)})))
+        start += phase.epochs
+    return plan
 
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -29,8 +29,8 @@ import numpy as np
 from cnnspec.data.loader import ImageStream
 from cnnspec.data.loader import batches as image_batches
 from cnnspec.graph import Graph
-from cnnspec.harness import plots, tuning
-from cnnspec.harness.config import TrainConfig
+from cnnspec.harness import bottleneck, plots, tuning
+from cnnspec.harness.config import TrainConfig, phase_plan
 from cnnspec.harness.data import Dataset, load_dataset
 from cnnspec.harness.protocol import Backend, Session
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
@@ -348,18 +348,21 @@ def train(
 ) -> TrainResult:
     progress = Progress(quiet)
     run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
-    tuning.multipliers(graph, config)  # a freeze or lr_mult pattern that names nothing fails before any work
+    plan = phase_plan(config)
+    config = plan[0][2].model_copy(update={key: getattr(config, key) for key in ("freeze", "lr_mult", "decay_mult", "optimizer")})  # epochs: the phases'
+    for *_, phase_config in plan:
+        tuning.multipliers(graph, phase_config)  # a freeze or lr_mult pattern that names nothing fails before any work
     sized_by_data = config.classes != "spec"
     data = load_dataset(config.data, graph.input_shape, None if sized_by_data else graph.output_shape[0], config.seed)
     if sized_by_data:
         graph, data = _sized_to_data(graph, data, config.classes)
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
+    plan = [(first, end, c.model_copy(update={"data": data.config})) for first, end, c in plan]
     _report_skipped(progress, list(data.skipped))
     reported = len(data.skipped)
     norm = normalization_for(config, data.x_train)
     workspace = backend_module.workspace_bytes(graph)
     check_memory(graph, config, *backend_module.available_memory(device), workspace)  # before allocating anything
-    session = backend_module.open_session(graph, config, device=device, precision=precision, compile=compile)
 
     plateau = Plateau(lr=config.optimizer.lr)
     history: list[dict[str, float]] = []
@@ -371,9 +374,7 @@ def train(
     if latest is not None:
         weights = load_arrays(latest / "weights.safetensors")
         check_weights(graph, weights, str(latest))
-        session.set_weights(weights)
         state = json.loads((latest / "state.json").read_text())
-        session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         plateau = Plateau(**state["plateau"])
         history = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()][:start_epoch]
@@ -383,7 +384,11 @@ def train(
     else:
         if run.path.exists() and any(run.path.iterdir()):
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
-        session.set_weights(_starting_weights(graph, config.seed, init, progress))
+        weights = _starting_weights(graph, config.seed, init, progress)
+    phase = _phase_at(plan, start_epoch)
+    opened = _PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile)
+    session = opened.session
+    if latest is None:
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / "spec.yaml", graph.source)
         write_json(
@@ -402,21 +407,29 @@ def train(
                 "created": datetime.now().isoformat(timespec="seconds"),
             },
         )
+    elif partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase:  # a new phase starts a new optimizer
+        session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
     write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     progress.message(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
     )
     progress.message(f"transforms: {data.transforms(graph.input_shape)}")
-    progress.message(_parameters_line(graph, config))
+    progress.message(_phase_line(graph, plan, phase, opened.note))
 
     for epoch in range(start_epoch, config.epochs):
-        lr = learning_rate(config.schedule, config.optimizer.lr, epoch, config.epochs, plateau)
+        if _phase_at(plan, epoch) != phase:  # the next phase: its own frozen layers and a fresh optimizer
+            phase = _phase_at(plan, epoch)
+            opened = _PhaseSession.open(graph, plan[phase][2], backend_module, session.get_weights(), data, norm, device, precision, compile)
+            session = opened.session
+            progress.message(_phase_line(graph, plan, phase, opened.note))
+        phase_config = plan[phase][2]
+        lr = learning_rate(config.schedule, phase_config.optimizer.lr, epoch, config.epochs, plateau)
         session.set_learning_rate(lr)
         epoch_state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
-        row = _train_epoch(session, data, norm, config, epoch, progress, run, epoch_state, partial)
+        row = _train_epoch(session, opened.data, opened.norm, phase_config, epoch, progress, run, epoch_state, partial)
         partial = None
-        val = _evaluate_arrays(session, data.x_val, data.y_val, norm, config.batch_size, config.top_k)
+        val = _evaluate_arrays(session, opened.data.x_val, opened.data.y_val, opened.norm, config.batch_size, config.top_k)
         row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr,
                "skipped_samples": len(data.skipped_so_far())}
         history.append(row)
@@ -442,6 +455,74 @@ def train(
     if history:
         write_json(run.path / "final.json", history[-1])
     return TrainResult(run.path, history, session)
+
+
+def _phase_at(plan: list[tuple[int, int, TrainConfig]], epoch: int) -> int:
+    """The phase that trains ``epoch`` (the last one past the end)."""
+    return next((i for i, (_, end, _) in enumerate(plan) if epoch < end), len(plan) - 1)
+
+
+def _phase_line(graph: Graph, plan: list[tuple[int, int, TrainConfig]], phase: int, note: str) -> str:
+    first, end, config = plan[phase]
+    where = f"phase {phase + 1}/{len(plan)}, epochs {first + 1}-{end}: " if len(plan) > 1 else ""
+    return where + _parameters_line(graph, config) + (f"\n{note}" if note else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _PhaseSession:
+    """The session a phase trains with, and the data and normalisation it takes: the
+    images, or the cached outputs of the frozen body."""
+
+    session: Session
+    data: Dataset
+    norm: Normalization
+    note: str
+
+    @classmethod
+    def open(
+        cls, graph: Graph, config: TrainConfig, backend_module: Backend, weights: dict[str, np.ndarray], data: Dataset, norm: Normalization,
+        device: str, precision: str, compile: bool,
+    ) -> _PhaseSession:
+        session = backend_module.open_session(graph, config, device=device, precision=precision, compile=compile)
+        session.set_weights(weights)
+        cut = bottleneck.bottleneck(graph, config) if config.bottleneck_cache else None
+        if cut is not None:  # the session trains the head, on the body's outputs computed once
+            return cls(*_cache_bottleneck(graph, config, backend_module, session, data, norm, cut, device, precision))
+        off = f"bottleneck cache off: {bottleneck.why_not(graph, config)}; every epoch runs the frozen layers too" if config.freeze and config.bottleneck_cache else ""
+        return cls(session, data, norm, off)
+
+
+def _cache_bottleneck(
+    graph: Graph, config: TrainConfig, backend_module: Backend, session: Session, data: Dataset, norm: Normalization,
+    cut: str, device: str, precision: str,
+) -> tuple[Session, Dataset, Normalization, str]:
+    """The output of ``cut`` (the frozen body's last layer) for every image, computed once
+    by the full network; a session that trains the head alone on it; and the identity
+    normalisation (the images were normalised on their way through the body)."""
+    head = bottleneck.head_graph(graph, cut)
+    head_session = backend_module.open_session(head, bottleneck.head_config(graph, head, config), device=device, precision=precision)
+    weights = session.get_weights()
+    mine = set(head.weights())
+    head_session.set_weights({name: weights[name] for name in mine})
+    cached = []
+    for images, labels in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
+        outputs, kept = [], []
+        for index, x in image_batches(images, np.arange(len(images)), config.batch_size, views=True):
+            outputs.append(session.activations(norm.apply(x), [cut])[cut])
+            kept.append(index)
+        if not outputs:
+            raise TrainingError(f"no image of {data.name} could be read to compute the bottleneck features")
+        cached.append((np.concatenate(outputs).astype(np.float32), labels[np.concatenate(kept)]))
+    (x_train, y_train), (x_val, y_val) = cached
+    size = x_train[0].size
+    layers = f"{len(head.nodes)} layer{'s' if len(head.nodes) != 1 else ''}"
+    note = (
+        f"bottleneck: every layer up to '{cut}' is frozen, so its outputs ({size:,} values an image, "
+        f"{(x_train.nbytes + x_val.nbytes) / 2**20:,.1f} MiB) were computed once; each epoch trains the {layers} after it"
+    )
+    features = dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    identity = Normalization(1.0, (0.0,), (1.0,))
+    return bottleneck.HeadSession(head_session, {n: a for n, a in weights.items() if n not in mine}), features, identity, note
 
 
 def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Graph, Dataset]:
