@@ -145,6 +145,10 @@ def test_classes_auto_gives_a_new_head_and_says_what_was_loaded(tmp_path: Path) 
     assert outputs.shape == (1, 3) and predictions[0]["top"][0]["class"] in ("ant", "bee", "cow")
     report = cnnspec.evaluate(run)
     assert report["classes"] == ["ant", "bee", "cow"]
+    for command in (["verify", "second", "--backends", "numpy,torch"], ["export", "second", "--to", "onnx", "-o", "second.onnx"]):
+        done = subprocess.run([sys.executable, "-m", "cnnspec", *command], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "second.onnx").stat().st_size > 0
 
 
 @pytest.mark.parametrize(
