@@ -90,17 +90,9 @@ def check_totals(graph: Graph) -> list[str]:
         lines.append(f"Receptive field: {rf.size[0]}x{rf.size[1]} input pixels (largest feature map)")
     train = graph.train
     if train.freeze or train.lr_mult or train.decay_mult:
-        from cnnspec.harness.tuning import parameter_summary
+        from cnnspec.harness.tuning import summary
 
-        counts = parameter_summary(graph, train)
-        text = f"Training:        {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
-        if train.freeze:
-            text += f" ({', '.join(train.freeze)})"
-        for option in ("lr_mult", "decay_mult"):
-            table = getattr(train, option)
-            if table:
-                text += f"; {option} " + ", ".join(f"{pattern} x{value:g}" for pattern, value in table.items())
-        lines.append(text)
+        lines.append(f"Training:        {summary(graph, train)}")
     return lines
 
 

@@ -211,7 +211,7 @@ def test_check_shows_training_counts_and_points_at_bad_patterns(tmp_path: Path) 
     (tmp_path / "ok.yaml").write_text(spec)
     (tmp_path / "bad.yaml").write_text(spec.replace("[stem, layer1.0]", "[stem, layer2]").replace("{layer1.1: 0.1}", "{fcc: 0.1}"))
     ok = subprocess.run([sys.executable, "-m", "cnnspec", "check", "ok.yaml"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert ok.returncode == 0 and "Training:        167 trainable, 264 frozen (stem, layer1.0); lr_mult layer1.1 x0.1" in ok.stdout
+    assert ok.returncode == 0 and "Training:        167 trainable, 264 frozen, 16 non-trainable; frozen: stem, layer1.0; lr_mult: layer1.1 x0.1" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "cnnspec", "check", "bad.yaml"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "bad.yaml:24:18: error: freeze: 'layer2' names no layer of 'small' (did you mean 'layer1'?)" in bad.stdout + bad.stderr

@@ -543,15 +543,7 @@ def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Gra
 
 
 def _parameters_line(graph: Graph, config: TrainConfig) -> str:
-    counts = tuning.parameter_summary(graph, config)
-    text = f"parameters: {counts['trainable']:,} trainable, {counts['frozen']:,} frozen, {counts['non_trainable']:,} non-trainable"
-    if config.freeze:
-        text += f"; frozen: {', '.join(config.freeze)}"
-    for option in ("lr_mult", "decay_mult"):
-        table = getattr(config, option)
-        if table:
-            text += f"; {option}: " + ", ".join(f"{pattern} x{value:g}" for pattern, value in table.items())
-    return text
+    return f"parameters: {tuning.summary(graph, config)}"
 
 
 def _report_skipped(progress: Progress, entries: list[str]) -> None:

@@ -110,3 +110,16 @@ def parameter_summary(graph: Graph, config: TrainConfig) -> dict[str, int]:
         key = "non_trainable" if not spec.trainable else "trainable" if name in trainable else "frozen"
         counts[key] += size
     return counts
+
+
+def summary(graph: Graph, config: TrainConfig) -> str:
+    """'58,539 trainable, 2,572 frozen, 0 non-trainable; frozen: c1, c3; lr_mult: fc x0.1'."""
+    counts = parameter_summary(graph, config)
+    text = f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen, {counts['non_trainable']:,} non-trainable"
+    if config.freeze:
+        text += f"; frozen: {', '.join(config.freeze)}"
+    for option in ("lr_mult", "decay_mult"):
+        table = getattr(config, option)
+        if table:
+            text += f"; {option}: " + ", ".join(f"{pattern} x{value:g}" for pattern, value in table.items())
+    return text
