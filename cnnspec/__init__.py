@@ -8,24 +8,29 @@
 
 from __future__ import annotations
 
-from cnnspec.api import build, evaluate, predict, resume, train
+from cnnspec.api import build, embed, evaluate, features, predict, resume, similar, train
 from cnnspec.diagnostics import Diagnostic, Location, SpecError
 from cnnspec.graph import Graph, Node
 from cnnspec.load import SpecNotFound, load_spec, parse_spec, zoo_names
+from cnnspec.search import Index
 
 __all__ = [
     "Diagnostic",
     "Graph",
+    "Index",
     "Location",
     "Node",
     "SpecError",
     "SpecNotFound",
     "build",
+    "embed",
     "evaluate",
+    "features",
     "load_spec",
     "parse_spec",
     "predict",
     "resume",
+    "similar",
     "train",
     "zoo_names",
 ]

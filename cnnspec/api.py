@@ -113,6 +113,39 @@ def features(
     return result
 
 
+def embed(
+    run: str | os.PathLike[str], data: str, *, layer: str | None = None, out: str | os.PathLike[str] | None = None, update: bool = False,
+    metric: str = "cosine", dtype: str = "float32", backend: str | None = None, device: str = "auto",
+) -> Any:
+    """Embed every image of ``data`` with the run's network: an ``EmbedReport`` whose
+    ``index`` searches (``index.search(queries, k)``); with ``out``, written atomically;
+    with ``update``, only new and changed images of ``out``'s index are embedded again."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import load_run
+    from cnnspec.search import Index
+    from cnnspec.search import embed as run_embed
+
+    previous = Index.load(Path(out)) if update and out is not None else None
+    name = backend or load_run(Path(run)).info["backend"]
+    report = run_embed(Path(run), data, load_backend(name).open_session, layer=layer, metric=metric, dtype=dtype, previous=previous, device=device)
+    if out is not None:
+        report.index.save(Path(out))
+    return report
+
+
+def similar(index: str | os.PathLike[str], queries: list[str | os.PathLike[str]], *, k: int = 10, backend: str | None = None, device: str = "auto") -> Any:
+    """For each query image: (scores, positions) of its k nearest images in the index,
+    and the index (``index.paths[positions]``)."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import load_run
+    from cnnspec.search import Index, embed_files
+
+    loaded = Index.load(Path(index))
+    name = backend or load_run(Path(loaded.meta["run"])).info["backend"]
+    scores, positions = loaded.search(embed_files(loaded, [Path(q) for q in queries], load_backend(name).open_session, device), k)
+    return scores, positions, loaded
+
+
 def predict(
     run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto"
 ) -> tuple[list[dict[str, Any]], Any]:

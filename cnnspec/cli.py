@@ -11,7 +11,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -280,6 +280,64 @@ def features(
         _fail_run(exc)
     shape = " x ".join(map(str, result.values.shape))
     stdout.print(f"{out}: features {shape} from '{layer}', {len(result.classes)} classes", markup=False, soft_wrap=True)
+
+
+@app.command()
+def embed(
+    run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
+    data: Annotated[str, typer.Option(help="images: class folders, a manifest, tar shards, or array data")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="the index file")] = Path("embeddings.index"),
+    layer: Annotated[str | None, typer.Option(help="the layer whose output is the embedding [default: the input of the last dense layer]")] = None,
+    update: Annotated[bool, typer.Option("--update", help="embed only new and changed images of the index at -o; drop deleted ones")] = False,
+    metric: Annotated[str, typer.Option(help="cosine (embeddings L2-normalised) or l2")] = "cosine",
+    dtype: Annotated[str, typer.Option(help="float32 or float16 storage")] = "float32",
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Embed a collection of images into a searchable index (see `similar`)."""
+    from cnnspec import api
+
+    try:
+        report = api.embed(run, data, layer=layer, out=out, update=update, metric=metric, dtype=dtype, backend=backend, device=device)
+    except _run_errors() as exc:
+        _fail_run(exc)
+    index = report.index
+    what = (f"{report.added} added, {report.changed} changed, {report.removed} removed, {report.kept} kept" if update
+            else f"{len(index):,} images")
+    stdout.print(f"{out}: {what}; {index.embeddings.shape[1]} values each from '{index.meta['layer']}' ({index.metric}, {index.meta['dtype']})",
+                 markup=False, soft_wrap=True)
+    if report.skipped:
+        stdout.print(f"skipped {len(report.skipped)} unreadable: {', '.join(report.skipped[:3])}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def similar(
+    index: Annotated[Path, typer.Argument(help="an index written by `cnnspec embed`")],
+    queries: Annotated[list[Path], typer.Argument(help="query images")],
+    k: Annotated[int, typer.Option("-k", min=1, help="neighbours per query")] = 10,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """The images of an index nearest to each query, embedded the way the index was."""
+    from cnnspec import api
+
+    try:
+        scores, positions, loaded = api.similar(index, list(queries), k=k, backend=backend, device=device)
+    except _run_errors() as exc:
+        _fail_run(exc)
+    name = "similarity" if loaded.metric == "cosine" else "distance"
+    results: list[dict[str, Any]] = [
+        {"query": str(query), "neighbours": [{"path": loaded.paths[p], name: float(v), "label": int(loaded.labels[p])} for v, p in zip(row_scores, row, strict=True)]}
+        for query, row_scores, row in zip(queries, scores, positions, strict=True)
+    ]
+    if format is Format.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        return
+    for item in results:
+        stdout.print(f"{item['query']}:", markup=False, soft_wrap=True)
+        for rank, neighbour in enumerate(item["neighbours"], 1):
+            stdout.print(f"  {rank:>3}  {neighbour[name]:.4f}  {neighbour['path']}", markup=False, soft_wrap=True)
 
 
 @app.command()

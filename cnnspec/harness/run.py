@@ -762,49 +762,88 @@ class Features:
     layer: str
 
 
-def features(path: Path, open_session: Callable[..., Session], data: str, layer: str, *, device: str = "auto", batch_size: int | None = None) -> Features:
-    """The output of ``layer`` for every image of ``data`` (both splits, in the source's
-    order), each image prepared as evaluation prepares it: bottleneck features for a
-    classifier of your own, or for similarity search."""
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """Every image of a data source, both splits in the source's order, prepared as
+    evaluation prepares them: what features and embeddings are computed over."""
+
+    images: np.ndarray | ImageStream
+    labels: np.ndarray
+    classes: list[str]
+    names: list[str]  # each image's file, or "source[i]" for array data
+    samples: list[Any] | None  # the files' samples (None for array data)
+
+    def content(self, position: int) -> bytes:
+        """The bytes an image comes from (its file, or its pixels): what a content hash covers."""
+        if self.samples is not None:
+            data: bytes = self.samples[position].read()
+            return data
+        assert isinstance(self.images, np.ndarray)
+        return self.images[position].tobytes()
+
+
+def collection(loaded: LoadedRun, data: str) -> Collection:
     from cnnspec.data import list_source
     from cnnspec.data.loader import ImageStream, available_cores
     from cnnspec.data.transforms import Transform
-    from cnnspec.diagnostics import did_you_mean
     from cnnspec.harness.config import resolve_preset
     from cnnspec.harness.data import DataError, source_kind
 
-    loaded = load_run(path)
-    names_in_graph = [node.name for node in loaded.graph.nodes]
-    if layer not in names_in_graph:
-        raise TrainingError(f"--layer: '{loaded.graph.name}' has no layer '{layer}'{did_you_mean(layer, names_in_graph)} (`cnnspec check` lists them)")
     config = loaded.config.data.model_copy(update={"source": data})
-    size = batch_size or loaded.config.batch_size
     source = Path(data).expanduser()
     listing = list_source(source) if source.exists() and source_kind(source) == "files" else None
     if listing is not None:
         samples = [*listing.train, *(listing.val or [])]
         config = resolve_preset(config, loaded.graph.input_shape, image_files=True)
         workers = available_cores() if config.workers is None else config.workers
-        images: np.ndarray | ImageStream = ImageStream(samples, Transform.evaluation(config, loaded.graph.input_shape), workers=workers, strict=config.strict)
-        labels, classes = np.array([s.label for s in samples], np.int64), listing.classes
-        names = [s.name for s in samples]
-    else:
-        dataset = load_dataset(config, loaded.graph.input_shape, None, loaded.config.seed)
-        if isinstance(dataset.x_train, ImageStream) or isinstance(dataset.x_val, ImageStream):
-            raise DataError(f"{data}: expected array data here")
-        images = np.concatenate([dataset.x_train, dataset.x_val])
-        labels, classes = np.concatenate([dataset.y_train, dataset.y_val]), dataset.classes
-        names = [f"{dataset.name}[{i}]" for i in range(len(images))]
-    session = open_run_session(loaded, open_session, device)
-    norm = loaded.normalization
+        stream = ImageStream(samples, Transform.evaluation(config, loaded.graph.input_shape), workers=workers, strict=config.strict)
+        return Collection(stream, np.array([s.label for s in samples], np.int64), listing.classes, [s.name for s in samples], samples)
+    dataset = load_dataset(config, loaded.graph.input_shape, None, loaded.config.seed)
+    if isinstance(dataset.x_train, ImageStream) or isinstance(dataset.x_val, ImageStream):
+        raise DataError(f"{data}: expected array data here")
+    images = np.concatenate([dataset.x_train, dataset.x_val])
+    names = [f"{dataset.name}[{i}]" for i in range(len(images))]
+    return Collection(images, np.concatenate([dataset.y_train, dataset.y_val]), dataset.classes, names, None)
+
+
+def check_layer(loaded: LoadedRun, layer: str) -> None:
+    from cnnspec.diagnostics import did_you_mean
+
+    names = [node.name for node in loaded.graph.nodes]
+    if layer not in names:
+        raise TrainingError(f"--layer: '{loaded.graph.name}' has no layer '{layer}'{did_you_mean(layer, names)} (`cnnspec check` lists them)")
+
+
+def layer_outputs(
+    session: Session, norm: Normalization, images: np.ndarray | ImageStream, layer: str, batch_size: int, positions: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``layer``'s output (float32) for the images at ``positions`` (default: all), and
+    the positions delivered (an unreadable file is left out)."""
+    order = np.arange(len(images)) if positions is None else positions
     outputs, kept = [], []
-    for index, x in image_batches(images, np.arange(len(images)), size, views=True):
-        outputs.append(session.activations(norm.apply(x), [layer])[layer])
+    for index, x in image_batches(images, order, batch_size, views=True):
+        outputs.append(np.asarray(session.activations(norm.apply(x), [layer])[layer], np.float32))
         kept.append(index)
+        if progress is not None:
+            progress(len(index))
     if not outputs:
+        return np.zeros((0,), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(outputs), np.concatenate(kept)
+
+
+def features(path: Path, open_session: Callable[..., Session], data: str, layer: str, *, device: str = "auto", batch_size: int | None = None) -> Features:
+    """The output of ``layer`` for every image of ``data`` (both splits, in the source's
+    order), each image prepared as evaluation prepares it: bottleneck features for a
+    classifier of your own, or for similarity search."""
+    loaded = load_run(path)
+    check_layer(loaded, layer)
+    items = collection(loaded, data)
+    session = open_run_session(loaded, open_session, device)
+    values, delivered = layer_outputs(session, loaded.normalization, items.images, layer, batch_size or loaded.config.batch_size)
+    if not len(delivered):
         raise TrainingError(f"no image of {data} could be read")
-    delivered = np.concatenate(kept)
-    return Features(np.concatenate(outputs).astype(np.float32), labels[delivered], classes, [names[i] for i in delivered], layer)
+    return Features(values, items.labels[delivered], items.classes, [items.names[i] for i in delivered], layer)
 
 
 def save_features(result: Features, out: Path, run: Path) -> None:

@@ -1,0 +1,278 @@
+"""Embeddings and similarity search: embed a collection with a trained run, keep the index
+fresh as files change, find the nearest images to a query.
+
+An index is one safetensors file: ``embeddings`` (N x D, float32 or float16), ``labels``,
+``hashes`` (N x 16 bytes, BLAKE2b of each image's content), and ``paths`` (UTF-8, one per
+line, as bytes), with the run, checkpoint, layer, preprocessing and metric in its
+metadata, and a checksum over every array, so a truncated or edited file is refused
+rather than searched. It is written atomically: an interrupted write leaves the previous
+index as it was.
+
+Search is exact: the queries' dot products (cosine: of L2-normalised vectors) or
+distances against the embeddings in chunks of rows, keeping the running k best, so memory
+stays bounded by the chunk whatever the size of the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "cnnspec-index/1"
+CHUNK = 65_536  # rows of the index compared with the queries at a time
+
+
+class SearchError(ValueError):
+    """The index cannot be used as asked; the message says why."""
+
+
+def content_hash(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass
+class Index:
+    embeddings: np.ndarray  # N x D
+    labels: np.ndarray  # N
+    hashes: np.ndarray  # N x 16 uint8
+    paths: list[str]
+    meta: dict[str, str]  # run, checkpoint, layer, metric, classes (JSON), preprocessing (JSON), ...
+
+    @property
+    def metric(self) -> str:
+        return self.meta["metric"]
+
+    @property
+    def classes(self) -> list[str]:
+        classes: list[str] = json.loads(self.meta.get("classes", "[]"))
+        return classes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    # ---- files --------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        from cnnspec.harness.weights import save_arrays
+
+        arrays = self._arrays()
+        save_arrays(path, arrays, {**self.meta, "format": FORMAT, "count": str(len(self)), "checksum": _checksum(arrays)})
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "embeddings": np.ascontiguousarray(self.embeddings),
+            "labels": self.labels.astype(np.int64),
+            "hashes": self.hashes.astype(np.uint8),
+            "paths": np.frombuffer("\n".join(self.paths).encode(), np.uint8),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> Index:
+        from safetensors import SafetensorError, safe_open
+
+        if not path.is_file():
+            raise SearchError(f"{path}: no such index (make one with `cnnspec embed RUN --data DIR -o {path}`)")
+        try:
+            with safe_open(str(path), framework="np") as stored:
+                meta = dict(stored.metadata() or {})
+                arrays = {name: stored.get_tensor(name) for name in stored.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise SearchError(f"{path}: not a readable index, truncated or damaged ({exc})") from None
+        if meta.get("format") != FORMAT or set(arrays) != {"embeddings", "labels", "hashes", "paths"}:
+            raise SearchError(f"{path}: not a cnnspec index (format {meta.get('format')!r})")
+        if _checksum(arrays) != meta.get("checksum"):
+            raise SearchError(f"{path}: its arrays do not match its checksum: the file was edited or damaged; embed again")
+        paths = bytes(arrays["paths"]).decode().split("\n") if len(arrays["paths"]) else []
+        if not (len(paths) == len(arrays["embeddings"]) == len(arrays["labels"]) == len(arrays["hashes"])):
+            raise SearchError(f"{path}: its arrays disagree on the number of images")
+        return cls(arrays["embeddings"], arrays["labels"], arrays["hashes"], paths, meta)
+
+    # ---- search -------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int = 10, *, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions), each M x k, best first: cosine similarity (higher is
+        nearer) or Euclidean distance (lower is nearer). ``exclude_self`` leaves out a
+        query's own row when the queries are the index's rows in order."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if queries.shape[1] != self.embeddings.shape[1]:
+            raise SearchError(f"queries have {queries.shape[1]} values, the index's embeddings {self.embeddings.shape[1]}")
+        if self.metric == "cosine":
+            queries = normalized(queries)
+        k = min(k, len(self) - (1 if exclude_self else 0))
+        best_scores = np.full((len(queries), 0), np.nan, np.float32)
+        best_rows = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, len(self), CHUNK):
+            block = np.asarray(self.embeddings[start : start + CHUNK], np.float32)
+            scores = _scores(queries, block, self.metric)  # lower is better
+            if exclude_self:
+                rows = np.arange(len(queries))
+                mine = (rows >= start) & (rows < start + len(block))
+                scores[rows[mine], rows[mine] - start] = np.inf
+            take = min(k, scores.shape[1])
+            part = np.argpartition(scores, take - 1, axis=1)[:, :take]
+            best_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, axis=1)], axis=1)
+            best_rows = np.concatenate([best_rows, part + start], axis=1)
+            keep = np.argsort(best_scores, axis=1, kind="stable")[:, :k]
+            best_scores, best_rows = np.take_along_axis(best_scores, keep, axis=1), np.take_along_axis(best_rows, keep, axis=1)
+        if self.metric == "cosine":
+            best_scores = -best_scores  # back to similarity
+        return best_scores.astype(np.float32), best_rows
+
+
+def normalized(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    result: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return result
+
+
+def _scores(queries: np.ndarray, block: np.ndarray, metric: str) -> np.ndarray:
+    """Lower is nearer: negative cosine similarity, or the squared Euclidean distance."""
+    products: np.ndarray = queries @ block.T
+    if metric == "cosine":
+        return -products
+    distances: np.ndarray = np.maximum((queries**2).sum(axis=1, keepdims=True) - 2 * products + (block**2).sum(axis=1)[None], 0.0)
+    return distances
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+# ---- embedding ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedReport:
+    index: Index
+    embedded: int  # images run through the network this time
+    added: int
+    changed: int
+    removed: int
+    kept: int
+    skipped: list[str]
+
+
+def default_layer(graph: Any) -> str:
+    """The input of the last dense layer (the penultimate features), else the output."""
+    from cnnspec.layers.core import Dense
+    from cnnspec.spec import INPUT
+
+    for node in reversed(graph.nodes):
+        if isinstance(node.layer, Dense):
+            source: str = node.inputs[0]
+            return graph.output if source == INPUT else source
+    output: str = graph.output
+    return output
+
+
+def embed(
+    run: Path,
+    data: str,
+    open_session: Callable[..., Any],
+    *,
+    layer: str | None = None,
+    metric: str = "cosine",
+    dtype: str = "float32",
+    previous: Index | None = None,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbedReport:
+    """Embed every image of ``data`` with ``run``'s network at ``layer``. With
+    ``previous`` (an index of the same run, layer and preprocessing), only new and changed
+    images are embedded: the rest keep their rows, and deleted files drop out."""
+    from cnnspec.harness.run import check_layer, collection, layer_outputs, load_run, open_run_session
+
+    loaded = load_run(run)
+    layer = layer or default_layer(loaded.graph)
+    check_layer(loaded, layer)
+    if metric not in ("cosine", "l2"):
+        raise SearchError(f"--metric {metric}: use cosine or l2")
+    if dtype not in ("float32", "float16"):
+        raise SearchError(f"--dtype {dtype}: use float32 or float16")
+    items = collection(loaded, data)
+    preprocessing = json.dumps(
+        {"input": list(loaded.graph.input_shape), "fit": loaded.config.data.fit, "resize": loaded.config.data.resize,
+         "normalization": [loaded.normalization.scale, list(loaded.normalization.mean), list(loaded.normalization.std)]}
+    )
+    meta = {"run": str(loaded.run.path.resolve()), "checkpoint": loaded.checkpoint.name, "layer": layer, "metric": metric, "dtype": dtype,
+            "preprocessing": preprocessing, "classes": json.dumps(items.classes)}
+    hashes = np.array([np.frombuffer(_safe_hash(items, i), np.uint8) for i in range(len(items.names))], np.uint8).reshape(-1, 16)
+    reuse: dict[int, int] = {}  # position now -> row of the previous index
+    added = changed = removed = 0
+    if previous is not None:
+        for key in ("run", "checkpoint", "layer", "metric", "preprocessing"):
+            if previous.meta.get(key) != meta[key]:
+                raise SearchError(
+                    f"the index was written with {key} {previous.meta.get(key)!r}, not {meta[key]!r}: "
+                    "an update must embed as the index did (write a new index instead)"
+                )
+        rows = {path: row for row, path in enumerate(previous.paths)}
+        for position, name in enumerate(items.names):
+            row = rows.get(name)
+            if row is None:
+                added += 1
+            elif bytes(previous.hashes[row]) == bytes(hashes[position]):
+                reuse[position] = row
+            else:
+                changed += 1
+        removed = len(set(rows) - set(items.names))
+    todo = np.array([p for p in range(len(items.names)) if p not in reuse], np.int64)
+    session = open_run_session(loaded, open_session, device)
+    done = {"n": 0}
+
+    def advance(count: int) -> None:
+        done["n"] += count
+        if progress is not None:
+            progress(done["n"], len(todo))
+
+    values, delivered = layer_outputs(session, loaded.normalization, items.images, layer, loaded.config.batch_size, todo, advance) if len(todo) else (None, np.zeros(0, np.int64))
+    fresh = {} if values is None else {int(p): v.reshape(-1) for p, v in zip(delivered, values, strict=True)}
+    if values is not None and metric == "cosine":
+        fresh = {p: normalized(v[None])[0] for p, v in fresh.items()}
+    kept_positions = [p for p in range(len(items.names)) if p in reuse or p in fresh]
+    if not kept_positions:
+        raise SearchError(f"no image of {data} could be embedded")
+    storage = np.float16 if dtype == "float16" else np.float32
+    assert previous is not None or not reuse
+    embeddings = np.stack([fresh[p] if p in fresh else np.asarray(previous.embeddings[reuse[p]], np.float32) for p in kept_positions]).astype(storage)  # type: ignore[union-attr]
+    index = Index(embeddings, items.labels[kept_positions], hashes[kept_positions], [items.names[p] for p in kept_positions], meta)
+    skipped = [items.names[p] for p in todo if p not in fresh]
+    if previous is None:
+        added = len(fresh)
+    return EmbedReport(index, len(fresh), added, changed, removed, len(reuse), skipped)
+
+
+def _safe_hash(items: Any, position: int) -> bytes:
+    try:
+        return content_hash(items.content(position))
+    except OSError:
+        return bytes(16)  # unreadable: it will be reported when decoding skips it
+
+
+def embed_files(index: Index, files: list[Path], open_session: Callable[..., Any], device: str = "auto") -> np.ndarray:
+    """Query images embedded exactly as the index's images were: its run's checkpoint,
+    layer and preprocessing."""
+    from cnnspec.harness.data import load_images
+    from cnnspec.harness.run import load_run, open_run_session
+
+    run = Path(index.meta["run"])
+    checkpoint = run / "checkpoints" / index.meta["checkpoint"]
+    if not checkpoint.is_dir():
+        raise SearchError(f"the index was embedded by {checkpoint}, which is gone: queries cannot be embedded the same way; embed again")
+    loaded = load_run(checkpoint)
+    session = open_run_session(loaded, open_session, device)
+    data = loaded.config.data
+    images = loaded.normalization.apply(load_images(files, loaded.graph.input_shape, data.fit, data.resize))
+    layer = index.meta["layer"]
+    values = np.asarray(session.activations(images, [layer])[layer], np.float32).reshape(len(files), -1)
+    return normalized(values) if index.metric == "cosine" else values
