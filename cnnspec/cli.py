@@ -313,17 +313,38 @@ def embed(
 @app.command()
 def similar(
     index: Annotated[Path, typer.Argument(help="an index written by `cnnspec embed`")],
-    queries: Annotated[list[Path], typer.Argument(help="query images")],
+    queries: Annotated[list[Path] | None, typer.Argument(help="query images")] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="neighbours per query")] = 10,
+    sheet: Annotated[Path | None, typer.Option(help="also draw a contact sheet PNG: each query and its neighbours")] = None,
+    duplicates: Annotated[bool, typer.Option("--duplicates", help="instead of queries: groups of near-duplicates in the index")] = False,
+    threshold: Annotated[float, typer.Option(help="--duplicates: the cosine similarity that makes two images duplicates")] = 0.95,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
 ) -> None:
     """The images of an index nearest to each query, embedded the way the index was."""
     from cnnspec import api
+    from cnnspec.search import Index, contact_sheet, duplicate_groups
 
+    if duplicates:
+        try:
+            loaded = Index.load(index)
+            groups = duplicate_groups(loaded, threshold)
+        except _run_errors() as exc:
+            _fail_run(exc)
+        if format is Format.json:
+            sys.stdout.write(json.dumps([[loaded.paths[i] for i in group] for group in groups], indent=2) + "\n")
+            return
+        stdout.print(f"{len(groups)} group(s) of near-duplicates (cosine similarity >= {threshold:g}) among {len(loaded):,} images", markup=False)
+        for group in groups:
+            stdout.print("  " + ", ".join(loaded.paths[i] for i in group), markup=False, soft_wrap=True)
+        return
+    if not queries:
+        _usage("similar needs query images (or --duplicates)")
     try:
         scores, positions, loaded = api.similar(index, list(queries), k=k, backend=backend, device=device)
+        if sheet is not None:
+            contact_sheet(list(queries), scores, positions, loaded, sheet)
     except _run_errors() as exc:
         _fail_run(exc)
     name = "similarity" if loaded.metric == "cosine" else "distance"

@@ -276,3 +276,66 @@ def embed_files(index: Index, files: list[Path], open_session: Callable[..., Any
     layer = index.meta["layer"]
     values = np.asarray(session.activations(images, [layer])[layer], np.float32).reshape(len(files), -1)
     return normalized(values) if index.metric == "cosine" else values
+
+
+def contact_sheet(queries: list[Path], scores: np.ndarray, rows: np.ndarray, index: Index, out: Path, thumb: int = 128) -> None:
+    """One row per query: the query, then its neighbours, each captioned with its score
+    and file name (an entry that is not a readable file is drawn as a grey tile)."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    from cnnspec.harness.weights import atomic_write
+
+    caption = 28
+    columns = 1 + rows.shape[1]
+    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, len(queries) * (thumb + caption + 8) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    name = "similarity" if index.metric == "cosine" else "distance"
+
+    def tile(path: str, x: int, y: int, lines: list[str]) -> None:
+        try:
+            with Image.open(path) as image:
+                picture = ImageOps.contain(ImageOps.exif_transpose(image).convert("RGB"), (thumb, thumb))  # small ones enlarged too
+        except (OSError, ValueError):
+            picture = Image.new("RGB", (thumb, thumb), (200, 200, 200))
+        sheet.paste(picture, (x + (thumb - picture.width) // 2, y + (thumb - picture.height) // 2))
+        for number, line in enumerate(lines):
+            draw.text((x, y + thumb + 2 + 12 * number), line[:22], fill="black")
+
+    for r, query in enumerate(queries):
+        y = 8 + r * (thumb + caption + 8)
+        tile(str(query), 8, y, ["query", _short(str(query))])
+        for c, (score, row) in enumerate(zip(scores[r], rows[r], strict=True), start=1):
+            tile(index.paths[row], 8 + c * (thumb + 8), y, [f"{name} {score:.3f}", _short(index.paths[row])])
+    atomic_write(out, lambda p: sheet.save(p, format="PNG"))
+
+
+def _short(path: str) -> str:
+    """The file's name with its folder (the class, for class folders)."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:])
+
+
+def duplicate_groups(index: Index, threshold: float, k: int = 20) -> list[list[int]]:
+    """Groups of rows whose cosine similarity to another member is at least
+    ``threshold`` (connected components of the k-nearest-neighbour graph), largest first."""
+    if index.metric != "cosine":
+        raise SearchError("--duplicates needs a cosine index (embed with --metric cosine)")
+    parent = list(range(len(index)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(index), 1024):
+        block = np.asarray(index.embeddings[start : start + 1024], np.float32)
+        scores, rows = index.search(block, k + 1)
+        for offset, (row_scores, row_rows) in enumerate(zip(scores, rows, strict=True)):
+            for score, other in zip(row_scores, row_rows, strict=True):
+                if other != start + offset and score >= threshold:
+                    parent[root(int(other))] = root(start + offset)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(index)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)

@@ -132,3 +132,27 @@ def test_similar_from_the_command_line_and_its_errors(tmp_path: Path) -> None:
     for name, message in (("cut.index", "truncated or damaged"), ("edited.index", "was edited or damaged"), ("none.index", "no such index")):
         result = cli("similar", name, str(query))
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_contact_sheet_and_near_duplicate_groups(tmp_path: Path) -> None:
+    from PIL import Image
+
+    photos = _photos(tmp_path / "photos", count=8)
+    copy = np.asarray(Image.open(photos / "a" / "01.png"))
+    Image.fromarray(copy).save(photos / "b" / "copy-of-01.png")
+    Image.fromarray(np.clip(copy.astype(int) + 1, 0, 255).astype(np.uint8)).save(photos / "b" / "brighter-01.png")
+    cnnspec.train("lenet5", "torch", out=tmp_path / "run", quiet=True, epochs=1, classes="auto", **{"data.source": str(photos), "data.workers": 0})
+    cnnspec.embed(tmp_path / "run", str(photos), out=tmp_path / "p.index")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cnnspec", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    drawn = cli("similar", "p.index", str(photos / "a" / "01.png"), str(photos / "a" / "03.png"), "-k", "3", "--sheet", "sheet.png")
+    assert drawn.returncode == 0, drawn.stderr
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (4 * 136 + 8, 2 * 164 + 8)
+    groups = cli("similar", "p.index", "--duplicates", "--threshold", "0.999", "--format", "json")
+    assert groups.returncode == 0, groups.stderr
+    found = json.loads(groups.stdout)
+    assert sorted(Path(p).name for p in found[0]) == ["01.png", "brighter-01.png", "copy-of-01.png"]
+    assert all(len(group) >= 2 for group in found)
