@@ -115,7 +115,7 @@ def features(
 
 def embed(
     run: str | os.PathLike[str], data: str, *, layer: str | None = None, out: str | os.PathLike[str] | None = None, update: bool = False,
-    metric: str = "cosine", dtype: str = "float32", backend: str | None = None, device: str = "auto",
+    metric: str = "cosine", dtype: str = "float32", approximate: bool | None = None, backend: str | None = None, device: str = "auto",
 ) -> Any:
     """Embed every image of ``data`` with the run's network: an ``EmbedReport`` whose
     ``index`` searches (``index.search(queries, k)``); with ``out``, written atomically;
@@ -127,13 +127,17 @@ def embed(
 
     previous = Index.load(Path(out)) if update and out is not None else None
     name = backend or load_run(Path(run)).info["backend"]
-    report = run_embed(Path(run), data, load_backend(name).open_session, layer=layer, metric=metric, dtype=dtype, previous=previous, device=device)
+    report = run_embed(
+        Path(run), data, load_backend(name).open_session, layer=layer, metric=metric, dtype=dtype, previous=previous, device=device, approximate=approximate
+    )
     if out is not None:
         report.index.save(Path(out))
     return report
 
 
-def similar(index: str | os.PathLike[str], queries: list[str | os.PathLike[str]], *, k: int = 10, backend: str | None = None, device: str = "auto") -> Any:
+def similar(
+    index: str | os.PathLike[str], queries: list[str | os.PathLike[str]], *, k: int = 10, exact: bool = False, backend: str | None = None, device: str = "auto"
+) -> Any:
     """For each query image: (scores, positions) of its k nearest images in the index,
     and the index (``index.paths[positions]``)."""
     from cnnspec.backends import load_backend
@@ -142,7 +146,7 @@ def similar(index: str | os.PathLike[str], queries: list[str | os.PathLike[str]]
 
     loaded = Index.load(Path(index))
     name = backend or load_run(Path(loaded.meta["run"])).info["backend"]
-    scores, positions = loaded.search(embed_files(loaded, [Path(q) for q in queries], load_backend(name).open_session, device), k)
+    scores, positions = loaded.search(embed_files(loaded, [Path(q) for q in queries], load_backend(name).open_session, device), k, exact=exact)
     return scores, positions, loaded
 
 

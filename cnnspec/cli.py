@@ -291,6 +291,9 @@ def embed(
     update: Annotated[bool, typer.Option("--update", help="embed only new and changed images of the index at -o; drop deleted ones")] = False,
     metric: Annotated[str, typer.Option(help="cosine (embeddings L2-normalised) or l2")] = "cosine",
     dtype: Annotated[str, typer.Option(help="float32 or float16 storage")] = "float32",
+    approximate: Annotated[
+        bool | None, typer.Option("--approximate/--exact-only", help="also build an approximate (FAISS) structure [default: from 200,000 images]")
+    ] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -298,13 +301,14 @@ def embed(
     from cnnspec import api
 
     try:
-        report = api.embed(run, data, layer=layer, out=out, update=update, metric=metric, dtype=dtype, backend=backend, device=device)
+        report = api.embed(run, data, layer=layer, out=out, update=update, metric=metric, dtype=dtype, approximate=approximate, backend=backend, device=device)
     except _run_errors() as exc:
         _fail_run(exc)
     index = report.index
     what = (f"{report.added} added, {report.changed} changed, {report.removed} removed, {report.kept} kept" if update
             else f"{len(index):,} images")
-    stdout.print(f"{out}: {what}; {index.embeddings.shape[1]} values each from '{index.meta['layer']}' ({index.metric}, {index.meta['dtype']})",
+    structure = f"; approximate structure {out.name}.ivf" if index.approximate is not None else ""
+    stdout.print(f"{out}: {what}; {index.embeddings.shape[1]} values each from '{index.meta['layer']}' ({index.metric}, {index.meta['dtype']}){structure}",
                  markup=False, soft_wrap=True)
     if report.skipped:
         stdout.print(f"skipped {len(report.skipped)} unreadable: {', '.join(report.skipped[:3])}", markup=False, soft_wrap=True)
@@ -318,6 +322,7 @@ def similar(
     sheet: Annotated[Path | None, typer.Option(help="also draw a contact sheet PNG: each query and its neighbours")] = None,
     duplicates: Annotated[bool, typer.Option("--duplicates", help="instead of queries: groups of near-duplicates in the index")] = False,
     threshold: Annotated[float, typer.Option(help="--duplicates: the cosine similarity that makes two images duplicates")] = 0.95,
+    exact: Annotated[bool, typer.Option("--exact", help="search every embedding even where an approximate structure exists")] = False,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
@@ -342,7 +347,7 @@ def similar(
     if not queries:
         _usage("similar needs query images (or --duplicates)")
     try:
-        scores, positions, loaded = api.similar(index, list(queries), k=k, backend=backend, device=device)
+        scores, positions, loaded = api.similar(index, list(queries), k=k, exact=exact, backend=backend, device=device)
         if sheet is not None:
             contact_sheet(list(queries), scores, positions, loaded, sheet)
     except _run_errors() as exc:

@@ -156,3 +156,51 @@ def test_contact_sheet_and_near_duplicate_groups(tmp_path: Path) -> None:
     found = json.loads(groups.stdout)
     assert sorted(Path(p).name for p in found[0]) == ["01.png", "brighter-01.png", "copy-of-01.png"]
     assert all(len(group) >= 2 for group in found)
+
+
+def _clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Vectors around 64 fixed centres (as embeddings of a collection cluster); ``seed``
+    draws other members of the same clusters."""
+    centres = np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
+    return normalized(centres[rng.integers(0, 64, count)] + 0.3 * rng.standard_normal((count, dim)).astype(np.float32))
+
+
+def test_approximate_search_keeps_recall_and_is_checked_against_its_index(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    vectors = _clustered(20_000, 32)
+    index = Index(vectors, np.zeros(len(vectors), np.int64), np.zeros((len(vectors), 16), np.uint8), [str(i) for i in range(len(vectors))],
+                  {"metric": "cosine"})
+    queries = _clustered(200, 32, seed=1)
+    _, exact = index.search(queries, 10)
+    index.build_approximate()
+    scores, approximate = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact, strict=True)])
+    assert recall >= 0.95, recall
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    index.save(tmp_path / "v.index")
+    again = Index.load(tmp_path / "v.index")
+    np.testing.assert_array_equal(again.search(queries, 10)[1], approximate)
+    np.testing.assert_array_equal(again.search(queries, 10, exact=True)[1], exact)
+    side = tmp_path / "v.index.ivf"
+    data = bytearray(side.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    side.write_bytes(bytes(data))
+    with pytest.raises(SearchError, match="does not match its index"):
+        Index.load(tmp_path / "v.index")
+    side.unlink()
+    with pytest.raises(SearchError, match=r"approximate structure v\.index\.ivf is missing"):
+        Index.load(tmp_path / "v.index")
+
+
+def test_embed_builds_the_approximate_structure_on_request(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    photos = _photos(tmp_path / "photos", count=60)
+    cnnspec.train("lenet5", "torch", out=tmp_path / "run", quiet=True, epochs=1, classes="auto", **{"data.source": str(photos), "data.workers": 0})
+    made = subprocess.run([sys.executable, "-m", "cnnspec", "embed", "run", "--data", "photos", "-o", "p.index", "--approximate"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert made.returncode == 0 and "approximate structure p.index.ivf" in made.stdout, made.stderr
+    update = cnnspec.embed(tmp_path / "run", str(photos), out=tmp_path / "p.index", update=True)
+    assert update.index.approximate is not None  # an update keeps it, rebuilt over the new rows
+    _, rows, loaded = cnnspec.similar(tmp_path / "p.index", [photos / "a" / "01.png"], k=3)
+    assert loaded.approximate is not None and Path(loaded.paths[rows[0][0]]).name == "01.png"
