@@ -116,6 +116,7 @@ def features(
 def embed(
     run: str | os.PathLike[str], data: str, *, layer: str | None = None, out: str | os.PathLike[str] | None = None, update: bool = False,
     metric: str = "cosine", dtype: str = "float32", approximate: bool | None = None, backend: str | None = None, device: str = "auto",
+    progress: Any = None,
 ) -> Any:
     """Embed every image of ``data`` with the run's network: an ``EmbedReport`` whose
     ``index`` searches (``index.search(queries, k)``); with ``out``, written atomically;
@@ -128,7 +129,8 @@ def embed(
     previous = Index.load(Path(out)) if update and out is not None else None
     name = backend or load_run(Path(run)).info["backend"]
     report = run_embed(
-        Path(run), data, load_backend(name).open_session, layer=layer, metric=metric, dtype=dtype, previous=previous, device=device, approximate=approximate
+        Path(run), data, load_backend(name).open_session, layer=layer, metric=metric, dtype=dtype, previous=previous, device=device,
+        approximate=approximate, progress=progress,
     )
     if out is not None:
         report.index.save(Path(out))

@@ -298,10 +298,17 @@ def embed(
     device: DeviceOpt = "auto",
 ) -> None:
     """Embed a collection of images into a searchable index (see `similar`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from cnnspec import api
 
+    bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=stderr, transient=True,
+                   disable=not stderr.is_terminal)
+    task = bar.add_task("embed", total=None)
     try:
-        report = api.embed(run, data, layer=layer, out=out, update=update, metric=metric, dtype=dtype, approximate=approximate, backend=backend, device=device)
+        with bar:
+            report = api.embed(run, data, layer=layer, out=out, update=update, metric=metric, dtype=dtype, approximate=approximate, backend=backend,
+                               device=device, progress=lambda done, total: bar.update(task, completed=done, total=total))
     except _run_errors() as exc:
         _fail_run(exc)
     index = report.index
