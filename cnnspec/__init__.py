@@ -12,7 +12,6 @@ from cnnspec.api import build, embed, evaluate, features, predict, resume, simil
 from cnnspec.diagnostics import Diagnostic, Location, SpecError
 from cnnspec.graph import Graph, Node
 from cnnspec.load import SpecNotFound, load_spec, parse_spec, zoo_names
-from cnnspec.search import Index
 
 __all__ = [
     "Diagnostic",
@@ -35,3 +34,12 @@ __all__ = [
     "zoo_names",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``cnnspec.Index`` on first use: searching needs NumPy, checking a spec does not."""
+    if name == "Index":
+        from cnnspec.search import Index
+
+        return Index
+    raise AttributeError(f"module 'cnnspec' has no attribute {name!r}")
