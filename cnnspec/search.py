@@ -325,8 +325,8 @@ def embed(
     if not kept_positions:
         raise SearchError(f"no image of {data} could be embedded")
     storage = np.float16 if dtype == "float16" else np.float32
-    assert previous is not None or not reuse
-    embeddings = np.stack([fresh[p] if p in fresh else np.asarray(previous.embeddings[reuse[p]], np.float32) for p in kept_positions]).astype(storage)  # type: ignore[union-attr]
+    old = previous.embeddings if previous is not None else np.zeros((0, 0), np.float32)  # rows reused only from a previous index
+    embeddings = np.stack([fresh[p] if p in fresh else np.asarray(old[reuse[p]], np.float32) for p in kept_positions]).astype(storage)
     index = Index(embeddings, items.labels[kept_positions], hashes[kept_positions], [items.names[p] for p in kept_positions], meta)
     if approximate is None:  # keep what the index had; build one for large collections
         approximate = (previous is not None and previous.approximate is not None) or len(index) >= APPROXIMATE_FROM

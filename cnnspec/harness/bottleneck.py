@@ -46,7 +46,7 @@ def _cut(graph: Graph, config: TrainConfig) -> tuple[str | None, str]:
     if augment.random_crop or augment.hflip or augment.per_sample:
         return None, "augmentation changes the images every epoch"
     frozen = tuning.frozen_layers(graph, config)
-    owners = {name.rsplit(".", 1)[0] for name, spec in graph.weights().items() if spec.trainable}
+    owners = tuning.weighted_layers(graph)
     nodes = list(graph.nodes)
     cut = None
     for index, node in enumerate(nodes):
@@ -73,10 +73,10 @@ def head_graph(graph: Graph, cut: str) -> Graph:
 
 def head_config(graph: Graph, head: Graph, config: TrainConfig) -> TrainConfig:
     """The full network's multipliers, spelled as the head's layer names; nothing frozen."""
-    scaled = tuning.multipliers(graph, config)
     heads = {node.name for node in head.nodes}
-    lr = {name.rsplit(".", 1)[0]: m[0] for name, m in scaled.items() if name.rsplit(".", 1)[0] in heads and m[0] != 1.0}
-    decay = {name.rsplit(".", 1)[0]: m[1] for name, m in scaled.items() if name.rsplit(".", 1)[0] in heads and m[1] != 1.0}
+    scaled = {tuning.owner(name): m for name, m in tuning.multipliers(graph, config).items() if tuning.owner(name) in heads}
+    lr = {layer: m[0] for layer, m in scaled.items() if m[0] != 1.0}
+    decay = {layer: m[1] for layer, m in scaled.items() if m[1] != 1.0}
     return config.model_copy(update={"freeze": [], "lr_mult": lr, "decay_mult": decay})
 
 

@@ -306,14 +306,11 @@ def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], 
     """Layers loaded, layers new (and why: a shape that differs, or no array of that
     name), and checkpoint arrays not used."""
 
-    def layer(name: str) -> str:
-        return name.rsplit(".", 1)[0]
-
     def listed(names: list[str]) -> str:
         return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
-    layers = list(dict.fromkeys(layer(name) for name in weights))
-    whole = [n for n in layers if all(w in taken for w in weights if layer(w) == n)]
+    layers = list(dict.fromkeys(tuning.owner(name) for name in weights))
+    whole = [n for n in layers if all(w in taken for w in weights if tuning.owner(w) == n)]
     lines = [f"loaded: {listed(whole)}"] if whole else []
     reasons = []
     for name in weights:
@@ -506,13 +503,10 @@ def _cache_bottleneck(
     head_session.set_weights({name: weights[name] for name in mine})
     cached = []
     for images, labels in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
-        outputs, kept = [], []
-        for index, x in image_batches(images, np.arange(len(images)), config.batch_size, views=True):
-            outputs.append(session.activations(norm.apply(x), [cut])[cut])
-            kept.append(index)
-        if not outputs:
+        outputs, kept = layer_outputs(session, norm, images, cut, config.batch_size)
+        if not len(kept):
             raise TrainingError(f"no image of {data.name} could be read to compute the bottleneck features")
-        cached.append((np.concatenate(outputs).astype(np.float32), labels[np.concatenate(kept)]))
+        cached.append((outputs, labels[kept]))
     (x_train, y_train), (x_val, y_val) = cached
     size = x_train[0].size
     layers = f"{len(head.nodes)} layer{'s' if len(head.nodes) != 1 else ''}"

@@ -58,13 +58,18 @@ def _unknown(graph: Graph, name: str, option: str, pattern: str) -> str:
 def frozen_layers(graph: Graph, config: TrainConfig) -> set[str]:
     """The nodes ``config.freeze`` names; an error when that leaves nothing to train."""
     frozen = {name for pattern in config.freeze for name in match_layers(graph, pattern, "freeze")}
-    weighted = {name.rsplit(".", 1)[0] for name, spec in graph.weights().items() if spec.trainable}
+    weighted = weighted_layers(graph)
     if weighted and weighted <= frozen:
         raise TuningError(f"freeze: {', '.join(config.freeze)} freezes every layer with weights of '{graph.name}'; nothing would train")
     return frozen
 
 
-def _owner(graph: Graph, weight: str) -> str:
+def weighted_layers(graph: Graph) -> set[str]:
+    """The nodes that own trainable arrays."""
+    return {owner(name) for name, spec in graph.weights().items() if spec.trainable}
+
+
+def owner(weight: str) -> str:
     """The node a weight ('layer1.0.conv1.weight') belongs to."""
     return weight.rsplit(".", 1)[0]
 
@@ -72,14 +77,14 @@ def _owner(graph: Graph, weight: str) -> str:
 def trainable_weights(graph: Graph, config: TrainConfig) -> list[str]:
     """The trainable arrays (by canonical name) that are not frozen, in layer order."""
     frozen = frozen_layers(graph, config)
-    return [name for name, spec in graph.weights().items() if spec.trainable and _owner(graph, name) not in frozen]
+    return [name for name, spec in graph.weights().items() if spec.trainable and owner(name) not in frozen]
 
 
 def multipliers(graph: Graph, config: TrainConfig) -> dict[str, tuple[float, float]]:
     """(lr multiplier, weight-decay multiplier) of every trainable, unfrozen array."""
     lr = _per_node(graph, config.lr_mult.items(), "lr_mult")
     decay = _per_node(graph, config.decay_mult.items(), "decay_mult")
-    return {name: (lr.get(_owner(graph, name), 1.0), decay.get(_owner(graph, name), 1.0)) for name in trainable_weights(graph, config)}
+    return {name: (lr.get(owner(name), 1.0), decay.get(owner(name), 1.0)) for name in trainable_weights(graph, config)}
 
 
 def _per_node(graph: Graph, entries: Iterable[tuple[str, float]], option: str) -> dict[str, float]:
