@@ -249,6 +249,13 @@ class GraphModule(nn.Module):
         # A plain chain (LeNet, VGG) needs no bookkeeping: just call the layers in turn.
         self._chain = [module for module, *_ in self._steps] if graph.is_sequential and graph.output == graph.nodes[-1].name else None
 
+    def swap_modules(self, swaps: dict[nn.Module, nn.Module]) -> None:
+        """Run ``swaps[m]`` wherever the graph ran ``m`` (after the caller has re-registered
+        it under the same name: SyncBatchNorm for BatchNorm)."""
+        self._steps = [(swaps.get(module, module), sources, target, frees) for module, sources, target, frees in self._steps]
+        if self._chain is not None:
+            self._chain = [swaps.get(module, module) for module in self._chain]
+
     def activations(self, x: torch.Tensor, layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Every node's output by name (nothing freed), for verification; with ``layers``,
         only theirs, computing no further than the last of them."""
@@ -375,6 +382,7 @@ class TorchSession:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module = module
         self._forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(module) if compile else module
+        self._train_forward = self._forward  # a distributed session trains through DDP
         self.optimizer, self._names = self._optimizer(graph, config, module)
         frozen = frozen_norm_layers(graph, config)
         self._frozen_norms = [module for name, module in module.named_modules() if name in frozen]
@@ -456,26 +464,33 @@ class TorchSession:
         self._mode(True)
         inputs, targets = self._inputs(x), torch.from_numpy(y).to(self._device, non_blocking=True)
         with self._autocast():
-            outputs = self._forward(inputs)
+            outputs = self._train_forward(inputs)
         loss = self._loss(outputs if outputs.dtype == torch.float32 else outputs.float(), targets)
+        objective = self._objective(loss, outputs)
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.config.clip_grad_norm
         if self._scaler is not None:
-            self._scaler.scale(loss).backward()
+            self._scaler.scale(objective).backward()
             if clip is not None:
                 self._scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self._module.parameters(), clip)
             self._scaler.step(self.optimizer)
             self._scaler.update()
         else:
-            loss.backward()
+            objective.backward()
             if clip is not None:
                 nn.utils.clip_grad_norm_(self._module.parameters(), clip)
             self.optimizer.step()
+        if not len(x):
+            return 0.0, 0
         with torch.no_grad():
             stats = torch.stack([loss.detach() * len(x), (outputs.argmax(1) == targets).sum().float()])
         loss_sum, correct = stats.tolist()  # one device sync per step
         return loss_sum, int(correct)
+
+    def _objective(self, loss: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """What the backward pass differentiates: the batch's mean loss here."""
+        return loss
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

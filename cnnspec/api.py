@@ -60,15 +60,17 @@ def train(
     ``{'optimizer.lr': 0.01}`` or plain ones: ``train("lenet5", epochs=3)``. ``init``, a
     checkpoint (.safetensors), starts from its arrays wherever names and shapes fit."""
     from cnnspec.backends import load_backend
+    from cnnspec.distributed import joined, membership
     from cnnspec.harness.run import train as run_training
 
     graph = _graph(spec)
     config = train_config(graph, _dotted(overrides))
-    module: Any = load_backend(backend)
-    return run_training(
-        graph, config, module, backend, device=device, precision=precision, compile=compile,
-        out=Path(out) if out is not None else None, init=Path(init) if init is not None else None, quiet=quiet,
-    )
+    module, group, device = joined(backend, load_backend(backend), device)
+    with membership(group):
+        return run_training(
+            graph, config, module, backend, device=device, precision=precision, compile=compile,
+            out=Path(out) if out is not None else None, init=Path(init) if init is not None else None, quiet=quiet, group=group,
+        )
 
 
 def resume(
@@ -77,14 +79,16 @@ def resume(
     """Continue a run from its last complete checkpoint, on its own backend or another
     (weights and optimizer state are stored in the canonical layout)."""
     from cnnspec.backends import load_backend
+    from cnnspec.distributed import joined, membership
     from cnnspec.harness.run import load_run
     from cnnspec.harness.run import train as run_training
 
     loaded = load_run(Path(run))
     config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), _dotted(overrides))) if overrides else loaded.config
     backend = backend or loaded.info["backend"]
-    module: Any = load_backend(backend)
-    return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet)
+    module, group, device = joined(backend, load_backend(backend), device)
+    with membership(group):
+        return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet, group=group)
 
 
 def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: str | None = None, device: str = "auto") -> dict[str, Any]:

@@ -136,22 +136,36 @@ def schema() -> None:
 
 # ---- train, eval, predict ------------------------------------------------------------------
 
+class Engine(StrEnum):
+    local = "local"
+    spark = "spark"
+
+
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps")]
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
     """What a train/eval/predict failure looks like: said in one line, exit 1."""
     from cnnspec.backends import BackendUnavailable
+    from cnnspec.distributed import DistributedError
     from cnnspec.harness.data import DataError
     from cnnspec.harness.protocol import BackendError
     from cnnspec.harness.run import TrainingError
 
-    return (BackendUnavailable, DataError, BackendError, TrainingError, SpecError, ValueError, OSError)
+    lost: tuple[type[BaseException], ...] = ()
+    if "torch" in sys.modules:  # a process of a distributed run lost its peers (one died)
+        import torch.distributed
+
+        lost = (torch.distributed.DistError,)
+    return (BackendUnavailable, DataError, BackendError, TrainingError, SpecError, DistributedError, ValueError, OSError, *lost)
 
 
 def _fail_run(exc: BaseException) -> NoReturn:
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of the processes of a distributed run
+        where = f"rank {os.environ.get('RANK')}: {where}"
+        text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__  # a lost peer's error runs to many lines
     stderr.print(f"cnnspec: error: {where}{text}", markup=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -195,9 +209,21 @@ def train(
     classes: Annotated[str | None, typer.Option(help="the output layer's width: auto (the data's class count), N, or spec (train.classes)")] = None,
     freeze: Annotated[str | None, typer.Option(help="layers that do not train, comma-separated: names, groups, globs (layer1.*) or before:NAME (train.freeze)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes (torchrun on this host; with --engine spark, Spark tasks)")] = None,
+    sync_batchnorm: Annotated[bool, typer.Option("--sync-batchnorm", help="batch norm statistics over all processes (CUDA; train.distributed.sync_batchnorm)")] = False,
+    engine: Annotated[Engine, typer.Option(help="local (this host; torchrun with --nproc) or spark (TorchDistributor)")] = Engine.local,
+    master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[NPROC]]")] = None,
 ) -> None:
     """Train a spec with the shared harness; writes a run directory."""
+    if engine is Engine.spark:
+        _train_on_spark(spec, nproc or 1, master, out, resume, device)
+        return
+    if nproc is not None and nproc > 1 and "RANK" not in os.environ:
+        _launch_torchrun(spec, nproc, out, resume)
+        return
     overrides = _parse_sets(set_ or [])
+    if sync_batchnorm:
+        overrides["distributed.sync_batchnorm"] = True
     if strict:
         overrides["data.strict"] = True
     if classes is not None:
@@ -230,10 +256,68 @@ def train(
     except _run_errors() as exc:
         _fail_run(exc)
     final = result.final if result.history else {}
-    if not quiet and final:
+    if not quiet and final and os.environ.get("RANK", "0") == "0":
         stdout.print(
             f"done: val_accuracy {final['val_accuracy']:.4f}, val_loss {final['val_loss']:.4f} after {final['epoch']} epochs; "
             f"run in {result.run_dir} (curves.png, metrics.jsonl, checkpoints/)",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _command_argv(out: Path | None, resume: Path | None, spec: str | None, *drop: str) -> tuple[list[str], Path]:
+    """This ``train`` command's own arguments, without ``drop``'s options, naming the run
+    folder every process writes to (named here when not given): (argv, run folder)."""
+    from cnnspec.distributed.launch import without_option
+
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        _usage(f"{drop[0]} is for the cnnspec command line; from Python, see cnnspec.distributed")
+    argv = argv[argv.index("train") + 1 :]
+    for name in drop:
+        argv = without_option(argv, name)
+    if resume is not None:
+        return argv, resume
+    if out is None:
+        if spec is None:
+            _usage("train needs a SPEC (or --resume RUN_DIR)")
+        from cnnspec.harness.run import default_run_dir
+
+        try:
+            out = default_run_dir(load_spec(spec))
+        except SpecNotFound as exc:
+            _usage(str(exc))
+        except SpecError as exc:
+            _fail(exc.diagnostics)
+        argv += ["--out", str(out)]
+    return argv, out
+
+
+def _launch_torchrun(spec: str | None, nproc: int, out: Path | None, resume: Path | None) -> None:
+    """Run this same command in ``nproc`` processes (torchrun --standalone)."""
+    from cnnspec.distributed.launch import launch
+
+    argv, run_dir = _command_argv(out, resume, spec, "--nproc")
+    _, failure = launch(nproc, argv, run_dir)
+    if failure:
+        stderr.print(f"cnnspec: error: {failure}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _train_on_spark(spec: str | None, nproc: int, master: str | None, out: Path | None, resume: Path | None, device: str) -> None:
+    """Run this same command in ``nproc`` Spark tasks through TorchDistributor."""
+    from cnnspec.distributed.spark import SparkError, train
+
+    argv, run_dir = _command_argv(out, resume, spec, "--engine", "--nproc", "--master")
+    try:
+        result = train(argv, nproc, master, use_gpu=device.startswith("cuda"))
+    except SparkError as exc:
+        _fail_run(exc)
+    final = result.get("final") or {}
+    if final:
+        stdout.print(
+            f"done on Spark ({nproc} task{'s' if nproc != 1 else ''}): val_accuracy {final['val_accuracy']:.4f}, "
+            f"val_loss {final['val_loss']:.4f} after {final['epoch']} epochs; run in {run_dir}",
             markup=False,
             soft_wrap=True,
         )

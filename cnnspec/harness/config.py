@@ -174,9 +174,20 @@ class Phase(_Section):
     lr: PositiveNumber | None = Field(default=None, description="the phase's learning rate (default: optimizer.lr)")
 
 
+class DistributedConfig(_Section):
+    """How the processes of a data-parallel run (torchrun, ``--nproc``, Spark) train together."""
+
+    sync_batchnorm: StrictBool = Field(
+        default=False, description="batch statistics over every process's share of the batch (CUDA only); off: each process's own"
+    )
+    check_replicas: PositiveInt | None = Field(
+        default=None, description="every this many steps, the processes compare their weights and stop, naming the one that differs"
+    )
+
+
 class TrainConfig(_Section):
     epochs: PositiveInt = 10
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(default=64, description="images per step; in a distributed run, over all processes together (each takes its share)")
     seed: StrictInt = 0
     loss: Literal["cross_entropy", "mse", "hinge"] = "cross_entropy"
     label_smoothing: Rate = 0.0
@@ -202,6 +213,7 @@ class TrainConfig(_Section):
     bottleneck_cache: StrictBool = Field(
         default=True, description="when the frozen layers end in one layer's output and nothing changes the images between epochs, compute it once and train the head on it"
     )
+    distributed: DistributedConfig = DistributedConfig()
 
 
 def phase_plan(config: TrainConfig) -> list[tuple[int, int, TrainConfig]]:

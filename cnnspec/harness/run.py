@@ -26,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.data.decode import BadImage
 from cnnspec.data.loader import ImageStream
 from cnnspec.data.loader import batches as image_batches
+from cnnspec.data.transforms import sample_generator
+from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, local_order, steps
 from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, plots, tuning
 from cnnspec.harness.config import TrainConfig, phase_plan
@@ -152,19 +155,21 @@ def batches(count: int, size: int, order: np.ndarray | None = None) -> Iterator[
         yield indices[start : start + size]
 
 
-def augment(x: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+def augment(x: np.ndarray, index: np.ndarray, config: TrainConfig, seed: tuple[int, ...]) -> np.ndarray:
     """Random crop after zero padding, and horizontal flips, on an N x C x H x W batch
-    (a new array: the batch given may be a stream's buffer)."""
+    (a new array: the batch given may be a stream's buffer). Each image's draws come from
+    the generator of (``seed``, its position), so an image is augmented the same way
+    whatever batch, process or resumed run it is trained in."""
     spec = config.data.augment
+    generators = [sample_generator((*seed, 1), int(i)) for i in index]
     if spec.random_crop:
         pad = spec.random_crop
-        n, _, h, w = x.shape
+        _, _, h, w = x.shape
         padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-        tops: list[int] = rng.integers(0, 2 * pad + 1, size=(n,)).tolist()
-        lefts: list[int] = rng.integers(0, 2 * pad + 1, size=(n,)).tolist()
-        x = np.stack([padded[i, :, top : top + h, left : left + w] for i, (top, left) in enumerate(zip(tops, lefts, strict=True))])
+        offsets = [g.integers(0, 2 * pad + 1, size=2).tolist() for g in generators]
+        x = np.stack([padded[i, :, top : top + h, left : left + w] for i, (top, left) in enumerate(offsets)])
     if spec.hflip and not spec.per_sample:  # with per-sample transforms, each sample's flip is drawn with them
-        flip = rng.random(len(x)) < 0.5
+        flip = np.array([g.random() < 0.5 for g in generators], bool)
         x = x.copy()
         x[flip] = x[flip, :, :, ::-1]
     return x
@@ -342,9 +347,19 @@ def train(
     resume: Path | None = None,
     init: Path | None = None,
     quiet: bool = False,
+    group: Group = SINGLE,
 ) -> TrainResult:
-    progress = Progress(quiet)
-    run = RunDir(resume if resume is not None else (out or default_run_dir(graph)))
+    """Train ``graph`` and write its run directory. In a ``group`` (a distributed run:
+    ``backend_module`` makes its sessions), every process runs this with the same
+    arguments; each trains its share of every batch, and rank 0 alone writes."""
+    lead = group.rank == 0
+    progress = Progress(quiet or not lead)
+    run = RunDir(Path(group.broadcast(str(resume if resume is not None else (out or default_run_dir(graph))))))
+    check_batch(config.batch_size, group.size)
+    if group.local_size > 1 and config.data.workers is None:  # the host's cores are shared by its processes
+        from cnnspec.data.loader import available_cores
+
+        config = config.model_copy(update={"data": config.data.model_copy(update={"workers": max(1, available_cores() // group.local_size)})})
     plan = phase_plan(config)
     config = plan[0][2].model_copy(update={key: getattr(config, key) for key in ("freeze", "lr_mult", "decay_mult", "optimizer")})  # epochs: the phases'
     for *_, phase_config in plan:
@@ -359,7 +374,8 @@ def train(
     reported = len(data.skipped)
     norm = normalization_for(config, data.x_train)
     workspace = backend_module.workspace_bytes(graph)
-    check_memory(graph, config, *backend_module.available_memory(device), workspace)  # before allocating anything
+    per_process = config.model_copy(update={"batch_size": config.batch_size // group.size})
+    check_memory(graph, per_process, *backend_module.available_memory(device), workspace)  # before allocating anything
 
     plateau = Plateau(lr=config.optimizer.lr)
     history: list[dict[str, float]] = []
@@ -379,13 +395,14 @@ def train(
         where = f"step {state['step']} of epoch {start_epoch + 1}" if partial else latest.name
         progress.message(f"resuming {run.path} from {where}")
     else:
-        if run.path.exists() and any(run.path.iterdir()):
+        taken = lead and run.path.exists() and any(run.path.iterdir())
+        if group.broadcast(taken):  # rank 0 decides for all: it may create the folder before another process looks
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
         weights = _starting_weights(graph, config.seed, init, progress)
     phase = _phase_at(plan, start_epoch)
     opened = _PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile)
     session = opened.session
-    if latest is None:
+    if latest is None and lead:
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / "spec.yaml", graph.source)
         write_json(
@@ -401,16 +418,20 @@ def train(
                 "normalization": dataclasses.asdict(norm),
                 "train": config.model_dump(mode="json"),
                 "init": None if init is None else str(init),
+                "processes": group.size,
                 "created": datetime.now().isoformat(timespec="seconds"),
             },
         )
-    elif partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase:  # a new phase starts a new optimizer
+    if latest is not None and (partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase):  # a new phase starts a new optimizer
         session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
-    write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    if lead:
+        write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     progress.message(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
     )
+    if group.size > 1:
+        progress.message(_group_line(graph, config, group, session.device))
     progress.message(f"transforms: {data.transforms(graph.input_shape)}")
     progress.message(_phase_line(graph, plan, phase, opened.note))
 
@@ -424,17 +445,20 @@ def train(
         lr = learning_rate(config.schedule, phase_config.optimizer.lr, epoch, config.epochs, plateau)
         session.set_learning_rate(lr)
         epoch_state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
-        row = _train_epoch(session, opened.data, opened.norm, phase_config, epoch, progress, run, epoch_state, partial)
+        row = _train_epoch(session, opened.data, opened.norm, phase_config, epoch, progress, run, epoch_state, partial, group, graph)
         partial = None
-        val = _evaluate_arrays(session, opened.data.x_val, opened.data.y_val, opened.norm, config.batch_size, config.top_k)
+        val = _evaluate_arrays(
+            session, opened.data.x_val, opened.data.y_val, opened.norm, config.batch_size, config.top_k, graph.output_shape[0], group
+        )
         row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr,
                "skipped_samples": len(data.skipped_so_far())}
         history.append(row)
         met = data.skipped_so_far()[reported:]  # by a stream, during this epoch
         _report_skipped(progress, met)
         reported += len(met)
-        with open(run.path / "metrics.jsonl", "a") as stream:
-            stream.write(json.dumps(row) + "\n")
+        if lead:
+            with open(run.path / "metrics.jsonl", "a") as stream:
+                stream.write(json.dumps(row) + "\n")
         after_epoch(config.schedule, plateau, val["loss"])
         monitored = val["loss"] if config.early_stopping.monitor == "val_loss" else -val["accuracy"]
         if monitored < best - config.early_stopping.min_delta:
@@ -442,16 +466,30 @@ def train(
         else:
             bad_epochs += 1
         state = {"epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
-        save_checkpoint(run, epoch + 1, session, state)
-        plots.learning_curves(history, run.path / "curves.png", f"{graph.name} ({backend})")
+        if lead:
+            save_checkpoint(run, epoch + 1, session, state)
+            plots.learning_curves(history, run.path / "curves.png", f"{graph.name} ({backend})")
         progress.end_epoch(row, config.epochs)
         patience = config.early_stopping.patience
         if patience is not None and bad_epochs >= patience:
             progress.message(f"early stopping: {config.early_stopping.monitor} did not improve for {patience} epochs")
             break
-    if history:
+    if history and lead:
         write_json(run.path / "final.json", history[-1])
     return TrainResult(run.path, history, session)
+
+
+def _group_line(graph: Graph, config: TrainConfig, group: Group, device: str) -> str:
+    """How the processes share the work, and what that means for batch norm."""
+    share = config.batch_size // group.size
+    line = f"distributed: {group.size} processes ({group.local_size} on this host), each {share} of every batch of {config.batch_size}"
+    if any(node.kind == "batchnorm" for node in graph.nodes):
+        if config.distributed.sync_batchnorm:
+            line += f"; batch norm statistics synchronised over all {group.size} processes"
+        else:
+            line += (f"; batch norm: each process normalises with its own {share} images' statistics"
+                     + (" (sync_batchnorm needs CUDA)" if device.startswith("cpu") else " (sync_batchnorm: on to share them)"))
+    return line
 
 
 def _phase_at(plan: list[tuple[int, int, TrainConfig]], epoch: int) -> int:
@@ -567,26 +605,36 @@ def _train_epoch(
     run: RunDir,
     epoch_state: dict[str, Any] | None = None,
     partial: dict[str, Any] | None = None,
+    group: Group = SINGLE,
+    graph: Graph | None = None,
 ) -> dict[str, float]:
     """One epoch; with ``partial`` (a mid-epoch checkpoint's state), the rest of one. Inside
     the epoch, a checkpoint is written every ``checkpoint_steps`` steps or
-    ``checkpoint_minutes`` minutes, holding the step, the sums so far and the random
-    generator's state, so that resuming from it ends exactly as an uninterrupted run."""
-    # Seeded by (seed, epoch): a resumed run sees the same order and augmentations.
-    rng = np.random.default_rng([config.seed, epoch])
-    order = rng.permutation(len(data.x_train))
-    total = len(order)
-    progress.start_epoch(epoch + 1, config.epochs, math.ceil(total / config.batch_size))
+    ``checkpoint_minutes`` minutes, holding the step and the sums so far, so that resuming
+    from it ends exactly as an uninterrupted run. In a group, each process trains its share
+    of every global batch and the sums are the group's."""
+    # Seeded by (seed, epoch): a resumed run, and every process of a group, sees the same order.
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(data.x_train))
+    size, total = config.batch_size, len(order)
+    progress.start_epoch(epoch + 1, config.epochs, steps(total, size))
     loss_sum, correct, seen, step = 0.0, 0, 0, 0
     if partial is not None:
         step = partial["step"]
         loss_sum, correct, seen = partial["sums"]
-        rng.bit_generator.state = partial["rng"]
+    mine, share = local_order(order[step * size :], size, group.rank, group.size)
+    stream = data.training_batches(mine, share, (config.seed, epoch))
+    nothing = (np.zeros(0, np.int64), np.zeros((0, *data.x_train.shape[1:]), data.x_train.dtype))
+    augmenting = config.data.augment.random_crop or config.data.augment.hflip
+    every_replica_check = config.distributed.check_replicas if group.size > 1 else None
     started = last_saved = time.perf_counter()
-    for index, x in data.training_batches(order[step * config.batch_size :], config.batch_size, (config.seed, epoch)):
-        if config.data.augment.random_crop or config.data.augment.hflip:
-            x = augment(x, config, rng)
-        batch_loss, batch_correct = session.train_step(session.inputs(x, norm.scale, norm.mean, norm.std), data.y_train[index])
+    for _ in range(steps(total - step * size, size)):
+        index, x = next(stream, nothing)  # a process whose share of the last batch is empty still takes part
+        if augmenting and len(index):
+            x = augment(x, index, config, (config.seed, epoch))
+        batch_loss, batch_correct = 0.0, 0
+        if len(index) or group.size > 1:  # a batch with no readable image is skipped; in a group, taken part in
+            batch_loss, batch_correct = session.train_step(session.inputs(x, norm.scale, norm.mean, norm.std), data.y_train[index])
+        batch_loss, batch_correct, count = group.all_sum([batch_loss, batch_correct, len(index)])
         if not math.isfinite(batch_loss):
             latest = run.latest()
             kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
@@ -594,14 +642,15 @@ def _train_epoch(
                 f"the loss became {batch_loss} in epoch {epoch + 1} after {seen} images; training stopped and {kept}. "
                 f"Try a lower learning rate (now {config.optimizer.lr:g}) or clip_grad_norm"
             )
-        loss_sum, correct, seen, step = loss_sum + batch_loss, correct + batch_correct, seen + len(index), step + 1
+        loss_sum, correct, seen, step = loss_sum + batch_loss, correct + int(batch_correct), seen + int(count), step + 1
+        if every_replica_check is not None and graph is not None and step % every_replica_check == 0:
+            check_replicas(graph, session, group, f"step {step} of epoch {epoch + 1}")
         now = time.perf_counter()
-        progress.step(loss_sum / seen, correct / seen, seen / max(now - started, 1e-9))
+        progress.step(loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(now - started, 1e-9))
         every_steps, every_minutes = config.checkpoint_steps, config.checkpoint_minutes
         due = (every_steps is not None and step % every_steps == 0) or (every_minutes is not None and now - last_saved >= 60 * every_minutes)
-        if due and epoch_state is not None and step * config.batch_size < total:
-            state = {**epoch_state, "step": step, "sums": [loss_sum, correct, seen], "rng": rng.bit_generator.state}
-            _write_checkpoint(run, MID_EPOCH, session, state)
+        if due and epoch_state is not None and group.rank == 0 and step * size < total:
+            _write_checkpoint(run, MID_EPOCH, session, {**epoch_state, "step": step, "sums": [loss_sum, correct, seen]})
             last_saved = now
     if not seen:
         raise TrainingError(f"no training image of {data.name} could be read this epoch: {data.skipped_so_far()[:3]}")
@@ -615,35 +664,58 @@ def _train_epoch(
     }
 
 
+def check_replicas(graph: Graph, session: Session, group: Group, when: str) -> None:
+    """Every process holds the same parameters (batch-norm running statistics aside: each
+    process updates them from its own share until rank 0's are broadcast at the next
+    step), or the run stops, naming the processes that differ."""
+    import hashlib
+
+    trainable = {name for name, spec in graph.weights().items() if spec.trainable}
+    digest = hashlib.blake2b(digest_size=16)
+    for name, array in sorted(session.get_weights().items()):
+        if name in trainable:
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    digests = group.all_gather(digest.hexdigest())
+    differing = [rank for rank, value in enumerate(digests) if value != digests[0]]
+    if differing:
+        raise TrainingError(f"after {when}, the weights of rank(s) {', '.join(map(str, differing))} differ from rank 0's: the replicas diverged")
+
+
 # ---- evaluation and prediction -------------------------------------------------------------
 
 
 def _evaluate_arrays(
-    session: Session, images: np.ndarray | ImageStream, labels: np.ndarray, norm: Normalization, batch_size: int, top_k: int
+    session: Session, images: np.ndarray | ImageStream, labels: np.ndarray, norm: Normalization, batch_size: int, top_k: int,
+    classes: int, group: Group = SINGLE,
 ) -> dict[str, Any]:
-    loss_sum, outputs, delivered = 0.0, [], []
-    for index, x in image_batches(images, np.arange(len(images)), batch_size, views=True):
-        batch_loss, batch_out = session.evaluate(session.inputs(x, norm.scale, norm.mean, norm.std), labels[index])
-        loss_sum += batch_loss
-        outputs.append(batch_out)
-        delivered.append(index)
-    if not outputs:
-        raise TrainingError("no validation image could be read")
-    logits = np.concatenate(outputs)
-    y = labels[np.concatenate(delivered)]
-    classes = logits.shape[1]
+    """Loss, accuracy, top-k and the confusion matrix over ``images``; in a group, each
+    process evaluates its share and the sums are the group's (no image counted twice)."""
     k = min(top_k, classes)
-    top = np.argsort(-logits, axis=1)[:, :k]
-    predicted = top[:, 0]
+    loss_sum, top_hits = 0.0, 0
     matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (y, predicted), 1)
+    for index, x in image_batches(images, evaluation_share(len(images), group.rank, group.size), batch_size, views=True):
+        if not len(index):
+            continue
+        batch_loss, logits = session.evaluate(session.inputs(x, norm.scale, norm.mean, norm.std), labels[index])
+        y = labels[index]
+        top = np.argsort(-logits, axis=1)[:, :k]
+        np.add.at(matrix, (y, top[:, 0]), 1)
+        loss_sum += batch_loss
+        top_hits += int((top == y[:, None]).any(axis=1).sum())
+    totals = group.all_sum(np.concatenate([[loss_sum, top_hits], matrix.ravel()]))
+    loss_sum, top_hits = float(totals[0]), int(totals[1])
+    matrix = totals[2:].round().astype(np.int64).reshape(classes, classes)
+    count = int(matrix.sum())
+    if not count:
+        raise TrainingError("no validation image could be read")
     counts = matrix.sum(axis=1)
     return {
-        "images": len(y),
-        "loss": loss_sum / len(y),
-        "accuracy": float((predicted == y).mean()),
+        "images": count,
+        "loss": loss_sum / count,
+        "accuracy": float(np.trace(matrix) / count),
         "k": k,
-        "top_k": float((top == y[:, None]).any(axis=1).mean()),
+        "top_k": top_hits / count,
         "confusion": matrix,
         "per_class": [float(matrix[i, i] / counts[i]) if counts[i] else None for i in range(classes)],
     }
@@ -687,7 +759,8 @@ def evaluate(
         config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
     dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
     session = open_run_session(loaded, open_session, device)
-    result = _evaluate_arrays(session, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k)
+    width = loaded.graph.output_shape[0]
+    result = _evaluate_arrays(session, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
     classes = loaded.info["classes"]
     png = confusion_png or loaded.run.path / "confusion.png"
     plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({result['images']} images)")
@@ -706,12 +779,57 @@ def evaluate(
     }
 
 
+class Scorer:
+    """A trained run ready to score images: each file prepared exactly as evaluation
+    prepares it (``Transform.from_file``), normalised as in training. ``predict`` and the
+    Spark UDFs both score through it, so their numbers are the same."""
+
+    def __init__(self, path: Path, open_session: Callable[..., Session], device: str = "auto") -> None:
+        from cnnspec.data.decode import image_shape
+        from cnnspec.data.transforms import Transform
+
+        self.loaded = load_run(path)
+        self.session = open_run_session(self.loaded, open_session, device)
+        self.classes: list[str] = self.loaded.info["classes"]
+        self._shape = self.loaded.graph.input_shape
+        self._transform = Transform(image_shape(self._shape), self.loaded.config.data.fit, self.loaded.config.data.resize) if len(self._shape) == 3 else None
+
+    def prepare(self, content: bytes) -> np.ndarray:
+        """An image file's bytes -> C x H x W uint8 pixels at the network's input."""
+        if self._transform is None:
+            from cnnspec.data.decode import image_shape
+
+            image_shape(self._shape)  # raises: the input is not an image
+        assert self._transform is not None
+        return self._transform.from_file(content)
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """Raw pixels (N x C x H x W, uint8 or float on the 0..255 scale) -> network outputs."""
+        normalized = self.loaded.normalization.apply(x.astype(np.float32))
+        if not len(normalized):
+            return np.zeros((0, self.loaded.graph.output_shape[0]), np.float32)
+        return np.concatenate([self.session.predict(normalized[i]) for i in batches(len(normalized), self.loaded.config.batch_size)])
+
+    def embeddings(self, x: np.ndarray, layer: str) -> np.ndarray:
+        """``layer``'s output for raw pixels, flattened: N x D float32."""
+        values, _ = layer_outputs(self.session, self.loaded.normalization, x, layer, self.loaded.config.batch_size)
+        return values.reshape(len(values), -1)
+
+    @staticmethod
+    def ranked(outputs: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, probabilities), N x k each, best first."""
+        probabilities = _softmax(outputs)
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(top, outputs.shape[1])]
+        return best, np.take_along_axis(probabilities, best, axis=1)
+
+
 def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto") -> tuple[list[dict[str, Any]], np.ndarray]:
     """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
     and the raw outputs."""
-    from cnnspec.harness.data import load_images
+    from cnnspec.harness.data import DataError
 
-    loaded = load_run(path)
+    scorer = Scorer(path, open_session, device)
+    loaded = scorer.loaded
     shape = loaded.graph.input_shape
     arrays, names = [], []
     for item in inputs:
@@ -724,18 +842,18 @@ def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session]
             arrays.append(batch / np.float32(loaded.normalization.scale))  # back to the raw pixel scale
             names += [f"{item}[{i}]" for i in range(len(batch))]
         else:
-            arrays.append(load_images([item], shape, loaded.config.data.fit, loaded.config.data.resize))
+            try:
+                arrays.append(scorer.prepare(item.read_bytes())[None].astype(np.float32))
+            except (BadImage, OSError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise DataError(f"{item}: cannot read image ({reason})") from None
             names.append(str(item))
-    x = loaded.normalization.apply(np.concatenate([a.astype(np.float32) for a in arrays]))
-    session = open_run_session(loaded, open_session, device)
-    outputs = np.concatenate([session.predict(x[i]) for i in batches(len(x), loaded.config.batch_size)])
-    probabilities = _softmax(outputs)
-    classes = loaded.info["classes"]
-    k = min(top, outputs.shape[1])
+    outputs = scorer.outputs(np.concatenate(arrays))
+    indices, probabilities = scorer.ranked(outputs, top)
     results = []
-    for name, row in zip(names, probabilities, strict=True):
-        best = np.argsort(-row)[:k]
-        results.append({"input": name, "top": [{"class": classes[i], "index": int(i), "probability": float(row[i])} for i in best]})
+    for name, best, chances in zip(names, indices, probabilities, strict=True):
+        entries = [{"class": scorer.classes[i], "index": int(i), "probability": float(p)} for i, p in zip(best, chances, strict=True)]
+        results.append({"input": name, "top": entries})
     return results, outputs
 
 

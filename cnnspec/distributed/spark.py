@@ -1,0 +1,238 @@
+"""Apache Spark: training through Spark's own TorchDistributor, scoring and embedding
+through ``predict_batch_udf``. No second training loop and no second preprocessing:
+
+- ``train`` runs ``cnnspec train ARGV`` in each of N barrier tasks; TorchDistributor
+  starts torchrun in each, so the harness finds its rank as under torchrun.
+- ``scoring_udf`` wraps ``Scorer`` (what ``cnnspec predict`` runs): image bytes in,
+  top-k classes and probabilities (and an embedding) out, as NumPy, for runs of any backend.
+- ``score`` reads images with Spark's ``binaryFile`` source and writes Parquet.
+
+The driver and the Python workers run this interpreter (``PYSPARK_PYTHON``), since
+mismatched interpreters are the failure users meet most.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+IMAGE_GLOB = "*.{jpg,jpeg,png,bmp,gif,tif,tiff,webp,JPG,JPEG,PNG,BMP,GIF,TIF,TIFF,WEBP}"
+
+
+class SparkError(RuntimeError):
+    """Spark cannot run the job; the message says what to do."""
+
+
+def java_problem() -> str | None:
+    """Why Spark's JVM cannot start here, or None."""
+    java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
+    install = "Spark needs Java 17 or newer: install it (apt install openjdk-17-jre-headless, brew install openjdk@17) or set JAVA_HOME"
+    if java is None or not Path(java).exists():
+        return f"no java found; {install}"
+    try:
+        banner = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{java} does not run ({exc}); {install}"
+    version = banner.split('"')[1] if banner.count('"') >= 2 else ""
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    if major < 17:
+        return f"{java} is Java {version or 'of an unknown version'}; {install}"
+    return None
+
+
+def _pyspark() -> None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise SparkError("Spark support needs pyspark, which is not installed: pip install 'cnnspec[spark]'") from None
+
+
+def session(master: str | None = None, name: str = "cnnspec") -> SparkSession:
+    """A SparkSession (the active one when there is one and no master is asked for),
+    with this interpreter on the driver and the workers."""
+    _pyspark()
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None and master is None:
+        return active
+    problem = java_problem()
+    if problem:
+        raise SparkError(problem)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    builder = (
+        SparkSession.builder.master(master or "local[*]")
+        .appName(name)
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    return builder.getOrCreate()
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+def _train_task(argv: list[str]) -> dict[str, Any]:
+    """In each TorchDistributor process: the command line's own ``train``."""
+    import json
+
+    from cnnspec.cli import app
+
+    status = app(["train", *argv], standalone_mode=False)
+    if status not in (None, 0):
+        raise SparkError(f"cnnspec train exited with status {status} on rank {os.environ.get('RANK')}")
+    out = argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1]
+    final = Path(out) / "final.json"
+    return {"run_dir": out, "final": json.loads(final.read_text()) if final.exists() else {}}
+
+
+def train(argv: list[str], nproc: int, master: str | None = None, *, use_gpu: bool = False) -> dict[str, Any]:
+    """``cnnspec train ARGV`` (which must name ``--out`` or ``--resume``, on storage every
+    task sees) in ``nproc`` Spark barrier tasks: {run_dir, final metrics}."""
+    spark = session(master or f"local[{nproc}]", "cnnspec train")
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    try:
+        result = TorchDistributor(num_processes=nproc, local_mode=False, use_gpu=use_gpu).run(_train_task, argv)
+    except Exception as exc:  # Spark reports a task's failure as its own exception types
+        raise SparkError(f"training on Spark failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+    finally:
+        spark.stop()
+    return dict(result or {})
+
+
+# ---- scoring and embedding -----------------------------------------------------------------
+
+
+def _return_type(top: int, layer: str | None) -> Any:
+    from pyspark.sql.types import ArrayType, FloatType, IntegerType, StringType, StructField, StructType
+
+    fields = [
+        StructField("classes", ArrayType(StringType()), True),
+        StructField("indices", ArrayType(IntegerType()), True),
+        StructField("probabilities", ArrayType(FloatType()), True),
+        StructField("error", StringType(), True),
+    ]
+    if layer is not None:
+        fields.append(StructField("embedding", ArrayType(FloatType()), True))
+    return StructType(fields)
+
+
+def _score_batch(scorer: Any, contents: np.ndarray, top: int, layer: str | None) -> dict[str, np.ndarray]:
+    """Image bytes -> the UDF's columns. An unreadable image gets its reason in ``error``
+    and empty scores (the job goes on)."""
+    from cnnspec.data.decode import BadImage
+
+    images, errors = [], np.full(len(contents), None, dtype=object)
+    good = np.zeros(len(contents), bool)
+    for i, content in enumerate(contents):
+        try:
+            images.append(scorer.prepare(bytes(content)))
+            good[i] = True
+        except (BadImage, OSError) as exc:
+            errors[i] = f"cannot read image ({exc})"
+    k = min(top, scorer.loaded.graph.output_shape[0])
+    x = np.stack(images) if images else np.zeros((0, *scorer.loaded.graph.input_shape), np.uint8)
+    indices, probabilities = scorer.ranked(scorer.outputs(x), k) if len(x) else (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+    names = np.asarray(scorer.classes, dtype=object)
+    columns: dict[str, np.ndarray] = {
+        "classes": np.full((len(contents), k), "", dtype=object),
+        "indices": np.full((len(contents), k), -1, dtype=np.int32),
+        "probabilities": np.full((len(contents), k), np.nan, dtype=np.float32),
+        "error": errors,
+    }
+    columns["classes"][good] = names[indices]
+    columns["indices"][good] = indices
+    columns["probabilities"][good] = probabilities
+    if layer is not None:
+        vectors = scorer.embeddings(x, layer) if len(x) else np.zeros((0, 0), np.float32)
+        embedding = np.full((len(contents), vectors.shape[1] if len(x) else 0), np.nan, dtype=np.float32)
+        if len(x):
+            embedding[good] = vectors
+        columns["embedding"] = embedding
+    return columns
+
+
+def scoring_udf(run: str | os.PathLike[str], *, top: int = 5, layer: str | None = None, backend: str | None = None,
+                device: str = "cpu", batch_size: int = 64) -> Callable[[Column], Column]:
+    """A ``predict_batch_udf`` over a binary column of image files' bytes (``binaryFile``'s
+    ``content``) giving a struct: ``classes`` and ``indices`` (top ``top``, best first),
+    ``probabilities``, ``error`` (null, or why an image could not be read) and, with
+    ``layer``, ``embedding`` (that layer's output, flattened). Each executor opens the run
+    once; images are prepared exactly as ``cnnspec predict`` prepares them."""
+    _pyspark()
+    from pyspark.ml.functions import predict_batch_udf
+
+    from cnnspec.harness.run import load_run
+
+    loaded = load_run(Path(run))  # here, so that a bad run fails before any task starts
+    if layer is not None and layer not in {node.name for node in loaded.graph.nodes}:
+        from cnnspec.harness.run import check_layer
+
+        check_layer(loaded, layer)
+    path, name = str(Path(run).resolve()), backend or loaded.info["backend"]
+
+    def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        from cnnspec.backends import load_backend
+        from cnnspec.harness.run import Scorer
+
+        scorer = Scorer(Path(path), load_backend(name).open_session, device)
+        return lambda contents: _score_batch(scorer, contents, top, layer)
+
+    udf: Callable[[Column], Column] = predict_batch_udf(make_predict_fn, return_type=_return_type(top, layer), batch_size=batch_size)
+    return udf
+
+
+def read_images(spark: SparkSession, data: str) -> DataFrame:
+    """Image files as rows of (path, content): a folder (searched recursively), a file, or a glob."""
+    reader = spark.read.format("binaryFile")
+    if Path(data).expanduser().is_dir():
+        reader = reader.option("recursiveFileLookup", "true").option("pathGlobFilter", IMAGE_GLOB)
+    return reader.load(str(Path(data).expanduser()) if not any(c in data for c in "*?[") else data).select("path", "content")
+
+
+def score(run: str | os.PathLike[str], data: str, output: str | os.PathLike[str], *, top: int = 5, layer: str | None = None,
+          embed_only: bool = False, master: str | None = None, backend: str | None = None, batch_size: int = 64) -> int:
+    """Score (and with ``layer``, embed) every image of ``data`` on Spark and write
+    ``output`` as Parquet: path, classes, indices, probabilities, error[, embedding].
+    Written beside ``output`` first and moved into place when complete. Returns the rows."""
+    from pyspark.sql import functions
+
+    out = Path(output)
+    if out.exists() and not (out.is_dir() and (out / "_SUCCESS").exists()):
+        raise SparkError(f"{out} exists and is not a Parquet output of Spark: choose another --output")
+    spark = session(master)
+    try:
+        frame = read_images(spark, data)
+        scored = frame.withColumn("scored", scoring_udf(run, top=top, layer=layer, backend=backend, batch_size=batch_size)(functions.col("content")))
+        columns = ["path", "scored.error"] + (["scored.embedding"] if layer else []) + ([] if embed_only else ["scored.classes", "scored.indices", "scored.probabilities"])
+        staging = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        scored.select(*columns).write.parquet(str(staging))
+        rows = spark.read.parquet(str(staging)).count()
+    except SparkError:
+        raise
+    except Exception as exc:
+        raise SparkError(f"scoring on Spark failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+    finally:
+        if master is not None:
+            spark.stop()
+    if rows == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SparkError(f"{data}: no image files found")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return rows
