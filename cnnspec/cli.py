@@ -276,8 +276,9 @@ def _command_argv(out: Path | None, resume: Path | None, spec: str | None, *drop
     argv = argv[argv.index("train") + 1 :]
     for name in drop:
         argv = without_option(argv, name)
+    argv = _absolute_paths(argv, spec)
     if resume is not None:
-        return argv, resume
+        return argv, resume.absolute()
     if out is None:
         if spec is None:
             _usage("train needs a SPEC (or --resume RUN_DIR)")
@@ -289,8 +290,20 @@ def _command_argv(out: Path | None, resume: Path | None, spec: str | None, *drop
             _usage(str(exc))
         except SpecError as exc:
             _fail(exc.diagnostics)
-        argv += ["--out", str(out)]
-    return argv, out
+        argv += ["--out", str(out.absolute())]
+    return argv, out.absolute()
+
+
+def _absolute_paths(argv: list[str], spec: str | None) -> list[str]:
+    """The paths of a command line made absolute: the processes it runs in may start
+    elsewhere (a Spark worker runs in a folder of its own)."""
+    out = []
+    for position, item in enumerate(argv):
+        option = argv[position - 1] if position else ""
+        if option in ("--out", "--resume", "--init") or (option == "--data" and Path(item).exists()) or (item == spec and Path(item).is_file()):
+            item = str(Path(item).absolute())
+        out.append(item)
+    return out
 
 
 def _launch_torchrun(spec: str | None, nproc: int, out: Path | None, resume: Path | None) -> None:
@@ -380,8 +393,20 @@ def embed(
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
+    engine: Annotated[Engine, typer.Option(help="local, or spark: embed on Spark and write Parquet (path, embedding) to --output")] = Engine.local,
+    master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[*]]")] = None,
 ) -> None:
     """Embed a collection of images into a searchable index (see `similar`)."""
+    if engine is Engine.spark:
+        from cnnspec.harness.run import load_run
+        from cnnspec.search import default_layer
+
+        try:
+            chosen = layer or default_layer(load_run(run).graph)
+        except _run_errors() as exc:
+            _fail_run(exc)
+        _score_on_spark(run, data, out, layer=chosen, embed_only=True, master=master, backend=backend)
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cnnspec import api
@@ -457,17 +482,39 @@ def similar(
             stdout.print(f"  {rank:>3}  {neighbour[name]:.4f}  {neighbour['path']}", markup=False, soft_wrap=True)
 
 
+def _score_on_spark(run: Path, data: str | None, out: Path | None, *, top: int = 5, layer: str | None = None, embed_only: bool = False,
+                    master: str | None, backend: str | None) -> None:
+    from cnnspec.distributed.spark import SparkError, score
+
+    if data is None or out is None:
+        _usage("--engine spark needs --data (a folder, file or glob of images) and --output (a .parquet folder to write)")
+    try:
+        rows = score(run, data, out, top=top, layer=layer, embed_only=embed_only, master=master, backend=backend)
+    except (SparkError, *_run_errors()) as exc:
+        _fail_run(exc)
+    what = f"embeddings from '{layer}'" if embed_only else f"top {top} classes" + (f" and embeddings from '{layer}'" if layer else "")
+    stdout.print(f"{out}: {rows:,} images, {what} (Parquet; unreadable images have their reason in 'error')", markup=False, soft_wrap=True)
+
+
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
-    inputs: Annotated[list[Path], typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")],
+    inputs: Annotated[list[Path] | None, typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")] = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1)] = 5,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="save the raw network outputs as .npy")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="save the raw network outputs as .npy (--engine spark: the Parquet output)")] = None,
+    engine: Annotated[Engine, typer.Option(help="local, or spark: score --data on Spark and write Parquet to --output")] = Engine.local,
+    data: Annotated[str | None, typer.Option(help="--engine spark: a folder (searched recursively), file or glob of images")] = None,
+    master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[*]]")] = None,
 ) -> None:
     """The top classes, with probabilities, for each input."""
+    if engine is Engine.spark:
+        _score_on_spark(run, data, output, top=top, master=master, backend=backend)
+        return
+    if not inputs:
+        _usage("predict needs INPUTS (image files or .npy batches), or --engine spark --data PATH --output scores.parquet")
     from cnnspec import api
 
     try:

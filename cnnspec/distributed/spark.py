@@ -79,7 +79,9 @@ def session(master: str | None = None, name: str = "cnnspec") -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")  # Spark's INFO and WARN lines would bury cnnspec's own
+    return spark
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -214,6 +216,10 @@ def score(run: str | os.PathLike[str], data: str, output: str | os.PathLike[str]
     out = Path(output)
     if out.exists() and not (out.is_dir() and (out / "_SUCCESS").exists()):
         raise SparkError(f"{out} exists and is not a Parquet output of Spark: choose another --output")
+    _pyspark()
+    from pyspark.sql import SparkSession
+
+    owned = master is not None or SparkSession.getActiveSession() is None  # a session of the caller's own stays open
     spark = session(master)
     try:
         frame = read_images(spark, data)
@@ -228,7 +234,7 @@ def score(run: str | os.PathLike[str], data: str, output: str | os.PathLike[str]
     except Exception as exc:
         raise SparkError(f"scoring on Spark failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
     finally:
-        if master is not None:
+        if owned:
             spark.stop()
     if rows == 0:
         shutil.rmtree(staging, ignore_errors=True)
