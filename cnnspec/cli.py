@@ -488,9 +488,10 @@ def _score_on_spark(run: Path, data: str | None, out: Path | None, *, top: int =
 
     if data is None or out is None:
         _usage("--engine spark needs --data (a folder, file or glob of images) and --output (a .parquet folder to write)")
+    failures: tuple[type[BaseException], ...] = (SparkError, *_run_errors())
     try:
         rows = score(run, data, out, top=top, layer=layer, embed_only=embed_only, master=master, backend=backend)
-    except (SparkError, *_run_errors()) as exc:
+    except failures as exc:
         _fail_run(exc)
     what = f"embeddings from '{layer}'" if embed_only else f"top {top} classes" + (f" and embeddings from '{layer}'" if layer else "")
     stdout.print(f"{out}: {rows:,} images, {what} (Parquet; unreadable images have their reason in 'error')", markup=False, soft_wrap=True)

@@ -104,7 +104,9 @@ def test_sync_batchnorm_keeps_names_and_weights() -> None:
     module = GraphModule(graph)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     replaced = sync_batchnorm(module)
-    assert replaced == sum(node.kind == "batchnorm" for node in graph.nodes) > 0
+    from cnnspec.layers.norm import BatchNorm
+
+    assert replaced == sum(isinstance(node.layer, BatchNorm) for node in graph.nodes) > 0
     after = module.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

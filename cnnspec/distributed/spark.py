@@ -223,6 +223,11 @@ def score(run: str | os.PathLike[str], data: str, output: str | os.PathLike[str]
     spark = session(master)
     try:
         frame = read_images(spark, data)
+        # binaryFile makes a partition of every few dozen small files: hundreds of tasks, each
+        # paying a task's overhead. One partition a core (merged, not shuffled) keeps them all busy.
+        cores = spark.sparkContext.defaultParallelism
+        if frame.rdd.getNumPartitions() > cores:
+            frame = frame.coalesce(cores)
         scored = frame.withColumn("scored", scoring_udf(run, top=top, layer=layer, backend=backend, batch_size=batch_size)(functions.col("content")))
         columns = ["path", "scored.error"] + (["scored.embedding"] if layer else []) + ([] if embed_only else ["scored.classes", "scored.indices", "scored.probabilities"])
         staging = out.with_name(f".{out.name}.partial")

@@ -483,7 +483,9 @@ def _group_line(graph: Graph, config: TrainConfig, group: Group, device: str) ->
     """How the processes share the work, and what that means for batch norm."""
     share = config.batch_size // group.size
     line = f"distributed: {group.size} processes ({group.local_size} on this host), each {share} of every batch of {config.batch_size}"
-    if any(node.kind == "batchnorm" for node in graph.nodes):
+    from cnnspec.layers.norm import BatchNorm
+
+    if any(isinstance(node.layer, BatchNorm) for node in graph.nodes):
         if config.distributed.sync_batchnorm:
             line += f"; batch norm statistics synchronised over all {group.size} processes"
         else:
