@@ -83,7 +83,7 @@ def resume(
     from cnnspec.harness.run import load_run
     from cnnspec.harness.run import train as run_training
 
-    loaded = load_run(Path(run))
+    loaded = load_run(Path(run), checked=False)  # the run chooses the newest intact checkpoint itself
     config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), _dotted(overrides))) if overrides else loaded.config
     backend = backend or loaded.info["backend"]
     module, group, device = joined(backend, load_backend(backend), device)

@@ -297,10 +297,19 @@ def _command_argv(out: Path | None, resume: Path | None, spec: str | None, *drop
 def _absolute_paths(argv: list[str], spec: str | None) -> list[str]:
     """The paths of a command line made absolute: the processes it runs in may start
     elsewhere (a Spark worker runs in a folder of its own)."""
+    named = ("--out", "--resume", "--init", "--data")
+
+    def absolute(option: str, value: str) -> str:
+        return str(Path(value).absolute()) if option in named[:3] or Path(value).exists() else value
+
     out = []
     for position, item in enumerate(argv):
-        option = argv[position - 1] if position else ""
-        if option in ("--out", "--resume", "--init") or (option == "--data" and Path(item).exists()) or (item == spec and Path(item).is_file()):
+        option, _, value = item.partition("=")
+        if option in named and value:  # --out=runs/x
+            item = f"{option}={absolute(option, value)}"
+        elif position and argv[position - 1] in named:
+            item = absolute(argv[position - 1], item)
+        elif item == spec and Path(item).is_file():
             item = str(Path(item).absolute())
         out.append(item)
     return out
@@ -607,6 +616,9 @@ def export(
     weights: Annotated[Path | None, typer.Option(help="a .safetensors checkpoint for the spec (from `cnnspec import`)")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: export a spec at another input size")] = None,
     tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
+    no_preprocessing: Annotated[
+        bool, typer.Option("--no-preprocessing", help="a run's export takes inputs already scaled and normalised (default: raw pixels in [0, 1], as predict)")
+    ] = False,
 ) -> None:
     """Write a model another framework runs, verified against cnnspec before it is reported."""
     from cnnspec import exporting
@@ -632,9 +644,14 @@ def export(
             stderr.print(f"note: {target} is a spec, not a trained run: exporting freshly initialised weights (seed 0)",
                          markup=False, soft_wrap=True)
         extra = exporting.run_preprocessing(Path(target)) if Path(target).is_dir() else {}
+        preprocessing = None
+        if extra and not no_preprocessing:
+            from cnnspec.harness.run import load_run
+
+            preprocessing = load_run(Path(target)).normalization
         with stderr.status(f"exporting {graph.name} to {to}: build, run, compare, write, reload, compare again"):
             report = exporting.export(graph, arrays, to, path, weights_from=source, options={"opset": opset},
-                                      tolerance=tolerance, extra_metadata=extra)
+                                      tolerance=tolerance, extra_metadata=extra, preprocessing=preprocessing)
     except SpecNotFound as exc:
         _usage(str(exc))
     except (*_run_errors(), exporting.ExportFailed, LookupError) as exc:  # type: ignore[misc]
@@ -645,7 +662,14 @@ def export(
         f"max relative {report.max_rel_error:.2e}; {report.metadata_in}",
         markup=False, soft_wrap=True,
     )
-    if extra:
+    if preprocessing is not None:
+        stdout.print(
+            f"inputs are N x {' x '.join(map(str, graph.input_shape))} float32 raw pixels in [0, 1] (8-bit images / 255), as `cnnspec predict` "
+            f"takes .npy batches: the run's scaling and normalisation are the model's first layer, '{exporting.PREPROCESS}' "
+            f"(--no-preprocessing leaves them to you); verified against predict's path on the same pixels",
+            markup=False, soft_wrap=True,
+        )
+    elif extra:
         norm = json.loads(extra["cnnspec.preprocessing"])
         stdout.print(
             f"inputs are N x {' x '.join(map(str, graph.input_shape))} float32, prepared as in training: x * {norm['scale']:.6g}, "

@@ -9,6 +9,11 @@ An export runs in this order, so that a failure leaves nothing behind:
    origin and the measured error as metadata where the format has room for them;
 4. load that file back, run it again, compare again;
 5. only then rename it into place.
+
+An export of a trained run takes what ``cnnspec predict`` takes: its first operation is
+the run's preprocessing (``with_preprocessing``), so raw pixels scaled to [0, 1] (a
+``.npy`` batch for ``predict``) give ``predict``'s outputs, and verification compares with
+``predict``'s path on the same raw input. ``--no-preprocessing`` leaves it out.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnnspec.graph import Graph
+
+if TYPE_CHECKING:
+    from cnnspec.harness.run import Normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,20 +95,53 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+PREPROCESS = "preprocess"
+
+
+def with_preprocessing(graph: Graph, weights: dict[str, np.ndarray], norm: Normalization) -> tuple[Graph, dict[str, np.ndarray]]:
+    """``graph`` with the run's normalisation as its first layer: a per-channel 1x1
+    convolution (groups = channels) computing (x - mean) / std on values in predict's
+    .npy units, so every export format represents it with an operation it already has."""
+    from cnnspec.diagnostics import Location
+    from cnnspec.graph import Node
+    from cnnspec.layers.conv import Conv2d
+    from cnnspec.spec import INPUT
+
+    if len(graph.input_shape) != 3:  # not an image: predict scales it back and forth, nothing to add
+        return graph, weights
+    channels = graph.input_shape[0]
+    names = {node.name for node in graph.nodes}
+    name = next(f"{PREPROCESS}{suffix}" for suffix in ("", *map(str, range(1, 100))) if f"{PREPROCESS}{suffix}" not in names)
+    layer = Conv2d.model_validate({"filters": channels, "kernel": 1, "groups": channels, "bias": True})
+    first = Node(name, layer, (INPUT,), layer.infer([graph.input_shape]), None, Location(graph.path, 1, 1))
+    rest = (dataclasses.replace(node, inputs=tuple(name if source == INPUT else source for source in node.inputs)) for node in graph.nodes)
+    std, mean = np.asarray(norm.std, np.float64), np.asarray(norm.mean, np.float64)
+    scaled = {f"{name}.weight": (1.0 / std).reshape(channels, 1, 1, 1).astype(np.float32), f"{name}.bias": (-mean / std).astype(np.float32)}
+    return dataclasses.replace(graph, nodes=(first, *rest)), {**weights, **scaled}
+
+
 def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *, weights_from: str,
            options: dict[str, Any] | None = None, tolerance: float = TOLERANCE, batch: int = 2, seed: int = 0,
-           extra_metadata: dict[str, str] | None = None) -> ExportReport:
-    """Write ``graph`` with ``weights`` as ``fmt`` at ``out``, verified (see the module doc)."""
+           extra_metadata: dict[str, str] | None = None, preprocessing: Normalization | None = None) -> ExportReport:
+    """Write ``graph`` with ``weights`` as ``fmt`` at ``out``, verified (see the module doc).
+    With ``preprocessing`` (a run's), the model takes raw pixels in [0, 1] and is compared
+    with the network fed those pixels prepared as ``predict`` prepares them."""
     from cnnspec import __version__
     from cnnspec.backends import import_module, load_backend
     from cnnspec.harness.config import TrainConfig
 
     spec = FORMATS[fmt]
     module: Any = import_module(spec.module, spec.extra, f"export to {fmt}")
-    x = np.random.default_rng(seed).standard_normal((batch, *graph.input_shape)).astype(np.float32)
+    rng = np.random.default_rng(seed)
     session: Any = load_backend(spec.reference).open_session(graph, TrainConfig(), device="cpu", precision="fp32")
     session.set_weights(weights)
-    expected = session.predict(x)
+    if preprocessing is not None:
+        x = rng.random((batch, *graph.input_shape)).astype(np.float32)  # pixels in [0, 1], as predict's .npy batches
+        expected = session.predict(preprocessing.apply(x / np.float32(preprocessing.scale)))  # predict's own path
+        graph, weights = with_preprocessing(graph, weights, preprocessing)
+    else:
+        x = rng.standard_normal((batch, *graph.input_shape)).astype(np.float32)
+        expected = session.predict(x)
 
     artifact = module.EXPORTS[fmt](graph, weights, options or {})
     absolute, relative = _errors(np.asarray(artifact.run(x)), expected)
@@ -111,6 +152,7 @@ def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *,
         "cnnspec.version": __version__, "cnnspec.spec": graph.source, "cnnspec.weights": weights_from,
         "cnnspec.reference": spec.reference, "cnnspec.max_abs_error": f"{absolute:.3e}",
         "cnnspec.max_rel_error": f"{relative:.3e}", "cnnspec.input": "N x " + " x ".join(map(str, graph.input_shape)),
+        "cnnspec.input_prepared": "by the model (raw pixels in [0, 1], as cnnspec predict's .npy)" if preprocessing is not None else "by the caller",
     } | (extra_metadata or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.parent / f".{out.stem}.{os.getpid()}.partial{out.suffix}"

@@ -164,7 +164,7 @@ class _Builder:
             raise SpecError(self.errors)
         nodes = self._infer(order, layers, inputs, tuple(spec.header.input.shape))
         self._check_expectations(nodes)
-        if self.errors:
+        if self.errors or len(nodes) < len(order):  # a node missing: its input failed upstream, reported where it failed
             raise SpecError(self.errors)
         ordered = tuple(nodes[entry.name] for entry in order)
         output = spec.aliases.get(spec.output, spec.output)

@@ -177,7 +177,8 @@ def test_a_trained_run_exports_its_weights(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert json.loads(metadata["cnnspec.preprocessing"])["mean"] == run["normalization"]["mean"]
     assert json.loads(metadata["cnnspec.classes"]) == run["classes"]
-    assert "prepared as in training" in result.output
+    assert "raw pixels in [0, 1]" in result.output and metadata["cnnspec.input_prepared"].startswith("by the model")
+    assert "preprocess.weight" in {i.name for i in onnx.load(str(out)).graph.initializer}
     trained = load_arrays(tmp_path / "run" / "checkpoints" / "epoch-0001" / "weights.safetensors")
     stored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
     assert np.array_equal(stored["output.weight"], trained["output.weight"])
@@ -294,3 +295,48 @@ def test_train_starts_from_imported_weights_where_they_fit(tmp_path: Path) -> No
     trained = load_arrays(tmp_path / "run" / "checkpoints" / "epoch-0001" / "weights.safetensors")
     assert np.allclose(trained["c1.weight"], source["c1.weight"], atol=1e-6)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["init"].endswith("pretrained.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("exported")
+    cnnspec.train("lenet5", out=root / "run", epochs=1, **{"data.limit": 128})  # type: ignore[arg-type]
+    return root / "run"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "torch-export", "savedmodel", "keras", "tflite"])
+def test_an_exported_run_takes_what_predict_takes(fmt: str, trained_run: Path, tmp_path: Path) -> None:
+    """The same raw pixels (a .npy batch in [0, 1]) through `cnnspec predict` and through
+    the export, loaded by its own framework, give the same outputs."""
+    from cnnspec.backends import import_module
+    from cnnspec.exporting import FORMATS
+
+    pytest.importorskip("torch" if FORMATS[fmt].extra == "torch" else "tensorflow" if FORMATS[fmt].extra == "tensorflow" else "onnxruntime")
+    out = tmp_path / f"model{FORMATS[fmt].suffix or '-saved'}"
+    result = runner.invoke(app, ["export", str(trained_run), "--to", fmt, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(9).random((4, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    _, expected = cnnspec.predict(trained_run, [tmp_path / "x.npy"])
+    module = import_module(FORMATS[fmt].module, FORMATS[fmt].extra, fmt)
+    assert relative_error(np.asarray(module.LOADERS[fmt](out)(x)), expected) < 1e-4
+
+
+def test_no_preprocessing_keeps_inputs_the_callers_job(trained_run: Path, tmp_path: Path) -> None:
+    from cnnspec.harness.run import load_run
+
+    out = tmp_path / "plain.onnx"
+    result = runner.invoke(app, ["export", str(trained_run), "--to", "onnx", "-o", str(out), "--no-preprocessing"])
+    assert result.exit_code == 0, result.output
+    assert "prepared as in training" in result.output
+    x = np.random.default_rng(9).random((2, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    _, expected = cnnspec.predict(trained_run, [tmp_path / "x.npy"])
+    prepared = load_run(trained_run).normalization.apply(x / np.float32(1 / 255))
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out))
+    assert relative_error(session.run(None, {session.get_inputs()[0].name: prepared})[0], expected) < 1e-4
+    raw = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert relative_error(raw, expected) > 1e-2  # unprepared pixels: other numbers, as documented

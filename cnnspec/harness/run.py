@@ -38,10 +38,14 @@ from cnnspec.harness.data import Dataset, load_dataset
 from cnnspec.harness.protocol import Backend, Session
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
 from cnnspec.harness.weights import (
+    DamagedFile,
+    check_sealed,
     check_weights,
     initial_weights,
     load_arrays,
+    read_state,
     save_arrays,
+    seal,
     write_json,
     write_text,
 )
@@ -188,9 +192,41 @@ class RunDir:
 
     def latest(self) -> Path | None:
         pointer = self.checkpoints / "latest.json"
-        if not pointer.exists():
-            return None
-        return self.checkpoints / json.loads(pointer.read_text())["checkpoint"]
+        if not pointer.exists():  # written after each checkpoint folder is complete: a crash in between leaves the folder
+            epochs = self.epochs()
+            return epochs[0] if epochs else None
+        try:
+            return self.checkpoints / str(json.loads(pointer.read_text())["checkpoint"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):  # a damaged pointer: the newest folder is the latest
+            epochs = self.epochs()
+            return epochs[0] if epochs else None
+
+    def epochs(self) -> list[Path]:
+        """The complete checkpoints, newest first."""
+        return sorted((p for p in self.checkpoints.glob("epoch-*") if p.is_dir()), reverse=True)
+
+    def newest_intact(self, excluding: Path | None = None) -> tuple[Path | None, list[str]]:
+        """The newest checkpoint whose files are all as written (the one inside an epoch
+        first, when it is ahead of the complete ones), and what is wrong with each newer one."""
+        epochs = self.epochs()
+        candidates = list(epochs)
+        mid = self.checkpoints / MID_EPOCH
+        if mid.is_dir():
+            try:
+                ahead = not epochs or read_state(mid / "state.json")["epoch"] >= read_state(epochs[0] / "state.json")["epoch"]
+            except DamagedFile:
+                ahead = True  # checked below, where what is wrong with it is said
+            if ahead:
+                candidates.insert(0, mid)
+        damaged = []
+        for folder in candidates:
+            if folder == excluding:
+                continue
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                return folder, damaged
+            damaged.append(problem)
+        return None, damaged
 
     @staticmethod
     def find(path: Path) -> tuple[RunDir, Path]:
@@ -205,6 +241,19 @@ class RunDir:
                 raise TrainingError(f"{path}: the run has no checkpoint yet")
             return run, latest
         raise TrainingError(f"{path}: not a cnnspec run directory or checkpoint (no run.json)")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder's files, or None when they are as written."""
+    try:
+        check_sealed(folder)
+        read_state(folder / "state.json")
+        for name in ("weights.safetensors", "optimizer.safetensors"):
+            if not (folder / name).is_file():
+                raise DamagedFile(f"{folder / name}: missing")
+    except DamagedFile as exc:
+        return str(exc)
+    return None
 
 
 def default_run_dir(graph: Graph) -> Path:
@@ -231,6 +280,7 @@ def _write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str,
     arrays, meta = session.optimizer_state()
     save_arrays(staging / "optimizer.safetensors", arrays)
     write_json(staging / "state.json", {**state, "optimizer": meta})
+    seal(staging, ["weights.safetensors", "optimizer.safetensors", "state.json"])  # loading checks them
     final = run.checkpoints / name
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
@@ -380,20 +430,24 @@ def train(
     plateau = Plateau(lr=config.optimizer.lr)
     history: list[dict[str, float]] = []
     start_epoch, best, bad_epochs = 0, math.inf, 0
-    latest = _resume_point(run) if resume is not None else None
+    latest, damaged = run.newest_intact() if resume is not None else (None, [])
     partial: dict[str, Any] | None = None
     if resume is not None and latest is None:
+        if damaged:
+            raise TrainingError(f"{resume}: no intact checkpoint to resume from ({'; '.join(damaged[:3])})")
         raise TrainingError(f"{resume}: nothing to resume (no checkpoint; train it again instead)")
+    for problem in damaged:
+        progress.message(f"{problem}: skipped")
     if latest is not None:
         weights = load_arrays(latest / "weights.safetensors")
         check_weights(graph, weights, str(latest))
-        state = json.loads((latest / "state.json").read_text())
+        state = read_state(latest / "state.json")
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         plateau = Plateau(**state["plateau"])
         history = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()][:start_epoch]
         partial = state if "step" in state else None
         where = f"step {state['step']} of epoch {start_epoch + 1}" if partial else latest.name
-        progress.message(f"resuming {run.path} from {where}")
+        progress.message(f"resuming {run.path} from {where}" + (", the newest intact checkpoint" if damaged else ""))
     else:
         taken = lead and run.path.exists() and any(run.path.iterdir())
         if group.broadcast(taken):  # rank 0 decides for all: it may create the folder before another process looks
@@ -586,17 +640,6 @@ def _report_skipped(progress: Progress, entries: list[str]) -> None:
         progress.message(f"skipped {len(entries)} sample(s) that cannot be used ({shown}); --strict (train.data.strict) makes this an error")
 
 
-def _resume_point(run: RunDir) -> Path | None:
-    """The newest checkpoint: the one inside an epoch when it is ahead of the last complete epoch."""
-    latest = run.latest()
-    mid = run.checkpoints / MID_EPOCH
-    if (mid / "state.json").exists():
-        epoch = json.loads((mid / "state.json").read_text())["epoch"]
-        if latest is None or epoch >= json.loads((latest / "state.json").read_text())["epoch"]:
-            return mid
-    return latest
-
-
 def _train_epoch(
     session: Session,
     data: Dataset,
@@ -733,11 +776,21 @@ class LoadedRun:
     normalization: Normalization
 
 
-def load_run(path: Path) -> LoadedRun:
+def load_run(path: Path, *, checked: bool = True) -> LoadedRun:
+    """A run, and its latest checkpoint (or the one ``path`` names), refused when a file of
+    that checkpoint is not as written (``checked``; resuming chooses its own checkpoint)."""
     from cnnspec.load import parse_spec
 
     run, checkpoint = RunDir.find(path)
-    info = json.loads((run.path / "run.json").read_text())
+    problem = checkpoint_problem(checkpoint) if checked else None
+    if problem is not None:
+        intact, _ = run.newest_intact(excluding=checkpoint)
+        use = f"{intact} is intact: use it (e.g. cnnspec eval {intact})" if intact else "no other checkpoint of the run is intact"
+        raise DamagedFile(f"{problem}; {use}")
+    try:
+        info = json.loads((run.path / "run.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise DamagedFile(f"{run.path / 'run.json'}: not valid JSON") from None
     graph = parse_spec((run.path / "spec.yaml").read_bytes(), str(run.path / "spec.yaml"))
     config = TrainConfig.model_validate(info["train"])
     norm = info["normalization"]

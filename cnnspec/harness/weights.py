@@ -7,6 +7,7 @@ so every backend starts from the very same numbers. Checkpoints are safetensors 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -105,7 +106,69 @@ def save_arrays(path: Path, arrays: Weights, metadata: dict[str, str] | None = N
     atomic_write(path, lambda p: save_file(contiguous, str(p), metadata=metadata))
 
 
+class DamagedFile(ValueError):
+    """A file cnnspec wrote no longer holds what it wrote (truncated, flipped bytes,
+    missing); the message names it."""
+
+
 def load_arrays(path: Path) -> Weights:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    return dict(load_file(str(path)))
+    try:
+        return dict(load_file(str(path)))
+    except FileNotFoundError:
+        raise DamagedFile(f"{path}: missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DamagedFile(f"{path}: not a readable safetensors file ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+
+
+# ---- integrity: a SHA-256 of every file a folder's writer wrote ------------------------------
+
+CHECKSUMS = "checksums.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(folder: Path, names: list[str]) -> None:
+    """Record the SHA-256 of each of ``names`` in ``folder/checksums.json``."""
+    write_json(folder / CHECKSUMS, {"sha256": {name: sha256(folder / name) for name in names}})
+
+
+def check_sealed(folder: Path) -> None:
+    """Raise DamagedFile naming the first file of ``folder`` whose content differs from
+    what was recorded when it was written, or that is missing. A folder written before
+    cnnspec recorded checksums passes (its files are still checked as they load)."""
+    manifest = folder / CHECKSUMS
+    if not manifest.exists():
+        return
+    try:
+        recorded = json.loads(manifest.read_text())["sha256"]
+        items = [(str(name), str(digest)) for name, digest in recorded.items()]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise DamagedFile(f"{manifest}: the checksum list is damaged") from None
+    for name, digest in items:
+        path = folder / name
+        if not path.is_file():
+            raise DamagedFile(f"{path}: missing")
+        if sha256(path) != digest:
+            raise DamagedFile(f"{path}: damaged (its SHA-256 differs from the one recorded when it was written)")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, or DamagedFile."""
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedFile(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedFile(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise DamagedFile(f"{path}: not a cnnspec checkpoint state (no epoch)")
+    return state
