@@ -6,7 +6,7 @@ LOCK := requirements-lock.txt
 LOCKED := $(VENV)/.locked
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint ruff typecheck pytest golden bench lock test-latest clean
+.PHONY: setup demo test lint ruff typecheck pytest golden bench fuzz lock test-latest clean
 
 setup: $(STAMP)
 
@@ -112,6 +112,14 @@ test-latest:
 # Rewrite the stored `cnnspec check` tables in tests/golden/ after an intended change.
 golden: setup
 	$(BIN)/pytest -q tests/test_golden.py --update-golden
+
+# Long fuzzing (minutes): the Hypothesis properties of tests/test_fuzz.py (specs) and
+# tests/test_integrity.py (run directories) with many more examples; prints the cases run.
+FUZZ_EXAMPLES ?= 3000
+FUZZ_RUN_EXAMPLES ?= 300
+fuzz: setup
+	CNNSPEC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CNNSPEC_FUZZ_RUN_EXAMPLES=$(FUZZ_RUN_EXAMPLES) $(BIN)/pytest -q -s tests/test_fuzz.py \
+		tests/test_integrity.py -k "mutated or damaged or scratch"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_check.py

@@ -6,18 +6,12 @@ saved ``.keras`` model loads where cnnspec is installed."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from cnnspec.backends.tf_quiet import keras, tf
 from cnnspec.layers.base import Padding4
 
 NO_PADDING: Padding4 = ((0, 0), (0, 0))

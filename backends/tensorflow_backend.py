@@ -20,11 +20,6 @@ move between all three backends.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
 import contextlib
 import dataclasses
 import io
@@ -33,9 +28,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from cnnspec.backends.keras_layers import (
     NO_PADDING,
@@ -47,6 +40,7 @@ from cnnspec.backends.keras_layers import (
     TorchBatchNorm,
     window_counts,
 )
+from cnnspec.backends.tf_quiet import chatter_filtered, keras, tf
 from cnnspec.graph import Graph, Node
 from cnnspec.harness.config import OptimizerConfig, TrainConfig
 from cnnspec.harness.protocol import BackendError
@@ -749,7 +743,8 @@ def _tflite_runner(content: bytes) -> Callable[[Array], Array]:
             interpreter = tf.lite.Interpreter(model_content=content)
         index = interpreter.get_input_details()[0]["index"]
         interpreter.resize_tensor_input(index, list(x.shape))
-        interpreter.allocate_tensors()
+        with chatter_filtered():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interpreter.allocate_tensors()
         interpreter.set_tensor(index, x)
         interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])

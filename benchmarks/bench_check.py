@@ -2,7 +2,9 @@
 
 Measures, side by side in one run (the machines are shared and noisy, so compare ratios):
   1. the whole `cnnspec check vgg16` process, against a bare `python -c pass` and against
-     importing only cnnspec's dependencies (the floor no spec compiler can beat);
+     importing only cnnspec's dependencies (the floor no spec compiler can beat); and in
+     paired rounds (alternating which runs first) against `python -c "import numpy, yaml,
+     pydantic"`, the floor the issue names (goal: at most 1.3x);
   2. in process: loading every zoo spec, and a generated 1,000-layer spec.
 """
 
@@ -40,7 +42,30 @@ def deep_spec(layers: int) -> str:
     return f"name: deep\ninput: {{shape: [16, 32, 32]}}\nlayers:\n{body}"
 
 
+FLOOR = "import numpy, yaml, pydantic"
+
+
+def paired_ratio(rounds: int = 21) -> tuple[float, float, float]:
+    """(median check seconds, median floor seconds, median of the per-round ratios)."""
+    check, floor, ratios = [], [], []
+    for round_ in range(rounds):
+        pair = [("check", process("-m", "cnnspec", "check", "vgg16")), ("floor", process("-c", FLOOR))]
+        times = {}
+        for name, run in (pair if round_ % 2 == 0 else pair[::-1]):
+            start = time.perf_counter()
+            run()
+            times[name] = time.perf_counter() - start
+        check.append(times["check"])
+        floor.append(times["floor"])
+        ratios.append(times["check"] / times["floor"])
+    return statistics.median(check), statistics.median(floor), statistics.median(ratios)
+
+
 def main() -> None:
+    check_paired, floor_paired, ratio = paired_ratio()
+    print(f"paired rounds: cnnspec check vgg16 {check_paired * 1000:.1f} ms against `python -c \"{FLOOR}\"` "
+          f"{floor_paired * 1000:.1f} ms: median ratio {ratio:.2f}x (goal <= 1.3x)")
+    print()
     rows = []
     python = median_seconds(process("-c", "pass"))
     deps = median_seconds(process("-c", DEPENDENCIES))

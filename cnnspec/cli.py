@@ -32,8 +32,8 @@ app = typer.Typer(
 calc_app = typer.Typer(help="Work through the output-size formula, for learning it.", no_args_is_help=True)
 app.add_typer(calc_app, name="calc")
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, emoji=False)  # "net.yaml:100:3:" is a place, not the emoji :100:
+stderr = Console(stderr=True, highlight=False, emoji=False)
 
 
 def _version(value: bool) -> None:

@@ -111,14 +111,14 @@ def print_table(console: Console, table: Table) -> None:
     width, and a narrow terminal wraps long rows rather than cropping them."""
     if not console.is_terminal:
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum
-        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False)
+        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False, emoji=False)
     console.print(table, crop=False)
 
 
 def check_text(graph: Graph, width: int = 120) -> str:
     """Plain-text rendering, as stored in tests/golden/."""
     buffer = io.StringIO()
-    render_check(graph, Console(file=buffer, width=width, color_system=None, force_terminal=False))
+    render_check(graph, Console(file=buffer, width=width, color_system=None, force_terminal=False, emoji=False))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 Errors = Callable[[str], list[str]]
 
@@ -252,3 +253,16 @@ def test_pool_padding_over_half_the_kernel(spec_errors: Errors) -> None:
     assert spec_errors(HEAD + "  - maxpool2d: {kernel: 2, padding: 2}\n") == [
         "4:37: maxpool2d 'maxpool2d_1': padding 2 exceeds half the kernel 2"
     ]
+
+
+def test_a_diagnostic_at_line_100_keeps_its_place(tmp_path: Path) -> None:
+    """Found by the fuzzer: the terminal library read "net.yaml:100:5:" as the emoji :100:."""
+    from typer.testing import CliRunner
+
+    from cnnspec.cli import app
+
+    spec = tmp_path / "net.yaml"
+    spec.write_text("name: x\ninput: {shape: [1, 8, 8]}\nlayers:\n" + "  - relu: {}\n" * 96 + "  - batchnor: {}\n")
+    result = CliRunner().invoke(app, ["check", str(spec)])
+    assert result.exit_code == 1
+    assert "net.yaml:100:5: error: unknown layer kind 'batchnor'" in result.output

@@ -89,13 +89,69 @@ def test_without_an_intact_checkpoint_resume_says_so(trained: Path, tmp_path: Pa
     assert "state.json: damaged" in done.stderr
 
 
+# ---- disk faults ---------------------------------------------------------------------------
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cnnspec.harness import run as harness
+
+    real = harness.save_arrays
+    calls = {"n": 0}
+
+    def disk_fills(path: Path, *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2's weights (each checkpoint writes weights, then optimizer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(harness, "save_arrays", disk_fills)
+    with pytest.raises(harness.TrainingError, match=r"could not write checkpoint epoch-0002 \(.*No space left on device\); training stopped and "
+                       r"the newest intact checkpoint is .*epoch-0001\. Free space .* cnnspec train --resume"):
+        cnnspec.train("lenet5", out=tmp_path / "run", epochs=3, batch_size=64, data__limit=128)
+    monkeypatch.undo()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001", "latest.json"]  # no half-written folder
+    resumed = cnnspec.resume(tmp_path / "run")
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
+def test_an_export_that_cannot_be_written_leaves_nothing(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from typer.testing import CliRunner
+
+    from cnnspec import exporting
+    from cnnspec.cli import app
+
+    def read_only(source: object, target: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(target))
+
+    monkeypatch.setattr(exporting.os, "replace", read_only)
+    result = CliRunner().invoke(app, ["export", str(trained), "--to", "onnx", "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1
+    assert "m.onnx: Read-only file system" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- fuzzed run directories ----------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-EXAMPLES = int(os.environ.get("CNNSPEC_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("CNNSPEC_FUZZ_RUN_EXAMPLES", "25"))
+CASES = {"damaged run directories": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> object:
+    yield
+    if CASES["damaged run directories"]:
+        print(f"\nfuzz cases run: damaged run directories {CASES['damaged run directories']:,}")
 FILES = ["weights.safetensors", "optimizer.safetensors", "state.json", "checksums.json"]
 
 
@@ -115,6 +171,7 @@ def test_damaged_run_directories_never_crash(trained: Path, tmp_path_factory: py
 
     from cnnspec.cli import app
 
+    CASES["damaged run directories"] += 1
     target, action, where, junk = case
     run = copy_of(trained, tmp_path_factory.mktemp("fuzzrun", numbered=True))
     path = run / target

@@ -287,3 +287,24 @@ def test_tensorflow_lenet5_reaches_97_percent_on_mnist(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["epoch"] == 5 and final["val_accuracy"] >= 0.97
+
+
+def test_tensorflow_start_up_chatter_does_not_reach_the_user(tmp_path: Path) -> None:
+    for args in (["verify", "lenet5", "--backends", "numpy,tensorflow"], ["export", "lenet5", "--to", "tflite", "-o", "m.tflite"]):
+        done = subprocess.run([sys.executable, "-m", "cnnspec", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stderr
+        for noise in ("absl::InitializeLog", "oneDNN custom operations", "XNNPACK delegate"):
+            assert noise not in done.stderr + done.stdout, (args, done.stderr)
+
+
+def test_real_warnings_still_pass_the_filter(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from cnnspec.backends.tf_quiet import chatter_filtered
+
+    with chatter_filtered():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"W0000 something real went wrong\n")
+    captured = capfd.readouterr().err
+    assert "something real went wrong" in captured
+    assert "absl::InitializeLog" not in captured

@@ -107,7 +107,7 @@ class Progress:
         from rich.console import Console
 
         self.quiet = quiet
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, emoji=False)
         self.live = self.console.is_terminal and not quiet
         self._bar: Any = None
 
@@ -218,7 +218,7 @@ class RunDir:
                 ahead = True  # checked below, where what is wrong with it is said
             if ahead:
                 candidates.insert(0, mid)
-        damaged = []
+        damaged: list[str] = []
         for folder in candidates:
             if folder == excluding:
                 continue
@@ -274,16 +274,29 @@ def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, 
 
 
 def _write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str, Any]) -> Path:
+    """The checkpoint folder ``name``, complete or not at all: written as a staging folder
+    and renamed. A write that fails (disk full, no permission, read-only) removes the
+    staging folder and says which checkpoint is still intact."""
     staging = run.checkpoints / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    save_arrays(staging / "weights.safetensors", session.get_weights(), {"format": "cnnspec-canonical-v1"})
-    arrays, meta = session.optimizer_state()
-    save_arrays(staging / "optimizer.safetensors", arrays)
-    write_json(staging / "state.json", {**state, "optimizer": meta})
-    seal(staging, ["weights.safetensors", "optimizer.safetensors", "state.json"])  # loading checks them
-    final = run.checkpoints / name
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    try:
+        save_arrays(staging / "weights.safetensors", session.get_weights(), {"format": "cnnspec-canonical-v1"})
+        arrays, meta = session.optimizer_state()
+        save_arrays(staging / "optimizer.safetensors", arrays)
+        write_json(staging / "state.json", {**state, "optimizer": meta})
+        seal(staging, ["weights.safetensors", "optimizer.safetensors", "state.json"])  # loading checks them
+        final = run.checkpoints / name
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        intact, _ = run.newest_intact()
+        kept = f"the newest intact checkpoint is {intact}" if intact else "no checkpoint was written before"
+        where = exc.filename or staging
+        raise TrainingError(
+            f"could not write checkpoint {name} ({where}: {exc.strerror or exc}); training stopped and {kept}. "
+            f"Free space or fix the folder's permissions, then: cnnspec train --resume {run.path}"
+        ) from None
     return final
 
 
