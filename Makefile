@@ -119,7 +119,7 @@ FUZZ_EXAMPLES ?= 3000
 FUZZ_RUN_EXAMPLES ?= 300
 fuzz: setup
 	CNNSPEC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CNNSPEC_FUZZ_RUN_EXAMPLES=$(FUZZ_RUN_EXAMPLES) $(BIN)/pytest -q -s tests/test_fuzz.py \
-		tests/test_integrity.py -k "mutated or damaged or scratch"
+		tests/test_integrity.py -k "mutated or damaged or scratch or set_values"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_check.py

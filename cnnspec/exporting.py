@@ -166,11 +166,42 @@ def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *,
         if out.is_dir():
             shutil.rmtree(out)
         os.replace(temporary, out)
+        write_checksums(out)
     except BaseException:
         _remove(temporary)
         raise
     return ExportReport(out, fmt, spec.reference, max(absolute, absolute_back), max(relative, relative_back),
                         tuple(x.shape), _size(out), weights_from, spec.metadata)
+
+
+def checksum_file(out: Path) -> Path:
+    return out.with_name(out.name + ".sha256")
+
+
+def write_checksums(out: Path) -> None:
+    """``OUT.sha256`` beside an export: the SHA-256 of every file it is made of, in
+    ``sha256sum`` format (``sha256sum -c OUT.sha256`` checks them; so does ``check_export``)."""
+    from cnnspec.harness.weights import sha256, write_text
+
+    files = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
+    write_text(checksum_file(out), "".join(f"{sha256(f)}  {f.relative_to(out.parent)}\n" for f in files))
+
+
+def check_export(out: Path) -> None:
+    """Raise DamagedFile naming the first file of an export that differs from what was
+    written (an export without ``OUT.sha256`` passes)."""
+    from cnnspec.harness.weights import DamagedFile, sha256
+
+    listing = checksum_file(out)
+    if not listing.exists():
+        return
+    for line in listing.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = out.parent / name
+        if not path.is_file():
+            raise DamagedFile(f"{path}: missing (listed in {listing})")
+        if sha256(path) != digest:
+            raise DamagedFile(f"{path}: damaged (its SHA-256 differs from the one in {listing})")
 
 
 def read_metadata(path: Path) -> dict[str, str]:

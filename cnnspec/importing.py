@@ -30,6 +30,9 @@ def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
     """Import ``model``; returns what was written, one line each."""
     if not model.is_file():
         raise ImportFailed(f"{model}: no such file")
+    from cnnspec.exporting import check_export
+
+    check_export(model)  # a file cnnspec exported: as written, or refused by name
     name = model.name.lower()
     if name.endswith(".onnx"):
         if spec is not None:

@@ -208,7 +208,12 @@ def test_framework_formats_are_verified_on_reload(fmt: str, tmp_path: Path) -> N
     out = tmp_path / f"custom{FORMATS[fmt].suffix or '-saved'}"
     report = export(graph, weights, fmt, out, weights_from="seed 0")
     assert report.max_rel_error < 1e-4 and out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.name + ".sha256"])  # no temporary left
+    from cnnspec.exporting import check_export
+
+    check_export(out)  # every file as written
+    listed = (tmp_path / (out.name + ".sha256")).read_text().splitlines()
+    assert listed and all(line.split("  ")[1].startswith(out.name) for line in listed)
     if FORMATS[fmt].metadata.startswith("metadata in"):
         stored = read_metadata(out)
         assert stored["cnnspec.spec"] == CUSTOM and float(stored["cnnspec.max_rel_error"]) == pytest.approx(report.max_rel_error, rel=0.01)
@@ -340,3 +345,14 @@ def test_no_preprocessing_keeps_inputs_the_callers_job(trained_run: Path, tmp_pa
     assert relative_error(session.run(None, {session.get_inputs()[0].name: prepared})[0], expected) < 1e-4
     raw = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert relative_error(raw, expected) > 1e-2  # unprepared pixels: other numbers, as documented
+
+
+def test_a_damaged_export_is_refused_by_name(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(trained_run), "--to", "onnx", "-o", str(out)]).exit_code == 0
+    data = bytearray(out.read_bytes())
+    data[-50] ^= 0x10
+    out.write_bytes(bytes(data))
+    result = runner.invoke(app, ["import", str(out), "-o", str(tmp_path / "back.yaml")])
+    assert result.exit_code == 1
+    assert "m.onnx: damaged (its SHA-256 differs from the one in" in result.output

@@ -2,7 +2,7 @@
 
 The property, as a user meets it through the command line: exit 0, or exit 1 with a
 ``file:line:col`` diagnostic (or, for a run, a message naming the file); never an
-internal error, never more than 2 s. The zoo specs, the README's spec and a spec with
+internal error, never more than 2 s or 200 MiB (Python's allocations, traced). The zoo specs, the README's spec and a spec with
 blocks are mutated (misspelled kinds and arguments; keys and layers deleted, duplicated,
 reordered; values of another type; broken ``inputs``; nested blocks; anchors and
 aliases; truncated text; random bytes), and specs are also generated from scratch.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +73,21 @@ def run_check(tmp: Path, text: str | bytes, name: str) -> None:
     CASES[name] = CASES.get(name, 0) + 1
     path = tmp / "net.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    tracemalloc.start()
     started = time.perf_counter()
-    result = CliRunner().invoke(app, ["check", str(path)], catch_exceptions=True)
-    seconds = time.perf_counter() - started
+    try:
+        result = CliRunner().invoke(app, ["check", str(path)], catch_exceptions=True)
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     output = result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), f"{type(result.exception).__name__}: {result.exception}\n--- spec:\n{text!r}"
     assert result.exit_code in (0, 1), f"exit {result.exit_code}\n{output}\n--- spec:\n{text!r}"
     if result.exit_code == 1:
         assert DIAGNOSTIC.search(output), f"no file:line:col diagnostic:\n{output}\n--- spec:\n{text!r}"
     assert seconds < 2.0, f"check took {seconds:.1f} s on:\n{text!r}"
+    assert peak < 200 * 2**20, f"check allocated {peak / 2**20:.0f} MiB on:\n{text!r}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -223,3 +230,38 @@ def scratch(draw: st.DrawFn) -> str:
 @given(text=scratch())
 def test_specs_from_scratch(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     run_check(tmp_path_factory.mktemp("fuzz", numbered=True), text, "specs from scratch")
+
+
+# ---- --set values --------------------------------------------------------------------------
+
+SET_KEYS = ["epochs", "batch_size", "seed", "optimizer", "optimizer.lr", "optimizer.name", "optimizer.betas", "schedule.name",
+            "schedule.gamma", "data", "data.source", "data.augment", "data.augment.random_crop", "data.augment.random_resized_crop",
+            "data.normalize", "data.normalize.mean", "freeze", "lr_mult", "lr_mult.c1", "phases", "classes", "distributed",
+            "distributed.check_replicas", "early_stopping.patience", "no.such.key", ""]
+YAML_VALUES = st.one_of(st.sampled_from(["1", "-1", "0", "1e-3", "null", "[1, 2]", "{a: 1}", "adam", "sgdd", "[c1]", "[{epochs: 1}]",
+                                         "{mean: [0.5], std: [0]}", "true", "'", "[", "*a", "&a 1", "!!python/object:os.system x"]),
+                        st.text(max_size=12))
+
+
+@FUZZ
+@given(pairs=st.lists(st.tuples(st.sampled_from(SET_KEYS), YAML_VALUES), min_size=1, max_size=3))
+def test_set_values(pairs: list[tuple[str, str]]) -> None:
+    """`train --set KEY=VALUE`: a usage error (exit 2) or a valid training config, and the
+    layer patterns it names checked against the spec; never an internal error."""
+    import typer
+    from pydantic import ValidationError
+
+    import cnnspec
+    from cnnspec.cli import _parse_sets
+    from cnnspec.harness import tuning
+    from cnnspec.harness.config import phase_plan
+
+    CASES["--set values"] = CASES.get("--set values", 0) + 1
+    graph = cnnspec.load_spec("lenet5")
+    try:
+        overrides = _parse_sets([f"{key}={value}" for key, value in pairs])
+        config = cnnspec.api.train_config(graph, overrides)
+        for *_, phase in phase_plan(config):
+            tuning.multipliers(graph, phase)
+    except (typer.Exit, ValidationError, tuning.TuningError):  # exit 2, exit 2, exit 1
+        pass

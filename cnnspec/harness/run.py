@@ -489,6 +489,7 @@ def train(
                 "created": datetime.now().isoformat(timespec="seconds"),
             },
         )
+        seal(run.path, ["spec.yaml", "run.json"])  # written once; every later reader checks them
     if latest is not None and (partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase):  # a new phase starts a new optimizer
         session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
     if lead:
@@ -800,14 +801,22 @@ def load_run(path: Path, *, checked: bool = True) -> LoadedRun:
         intact, _ = run.newest_intact(excluding=checkpoint)
         use = f"{intact} is intact: use it (e.g. cnnspec eval {intact})" if intact else "no other checkpoint of the run is intact"
         raise DamagedFile(f"{problem}; {use}")
+    check_sealed(run.path)
+    record = run.path / "run.json"
     try:
-        info = json.loads((run.path / "run.json").read_text())
+        info = json.loads(record.read_text())
+        norm = info["normalization"]
+        normalization = Normalization(float(norm["scale"]), tuple(float(m) for m in norm["mean"]), tuple(float(v) for v in norm["std"]))
+        classes = info["classes"]
+        if not isinstance(classes, list) or not isinstance(info["backend"], str):
+            raise TypeError("classes or backend")
+        config = TrainConfig.model_validate(info["train"])
     except (ValueError, UnicodeDecodeError):
-        raise DamagedFile(f"{run.path / 'run.json'}: not valid JSON") from None
+        raise DamagedFile(f"{record}: not valid JSON, or not a cnnspec run record") from None
+    except (KeyError, TypeError) as exc:
+        raise DamagedFile(f"{record}: not a cnnspec run record ({exc} missing or of the wrong type)") from None
     graph = parse_spec((run.path / "spec.yaml").read_bytes(), str(run.path / "spec.yaml"))
-    config = TrainConfig.model_validate(info["train"])
-    norm = info["normalization"]
-    return LoadedRun(run, checkpoint, graph, config, info, Normalization(norm["scale"], tuple(norm["mean"]), tuple(norm["std"])))
+    return LoadedRun(run, checkpoint, graph, config, info, normalization)
 
 
 def open_run_session(loaded: LoadedRun, open_session: Callable[..., Session], device: str) -> Session:
