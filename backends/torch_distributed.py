@@ -115,7 +115,11 @@ class DistributedSession(TorchSession):
         cuda = self._device.type == "cuda"
         # forward_sync_buffers: every training forward starts from rank 0's batch-norm running
         # statistics, so the replicas stay identical in those too.
-        ddp = nn.parallel.DistributedDataParallel(self._module, device_ids=[self._device] if cuda else None, forward_sync_buffers=True)
+        ids = [self._device] if cuda else None
+        try:
+            ddp = nn.parallel.DistributedDataParallel(self._module, device_ids=ids, forward_sync_buffers=True)
+        except TypeError:  # torch before 2.13 names it broadcast_buffers
+            ddp = nn.parallel.DistributedDataParallel(self._module, device_ids=ids, broadcast_buffers=True)
         self._train_forward = torch.compile(ddp) if compile else ddp
         self._share = 1.0
 

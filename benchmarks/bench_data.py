@@ -75,7 +75,7 @@ def throughput(images: int, rounds: int) -> None:
         order = rng.permutation(len(data.x_train))
         started, seen = time.perf_counter(), 0
         for index, x in data.training_batches(order, 64, (0, round_)):
-            x = augment(x, config, rng)
+            x = augment(x, index, config, (0, round_))
             torch.from_numpy(x)
             seen += len(index)
         return seen / (time.perf_counter() - started)
