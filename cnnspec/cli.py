@@ -332,7 +332,7 @@ def _train_on_spark(spec: str | None, nproc: int, master: str | None, out: Path 
 
     argv, run_dir = _command_argv(out, resume, spec, "--engine", "--nproc", "--master")
     try:
-        result = train(argv, nproc, master, use_gpu=device.startswith("cuda"))
+        result = train(argv, run_dir, nproc, master, use_gpu=device.startswith("cuda"))
     except SparkError as exc:
         _fail_run(exc)
     final = result.get("final") or {}

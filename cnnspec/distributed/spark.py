@@ -87,7 +87,7 @@ def session(master: str | None = None, name: str = "cnnspec") -> SparkSession:
 # ---- training ------------------------------------------------------------------------------
 
 
-def _train_task(argv: list[str]) -> dict[str, Any]:
+def _train_task(argv: list[str], run_dir: str) -> dict[str, Any]:
     """In each TorchDistributor process: the command line's own ``train``."""
     import json
 
@@ -96,19 +96,18 @@ def _train_task(argv: list[str]) -> dict[str, Any]:
     status = app(["train", *argv], standalone_mode=False)
     if status not in (None, 0):
         raise SparkError(f"cnnspec train exited with status {status} on rank {os.environ.get('RANK')}")
-    out = argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1]
-    final = Path(out) / "final.json"
-    return {"run_dir": out, "final": json.loads(final.read_text()) if final.exists() else {}}
+    final = Path(run_dir) / "final.json"
+    return {"run_dir": run_dir, "final": json.loads(final.read_text()) if final.exists() else {}}
 
 
-def train(argv: list[str], nproc: int, master: str | None = None, *, use_gpu: bool = False) -> dict[str, Any]:
-    """``cnnspec train ARGV`` (which must name ``--out`` or ``--resume``, on storage every
-    task sees) in ``nproc`` Spark barrier tasks: {run_dir, final metrics}."""
+def train(argv: list[str], run_dir: Path, nproc: int, master: str | None = None, *, use_gpu: bool = False) -> dict[str, Any]:
+    """``cnnspec train ARGV``, whose run folder is ``run_dir`` (its ``--out`` or ``--resume``,
+    on storage every task sees), in ``nproc`` Spark barrier tasks: {run_dir, final metrics}."""
     spark = session(master or f"local[{nproc}]", "cnnspec train")
     from pyspark.ml.torch.distributor import TorchDistributor
 
     try:
-        result = TorchDistributor(num_processes=nproc, local_mode=False, use_gpu=use_gpu).run(_train_task, argv)
+        result = TorchDistributor(num_processes=nproc, local_mode=False, use_gpu=use_gpu).run(_train_task, argv, str(run_dir))
     except Exception as exc:  # Spark reports a task's failure as its own exception types
         raise SparkError(f"training on Spark failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
     finally:
@@ -181,7 +180,7 @@ def scoring_udf(run: str | os.PathLike[str], *, top: int = 5, layer: str | None 
     from cnnspec.harness.run import load_run
 
     loaded = load_run(Path(run))  # here, so that a bad run fails before any task starts
-    if layer is not None and layer not in {node.name for node in loaded.graph.nodes}:
+    if layer is not None:
         from cnnspec.harness.run import check_layer
 
         check_layer(loaded, layer)

@@ -192,12 +192,11 @@ class RunDir:
 
     def latest(self) -> Path | None:
         pointer = self.checkpoints / "latest.json"
-        if not pointer.exists():  # written after each checkpoint folder is complete: a crash in between leaves the folder
-            epochs = self.epochs()
-            return epochs[0] if epochs else None
         try:
             return self.checkpoints / str(json.loads(pointer.read_text())["checkpoint"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):  # a damaged pointer: the newest folder is the latest
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            # No pointer (it is written after each folder is complete: a crash in between
+            # leaves the folder), or a damaged one: the newest complete folder is the latest.
             epochs = self.epochs()
             return epochs[0] if epochs else None
 
