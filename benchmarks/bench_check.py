@@ -43,6 +43,9 @@ def deep_spec(layers: int) -> str:
 
 
 FLOOR = "import numpy, yaml, pydantic"
+# A bare `import pydantic` defers its models; building one needs all of it, and its plugin
+# loader (importlib.metadata). This is what any Pydantic-validated YAML tool starts with.
+VALIDATING = "from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError; import yaml; import importlib.metadata"
 
 
 def paired_ratio(rounds: int = 21) -> tuple[float, float, float]:
@@ -69,8 +72,12 @@ def main() -> None:
     rows = []
     python = median_seconds(process("-c", "pass"))
     deps = median_seconds(process("-c", DEPENDENCIES))
+    validating = median_seconds(process("-c", VALIDATING))
+    floor = median_seconds(process("-c", FLOOR))
     check = median_seconds(process("-m", "cnnspec", "check", "vgg16"))
     rows.append(("python -c pass", python, check / python))
+    rows.append((f"the floor: {FLOOR}", floor, check / floor))
+    rows.append(("what validating needs: pydantic's models, yaml", validating, check / validating))
     rows.append(("its dependencies alone (pydantic, yaml, typer, rich)", deps, check / deps))
     rows.append(("cnnspec check vgg16 (whole process)", check, 1.0))
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnspec.graph import Graph
-from cnnspec.harness.config import TrainConfig, with_overrides
 from cnnspec.load import load_spec
 
 if TYPE_CHECKING:
+    from cnnspec.harness.config import TrainConfig
     from cnnspec.harness.run import TrainResult
 
 SpecLike = Graph | str | os.PathLike[str]
@@ -29,6 +29,8 @@ def train_config(graph: Graph, overrides: dict[str, Any] | None = None) -> Train
     """The spec's ``train:`` section with dotted overrides ({'optimizer.lr': 0.01})."""
     if not overrides:
         return graph.train
+    from cnnspec.harness.config import TrainConfig, with_overrides
+
     return TrainConfig.model_validate(with_overrides(graph.train.model_dump(exclude_unset=True), overrides))
 
 
@@ -80,6 +82,7 @@ def resume(
     (weights and optimizer state are stored in the canonical layout)."""
     from cnnspec.backends import load_backend
     from cnnspec.distributed import joined, membership
+    from cnnspec.harness.config import TrainConfig, with_overrides
     from cnnspec.harness.run import load_run
     from cnnspec.harness.run import train as run_training
 

@@ -6,6 +6,7 @@ Exit status: 0 success, 1 a problem in the input (spec errors print as
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -758,10 +759,25 @@ def _print_walkthrough(ok: bool, lines: list[str]) -> None:
         raise typer.Exit(1)
 
 
+def _invoked_only(argv: list[str]) -> typer.Typer:
+    """The app with only the command that ``argv`` names. Typer reads the signature of
+    every registered command before it runs one, a sixth of the start-up of ``cnnspec
+    check``; help for that command and its errors are the same. Without a known command
+    name (``cnnspec --help``, a misspelling) every command stays, to be listed."""
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    commands = [info for info in app.registered_commands if (info.name or info.callback.__name__.replace("_", "-")) == word]  # type: ignore[union-attr]
+    groups = [info for info in app.registered_groups if info.name == word]
+    if not (commands or groups):
+        return app
+    narrowed = copy.copy(app)
+    narrowed.registered_commands, narrowed.registered_groups = commands, groups
+    return narrowed
+
+
 def main() -> None:
     """Entry point: known failures exit 1 or 2 with a message, never a traceback."""
     try:
-        app()
+        _invoked_only(sys.argv[1:])()
     except KeyboardInterrupt:
         stderr.print("interrupted", markup=False)
         sys.exit(130)

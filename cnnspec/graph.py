@@ -5,20 +5,22 @@ Every backend, exporter and ``cnnspec check`` reads a ``Graph`` and nothing else
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from cnnspec.calculators import ReceptiveField
 from cnnspec.diagnostics import Diagnostic, Location, SpecError, did_you_mean
-from cnnspec.harness.config import TrainConfig
 from cnnspec.layers import LAYERS, Layer, LayerInfo, Shape, ShapeError, format_shape
 from cnnspec.layers.base import WeightSpec
 from cnnspec.spec import FAILED, INPUT, ExpandedSpec, LayerEntry, pydantic_diagnostics
+
+if TYPE_CHECKING:
+    from cnnspec.harness.config import TrainConfig
 
 BYTES_PER_FLOAT32 = 4
 
@@ -62,8 +64,17 @@ class Graph:  # not slotted: cached_property needs __dict__
     nodes: tuple[Node, ...]  # in execution (topological) order
     output: str  # the node whose output is the network's
     warnings: tuple[Diagnostic, ...] = ()
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train_section: TrainConfig | None = None  # the spec's ``train:``, validated; None when it has none
     source: str = ""  # the spec's text, saved with every run
+
+    @property
+    def train(self) -> TrainConfig:
+        """How to train this network: the spec's ``train:`` section, or every default."""
+        if self.train_section is not None:
+            return self.train_section
+        from cnnspec.harness.config import TrainConfig
+
+        return TrainConfig()
 
     def input_shapes(self, node: Node) -> list[Shape]:
         return [self.input_shape if name == INPUT else self[name].output_shape for name in node.inputs]
@@ -176,7 +187,6 @@ class _Builder:
             nodes=ordered,
             output=output,
             warnings=tuple(self._unused(ordered, output)),
-            train=spec.header.train,
         )
 
     def _unique(self, entries: list[LayerEntry]) -> list[LayerEntry]:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -14,6 +14,9 @@ from cnnspec.diagnostics import Diagnostic, Location, SpecError, did_you_mean
 from cnnspec.graph import Graph, build_graph
 from cnnspec.spec import Expander, SpecHeader, pydantic_diagnostics
 from cnnspec.yamlmarks import MarkedDict, MarkedList, load_yaml
+
+if TYPE_CHECKING:
+    from cnnspec.harness.config import TrainConfig
 
 
 class SpecNotFound(LookupError):
@@ -56,11 +59,12 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
         header = SpecHeader.model_validate(dict(raw))
     except ValidationError as exc:
         problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", model=SpecHeader)))
+    train = _train_section(raw, top, problems)
     expander = Expander(path, raw, header)
     expanded = expander.run()
     problems.update(dict.fromkeys(expander.diagnostics))
     try:
-        graph = build_graph(expanded)
+        graph = dataclasses.replace(build_graph(expanded), train_section=train)
     except SpecError as exc:
         problems.update(dict.fromkeys(exc.diagnostics))
     if not problems:
@@ -71,14 +75,30 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
     return dataclasses.replace(graph, source=source)
 
 
+def _train_section(raw: MarkedDict, top: Location, problems: dict[Diagnostic, None]) -> TrainConfig | None:
+    """The ``train:`` section validated, its errors added to ``problems``; None when the
+    spec has none (or it is not a mapping, which the header's check reports). The
+    training models are built only here, so checking a spec without one skips them."""
+    section = raw.get("train")
+    if not isinstance(section, MarkedDict):
+        return None
+    from cnnspec.harness.config import SpecTraining
+
+    try:
+        return SpecTraining.model_validate({"train": section}).train
+    except ValidationError as exc:
+        problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", model=SpecTraining)))
+        return None
+
+
 def _tuning_problems(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
     """``train.freeze``, ``lr_mult`` and ``decay_mult`` patterns that name no layer (or
     freeze them all), at the line of the pattern."""
-    from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers
-
     train = raw.get("train")
     if not isinstance(train, MarkedDict):
         return []
+    from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers
+
     problems = []
     for option in ("freeze", "lr_mult", "decay_mult"):
         entries = train.get(option)

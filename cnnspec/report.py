@@ -88,8 +88,8 @@ def check_totals(graph: Graph) -> list[str]:
     ]
     if rf is not None:
         lines.append(f"Receptive field: {rf.size[0]}x{rf.size[1]} input pixels (largest feature map)")
-    train = graph.train
-    if train.freeze or train.lr_mult or train.decay_mult:
+    train = graph.train_section
+    if train is not None and (train.freeze or train.lr_mult or train.decay_mult):
         from cnnspec.harness.tuning import summary
 
         lines.append(f"Training:        {summary(graph, train)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnspec.harness.config import TrainConfig
 from cnnspec.layers import LAYERS
 from cnnspec.spec import PARAM_REFERENCE, LayerExpect, NetworkExpect, SpecHeader
 
@@ -73,6 +74,9 @@ def spec_json_schema() -> dict[str, Any]:
         },
     }
     properties["expect"] = NetworkExpect.model_json_schema()
+    train = TrainConfig.model_json_schema()  # its nested sections refer to "#/$defs/..."
+    schema.setdefault("$defs", {}).update(train.pop("$defs", {}))
+    properties["train"] = train
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cnnspec network spec"
     return schema

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from cnnspec.diagnostics import Diagnostic, Location, did_you_mean
-from cnnspec.harness.config import TrainConfig
 from cnnspec.layers import LAYERS
 from cnnspec.layers.base import NonNegativeInt, PositiveInt
 from cnnspec.yamlmarks import MarkedDict, MarkedList, location_of, marked_dict
@@ -72,7 +71,9 @@ class SpecHeader(_Strict):
     blocks: dict[str, Any] = {}
     layers: Annotated[list[Any], Field(min_length=1)]
     expect: NetworkExpect | None = None
-    train: TrainConfig = TrainConfig()
+    # Checked on its own (cnnspec.harness.config.TrainConfig), and only when present:
+    # a spec without one is checked without building the training models.
+    train: dict[str, Any] | None = None
 
 
 # ---- what the expander produces ---------------------------------------------------------

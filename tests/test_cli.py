@@ -150,9 +150,12 @@ def test_no_framework_on_the_check_path() -> None:
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    imported = {name.split(".")[0] for name in modules}
     assert "cnnspec" in imported and "pydantic" in imported  # the probe sees real imports
     assert not imported & {"torch", "tensorflow", "keras", "jax", "onnx", "onnxruntime", "numpy", "PIL", "faiss"}
+    # vgg16 has no train: section, so the training models are neither imported nor built
+    assert "cnnspec.layers.conv" in modules and not modules & {"cnnspec.harness.config", "cnnspec.harness.tuning"}
 
 
 def test_piped_output_never_cuts_names_or_numbers() -> None:
@@ -164,6 +167,19 @@ def test_piped_output_never_cuts_names_or_numbers() -> None:
     assert "…" not in result.stdout
     assert "global_avgpool2d" in result.stdout and "1,498,376,192" in result.stdout
     assert "inception3a.branch4.1.relu_1" in result.stdout
+
+
+def test_only_the_invoked_command_is_built_and_it_behaves_the_same() -> None:
+    from cnnspec.cli import _invoked_only
+
+    for argv in (["check", "--help"], ["calc", "conv", "--help"], ["eval", "--help"], ["import", "--help"], ["check", "--format", "yaml", "x"]):
+        narrowed = _invoked_only(argv)
+        assert narrowed is not app and len(narrowed.registered_commands) + len(narrowed.registered_groups) == 1
+        full, fast = runner.invoke(app, argv), runner.invoke(narrowed, argv)
+        assert (fast.exit_code, fast.output) == (full.exit_code, full.output), argv
+    for argv in (["--help"], ["chek", "lenet5"], ["--version"], []):
+        assert _invoked_only(argv) is app  # nothing to narrow to: every command is listed or suggested
+    assert len(app.registered_commands) > 10  # the module's app is never narrowed in place
 
 
 def test_version_and_help() -> None:

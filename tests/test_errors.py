@@ -266,3 +266,24 @@ def test_a_diagnostic_at_line_100_keeps_its_place(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check", str(spec)])
     assert result.exit_code == 1
     assert "net.yaml:100:5: error: unknown layer kind 'batchnor'" in result.output
+
+
+def test_train_section_errors_at_their_lines_with_the_others(spec_errors: Errors) -> None:
+    text = HEAD.replace("name: net", "name: net\ndescripton: x") + """  - conv2d: {filters: 4, kernel: 1}
+train:
+  optimzer: {lr: 0.1}
+  epochs: 0
+  schedule: {name: cosine, gamma: 2}
+"""
+    assert spec_errors(text) == [
+        "2:1: unknown key 'descripton' (did you mean 'description'?)",
+        "7:3: unknown key 'train.optimzer' (did you mean 'optimizer'?)",
+        "8:11: train.epochs: Input should be greater than 0, got 0",
+        "9:35: train.schedule.gamma: Input should be less than or equal to 1, got 2",
+    ]
+
+
+def test_an_empty_or_scalar_train_section(spec_errors: Errors, parse_spec: Callable[[str], object]) -> None:
+    body = HEAD + "  - conv2d: {filters: 4, kernel: 1}\n"
+    assert parse_spec(body + "train:\n").train.epochs == 10  # type: ignore[attr-defined]
+    assert spec_errors(body + "train: 5\n") == ["5:8: train: Input should be a valid dictionary, got 5"]

@@ -46,3 +46,11 @@ def test_schema_rejects_what_check_rejects(validator: jsonschema.protocols.Valid
     ):
         with pytest.raises(jsonschema.ValidationError):
             validator.validate(bad)
+
+
+def test_schema_covers_the_train_section(validator: jsonschema.protocols.Validator) -> None:
+    good = {"name": "n", "input": {"shape": [1, 8, 8]}, "layers": [{"dense": {"units": 2}}]}
+    validator.validate({**good, "train": {"epochs": 3, "optimizer": {"name": "sgd", "lr": 0.1}, "data": {"augment": {"hflip": True}}}})
+    for bad in ({"epochs": 0}, {"optimzer": {}}, {"data": {"augment": {"hflip": "yes"}}}):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({**good, "train": bad})

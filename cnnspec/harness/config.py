@@ -216,6 +216,15 @@ class TrainConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
 
 
+class SpecTraining(BaseModel):
+    """A spec's ``train:`` section under its own key, so that errors name it as the spec
+    spells it (``train.optimizer.lr``) and point at its lines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    train: TrainConfig
+
+
 def phase_plan(config: TrainConfig) -> list[tuple[int, int, TrainConfig]]:
     """(first epoch, end epoch, the config it trains with) of each phase; one phase, the
     whole run, when none are declared."""
