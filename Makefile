@@ -130,6 +130,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_transfer.py
 	$(BIN)/python benchmarks/bench_transfer.py --speed
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_distributed.py
 
 clean:

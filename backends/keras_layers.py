@@ -185,6 +185,27 @@ class TorchBatchNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cnnspec")
+class ChannelAffine(keras.layers.Layer):
+    """y = gamma * x + beta over the last axis (channels in NHWC, or features)."""
+
+    def __init__(self, use_bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.use_bias = use_bias
+
+    def build(self, input_shape: Any) -> None:
+        shape = (input_shape[-1],)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta") if self.use_bias else None
+
+    def call(self, x: Any) -> Any:
+        y = x * self.gamma
+        return y if self.beta is None else y + self.beta
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"use_bias": self.use_bias}
+
+
+@keras.saving.register_keras_serializable(package="cnnspec")
 class Reorder(keras.layers.Layer):
     """Features gathered into another order (last axis): undoes a flatten's permutation
     where a vector must be canonical (a merge of differently ordered vectors, the output)."""

@@ -22,9 +22,9 @@ from cnnspec.harness.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
-from cnnspec.layers.norm import LRN, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
 from cnnspec.spec import INPUT
@@ -73,6 +73,8 @@ LOWERINGS.update(
         BatchNorm: lambda layer, shapes, out, rng: ops.BatchNorm(layer.eps, layer.momentum),
         LRN: lambda layer, shapes, out, rng: ops.LRN(layer.size, layer.alpha, layer.beta, layer.k),
         ZeroPadding2d: _zero_padding,
+        Affine: lambda layer, shapes, out, rng: ops.Affine(layer.bias),
+        ChannelShuffle: lambda layer, shapes, out, rng: ops.ChannelShuffle(layer.order(shapes[0][0])),
         Add: lambda layer, shapes, out, rng: ops.Add(),
         Concat: lambda layer, shapes, out, rng: ops.Concat(),
         ReLU: lambda layer, shapes, out, rng: ops.Elementwise(*ops.RECTIFIER),

@@ -356,6 +356,42 @@ class BatchNorm(Op):
         return [(grad_norm - mean_grad - normalized * mean_grad_norm) * inv_std.reshape(shape)]
 
 
+class Affine(Op):
+    """y = weight[c] * x + bias[c] over the channel axis (axis 1) of a map or vector."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.bias = bias
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        x = self._x = inputs[0]
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        y = x * self.weights["weight"].reshape(shape)
+        return y + self.weights["bias"].reshape(shape) if self.bias else y
+
+    def backward(self, grad: Array) -> list[Array]:
+        axes = tuple(i for i in range(grad.ndim) if i != 1)
+        self.grads["weight"] = (grad * self._x).sum(axis=axes)
+        if self.bias:
+            self.grads["bias"] = grad.sum(axis=axes)
+        return [grad * self.weights["weight"].reshape(1, -1, *([1] * (grad.ndim - 2)))]
+
+
+class ChannelShuffle(Op):
+    """Output channel i is input channel order[i]; the gradient goes back the same way."""
+
+    def __init__(self, order: list[int]) -> None:
+        super().__init__()
+        self.order = np.asarray(order)
+        self.inverse = np.argsort(self.order)
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        return inputs[0][:, self.order]
+
+    def backward(self, grad: Array) -> list[Array]:
+        return [grad[:, self.inverse]]
+
+
 def _channel_window_sum(x: Array, before: int, after: int) -> Array:
     """sum over channels c-before .. c+after (zero outside), by a cumulative sum."""
     xp = xp_of(x)

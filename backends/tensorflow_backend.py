@@ -32,6 +32,7 @@ import numpy as np
 
 from cnnspec.backends.keras_layers import (
     NO_PADDING,
+    ChannelAffine,
     DivisorAvgPool2D,
     GroupedConv2D,
     LocalResponseNorm,
@@ -49,9 +50,9 @@ from cnnspec.layers import Layer
 from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
-from cnnspec.layers.norm import LRN, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
 from cnnspec.spec import INPUT
@@ -269,6 +270,23 @@ def _batchnorm(b: Builder, node: Node, inputs: list[Value]) -> Value:
     return Value(tensor, perm)
 
 
+def _affine(b: Builder, node: Node, inputs: list[Value]) -> Value:
+    layer = node.layer
+    assert isinstance(layer, Affine)
+    affine = ChannelAffine(layer.bias, name=node.name)
+    tensor = affine(inputs[0].tensor)
+    b.bind_vector(f"{node.name}.weight", affine.gamma, inputs[0].perm)
+    if layer.bias:
+        b.bind_vector(f"{node.name}.bias", affine.beta, inputs[0].perm)
+    return Value(tensor, inputs[0].perm)
+
+
+def _channel_shuffle(b: Builder, node: Node, inputs: list[Value]) -> Value:
+    layer = node.layer
+    assert isinstance(layer, ChannelShuffle)
+    return Value(Reorder(layer.order(b.graph.input_shapes(node)[0][0]), name=node.name)(inputs[0].tensor))  # NHWC: channels last
+
+
 def _dropout(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
     assert isinstance(layer, Dropout)
@@ -330,6 +348,8 @@ LOWERINGS.update(
         BatchNorm: _batchnorm,
         Dropout: _dropout,
         ZeroPadding2d: _zero_padding,
+        Affine: _affine,
+        ChannelShuffle: _channel_shuffle,
         Add: _add,
         Concat: _concat,
         GlobalAvgPool2d: _global_pool,

@@ -36,9 +36,9 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
-from cnnspec.layers.norm import LRN, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding, window_out
 from cnnspec.spec import INPUT
@@ -193,6 +193,32 @@ class ChannelConcat(nn.Module):
         return torch.cat(inputs, dim=1)
 
 
+class ChannelAffine(nn.Module):
+    """y = weight[c] * x + bias[c] over dim 1."""
+
+    def __init__(self, channels: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        y = x * self.weight.view(shape)
+        return y if self.bias is None else y + self.bias.view(shape)
+
+
+class SpecChannelShuffle(nn.Module):
+    """view (groups, C/groups), transpose, flatten: what ShuffleNet's exports contain."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> same
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 LOWERINGS.update(
     {
         Conv2d: SpecConv2d,
@@ -208,6 +234,8 @@ LOWERINGS.update(
         ),
         LRN: lambda layer, shapes: nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k),
         ZeroPadding2d: lambda layer, shapes: nn.ZeroPad2d(_zero_padding(layer)),
+        Affine: lambda layer, shapes: ChannelAffine(shapes[0][0], layer.bias),
+        ChannelShuffle: lambda layer, shapes: SpecChannelShuffle(layer.groups),
         Add: lambda layer, shapes: Sum(),
         Concat: lambda layer, shapes: ChannelConcat(),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from cnnspec.calculators.cost import conv2d_macs, dense_macs
 from cnnspec.calculators.params import (
+    affine_params,
     batchnorm_params,
     conv2d_params,
     dense_params,
@@ -28,6 +29,7 @@ __all__ = [
     "ReceptiveField",
     "Rounding",
     "SizeError",
+    "affine_params",
     "batchnorm_params",
     "conv2d_macs",
     "conv2d_params",

@@ -19,3 +19,8 @@ def dense_params(in_features: int, units: int, bias: bool = True) -> int:
 def batchnorm_params(channels: int, affine: bool = True) -> tuple[int, int]:
     """(learned, non-trainable): scale and shift; running mean and variance."""
     return (2 * channels if affine else 0, 2 * channels)
+
+
+def affine_params(channels: int, bias: bool = True) -> int:
+    """A scale per channel, and a shift when ``bias``."""
+    return channels * (2 if bias else 1)

@@ -92,6 +92,7 @@ def _import_onnx(model: Path, out: Path) -> list[str]:
     if out.suffix not in (".yaml", ".yml"):
         raise ImportFailed(f"{out}: an ONNX import writes a spec (.yaml) and a checkpoint beside it")
     onnx_backend = import_module("onnx_backend", "onnx", "importing ONNX")
+    onnx_import = import_module("onnx_import", "onnx", "importing ONNX")
     import onnx
 
     try:
@@ -104,8 +105,8 @@ def _import_onnx(model: Path, out: Path) -> list[str]:
         # cnnspec's own exports carry the spec's name; other exporters' graph names are generic
         ours = loaded.producer_name == "cnnspec" and NAME_PATTERN.match(loaded.graph.name or "")
         name = loaded.graph.name if ours else _spec_name(model)
-        text, weights = onnx_backend.import_onnx(loaded, name=name)
-    except onnx_backend.ImportRefused as exc:
+        text, weights = onnx_import.import_onnx(loaded, name=name)
+    except onnx_import.ImportRefused as exc:
         raise ImportFailed(f"{model}: {exc}") from None
     graph = parse_spec(text, str(out))
     check_weights(graph, weights, str(model))

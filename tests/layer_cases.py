@@ -42,6 +42,9 @@ KINDS = {
     "tanh": "[4, 3]|- tanh: {}",
     "softmax": "[5, 2, 2]|- softmax: {}",
     "dropout-eval": "[4, 3]|- dropout: {rate: 0.5}",
+    "affine": "[3, 4, 5]|- affine: {}",
+    "affine-no-bias-vector": "[3, 2, 2]|- flatten: {}\n- affine: {bias: false}\n- dense: {units: 3}",
+    "channel_shuffle": "[6, 3, 2]|- conv2d: {filters: 6, kernel: 1, groups: 3}\n- channel_shuffle: {groups: 3}\n- conv2d: {filters: 4, kernel: 1, groups: 2}",
     # A flatten of a non-square map, then layers that see the flattened features one by
     # one: a backend that flattens in another order must permute all their weights.
     "flatten-per-feature-dense": "[3, 2, 4]|- flatten: {}\n- batchnorm: {}\n- prelu: {channelwise: true}\n- dense: {units: 5}",

@@ -22,7 +22,7 @@ from cnnspec.layers.pool import Pool2d
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from cnnspec.backends import numpy_backend, onnx_backend  # noqa: E402
+from cnnspec.backends import numpy_backend, onnx_backend, onnx_import  # noqa: E402
 
 runner = CliRunner()
 SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
@@ -112,7 +112,7 @@ def test_every_layer_kind_in_onnx_matches_numpy_and_round_trips(name: str) -> No
     session.set_weights(weights)
     for layer, expected in session.activations(x).items():  # every layer, not just the output
         assert relative_error(outputs[layer], expected) < 1e-5 if np.abs(expected).max() else True, layer
-    text, back = onnx_backend.import_onnx(onnx_backend.to_onnx(graph, weights))
+    text, back = onnx_import.import_onnx(onnx_backend.to_onnx(graph, weights))
     assert resolved(cnnspec.parse_spec(text, "back.yaml")) == resolved(graph)
     assert all(np.array_equal(back[k], weights[k]) for k in weights)
 

@@ -1,5 +1,5 @@
-"""Layers that reshape, connect densely, pad or drop: flatten, dense, zero_padding2d,
-dropout."""
+"""Layers that reshape, connect densely, pad, drop or reorder: flatten, dense,
+zero_padding2d, dropout, channel_shuffle."""
 
 from __future__ import annotations
 
@@ -102,3 +102,26 @@ class ZeroPadding2d(Layer):
             output_shape=(channels, height + top + bottom, width + left + right),
             window=Window(kernel=(1, 1), stride=(1, 1)),
         )
+
+
+@final
+@register
+class ChannelShuffle(Layer):
+    """ShuffleNet's channel shuffle (Zhang et al. 2018): the channels, seen as ``groups``
+    rows of C/groups, read out by column, so that the next grouped convolution sees
+    channels from every group. PyTorch's ``ChannelShuffle``: view (groups, C/groups),
+    transpose, flatten."""
+
+    kind = "channel_shuffle"
+    groups: PositiveInt
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, _, _ = feature_map(self, inputs[0])
+        if channels % self.groups:
+            raise ShapeError(f"{channels} channels do not split into {self.groups} groups", "groups")
+        return LayerInfo(output_shape=inputs[0], window=Window(kernel=(1, 1), stride=(1, 1)))
+
+    def order(self, channels: int) -> list[int]:
+        """Output channel i is input channel order[i]."""
+        per_group = channels // self.groups
+        return [group * per_group + index for index in range(per_group) for group in range(self.groups)]

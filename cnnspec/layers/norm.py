@@ -1,10 +1,13 @@
-"""Normalisation: batchnorm and local response normalisation (AlexNet's LRN)."""
+"""Normalisation: batchnorm, local response normalisation (AlexNet's LRN), and the
+per-channel affine that batchnorm becomes once its statistics are folded in."""
 
 from __future__ import annotations
 
 from typing import final
 
-from cnnspec.calculators import batchnorm_params
+from pydantic import StrictBool
+
+from cnnspec.calculators import affine_params, batchnorm_params
 from cnnspec.layers.base import (
     Layer,
     LayerInfo,
@@ -59,3 +62,23 @@ class LRN(Layer):
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         feature_map(self, inputs[0])
         return LayerInfo(output_shape=inputs[0])
+
+
+@final
+@register
+class Affine(Layer):
+    """Per-channel scale and shift, y = weight[c] * x + bias[c], learned, of a feature
+    map or vector: a batch norm with its statistics folded in (what inference exports
+    write, as ONNX ``Mul`` and ``Add``), and Caffe's ``Scale`` layer. Unlike batchnorm it
+    computes the same in training as in inference."""
+
+    kind = "affine"
+    bias: StrictBool = True
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        return LayerInfo(output_shape=inputs[0], params=affine_params(inputs[0][0], self.bias))
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        channels = (inputs[0][0],)
+        scale = {"weight": WeightSpec(channels, "constant", value=1.0)}
+        return scale | {"bias": WeightSpec(channels, "zeros")} if self.bias else scale

@@ -1,0 +1,757 @@
+"""ONNX models from any exporter, read back as a spec and canonical weights.
+
+Two stages, so that the rules stay small:
+
+1. ``normalise``: the model made plain with the onnx package's own tools. Initializers
+   leave the graph inputs (opset 8 and older list them there); the batch axis is fixed to
+   1 and the rest of the input must be fixed; the opset is raised to 13 when older
+   (``version_converter``); shapes are inferred (``shape_inference``, with data
+   propagation); and every node whose inputs are all known is computed once with the
+   reference evaluator (``onnx.reference``): weights built by ``Constant``,
+   ``ConstantOfShape`` or ``Unsqueeze``, ``Shape`` of a fixed shape and the arithmetic
+   on it. ``Identity`` and reshapes that change nothing disappear.
+2. ``read``: ``RULES``, a table keyed by operator. Each rule matches a node, and the
+   nodes after it that it needs (``MatMul`` then ``Add`` is a dense layer), and writes
+   one spec layer. A node no rule takes is refused, naming the operator, the node and
+   the patterns that operator is supported in.
+
+Shapes below include the batch axis (fixed to 1); a spec's shapes do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from cnnspec.diagnostics import did_you_mean
+from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.norm import LRN, Affine, BatchNorm
+from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
+from cnnspec.spec import INPUT, NAME_PATTERN
+
+TARGET_OPSET = 13  # Softmax over one axis; older models are converted up to it
+OLDEST_OPSET = 7
+# Never computed ahead, even with known inputs: random, or state that training changes.
+_NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
+Shape = tuple[int, ...]
+
+
+class ImportRefused(ValueError):
+    """The ONNX model uses something no spec layer expresses; the message names it."""
+
+
+# ---- 1. normalise ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plain:
+    """A model after ``normalise``: the nodes left to map, the known tensors, every shape."""
+
+    nodes: list[Any]
+    constants: dict[str, np.ndarray]
+    shapes: dict[str, Shape]
+    input: str
+    output: str
+    producer: str
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _fixed_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose only graph input is the image, its batch axis 1."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    initialized = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initialized]
+    if len(inputs) != 1:
+        raise ImportRefused(f"the model has {len(inputs)} inputs besides its weights ({', '.join(i.name for i in inputs)}); a spec has one")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) < 2 or any(d.dim_value <= 0 for d in dims[1:]):
+        shown = ["?" if d.dim_value <= 0 else str(d.dim_value) for d in dims[1:]]
+        raise ImportRefused(f"the input '{inputs[0].name}' needs a fixed shape after the batch axis, got [{', '.join(shown)}]")
+    dims[0].ClearField("dim_param")
+    dims[0].dim_value = 1
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    if len(model.graph.output) != 1:
+        raise ImportRefused(f"the model has {len(model.graph.output)} outputs; a spec has one")
+    return model
+
+
+def _upgraded(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = _opset(model)
+    if opset < OLDEST_OPSET:
+        raise ImportRefused(f"opset {opset} is older than {OLDEST_OPSET}, the oldest import reads")
+    if opset >= TARGET_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError and friends, with its reason
+        raise ImportRefused(f"cannot convert opset {opset} to {TARGET_OPSET}: {str(exc).strip().splitlines()[0][:200]}") from None
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # InferenceError: the model contradicts itself
+        raise ImportRefused(f"the model's shapes do not check: {str(exc).strip().splitlines()[0][:200]}") from None
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if all(d.dim_value > 0 for d in dims):
+            shapes[value.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def _evaluate(node: Any, feeds: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        return list(ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds))
+    except Exception as exc:  # the evaluator's own errors: the node is malformed
+        raise ImportRefused(f"node '{node.name or node.output[0]}': {node.op_type} on constant inputs fails: {str(exc).strip()[:200]}") from None
+
+
+def _fold(model: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[list[Any], dict[str, np.ndarray], dict[str, str]]:
+    """(nodes left, known tensors, renamed tensors): one pass in the graph's order."""
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    alias: dict[str, str] = {}
+    kept = []
+    opset = _opset(model)
+    for original in model.graph.node:
+        node = onnx.NodeProto.FromString(original.SerializeToString())
+        for index, name in enumerate(node.input):
+            node.input[index] = alias.get(name, name)
+        inputs = [name for name in node.input if name]
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Identity" or (node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and inputs[0] not in constants
+                                          and shapes.get(inputs[0]) is not None and shapes.get(inputs[0]) == shapes.get(node.output[0])):
+            alias[node.output[0]] = inputs[0]  # changes nothing
+        elif node.op_type == "Shape" and inputs[0] in shapes:
+            shape = np.array(shapes[inputs[0]], np.int64)
+            constants[node.output[0]] = shape[attributes.get("start", 0): attributes.get("end", len(shape))]
+        elif node.op_type not in _NOT_FOLDED and all(name in constants for name in inputs) and node.domain in ("", "ai.onnx"):
+            outputs = _evaluate(node, {name: constants[name] for name in inputs}, opset)
+            constants.update({name: np.asarray(value) for name, value in zip(node.output, outputs, strict=False) if name})
+        else:
+            kept.append(node)
+    return kept, constants, alias
+
+
+def normalise(model: onnx.ModelProto) -> Plain:
+    """The model made plain (see the module's docstring); refuses what no spec can be."""
+    model = _upgraded(_fixed_input(model))
+    output = model.graph.output[0].name
+    for _ in range(4):  # folding a Shape can give the next pass more shapes, and so on
+        shapes = _inferred_shapes(model)
+        nodes, constants, alias = _fold(model, shapes)
+        used = {name for node in nodes for name in node.input}
+        folded = onnx.ModelProto.FromString(model.SerializeToString())
+        del folded.graph.node[:], folded.graph.initializer[:], folded.graph.value_info[:]
+        folded.graph.node.extend(nodes)
+        folded.graph.initializer.extend(numpy_helper.from_array(constants[name], name) for name in sorted(used & constants.keys()))
+        target = alias.get(output, output)
+        if target != output:  # the output came through an identity: the producer's tensor is the output now
+            folded.graph.output[0].name = target
+            output = target
+        done = len(nodes) == len(model.graph.node)
+        model = folded
+        if done:
+            break
+    if output in constants:
+        raise ImportRefused("the model's output does not depend on its input")
+    shapes = _inferred_shapes(model)
+    return Plain(nodes, constants, shapes, model.graph.input[0].name, output, model.producer_name)
+
+
+# ---- 2. read ---------------------------------------------------------------------------------
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _decimal(value: float) -> float:
+    """A float32 attribute as the decimal it was written as (0.01, not 0.0099999998)."""
+    return float(f"{value:.7g}")
+
+
+def _pair(values: list[int]) -> Any:
+    return int(values[0]) if values[0] == values[1] else [int(values[0]), int(values[1])]
+
+
+def _padding_arg(pads: list[int]) -> Any:
+    top, left, bottom, right = pads
+    if top == bottom == left == right:
+        return top
+    if top == bottom and left == right:
+        return [top, left]
+    return [[top, bottom], [left, right]]
+
+
+def _rounding(size: Shape, kernel: list[int], stride: list[int], pads: list[int], dilation: list[int], ceil: bool) -> str:
+    if ceil:
+        return "ceil"
+    spans = [(size[i] + pads[i] + pads[i + 2] - dilation[i] * (kernel[i] - 1) - 1) for i in range(2)]
+    return "exact" if all(span % s == 0 for span, s in zip(spans, stride, strict=True)) else "floor"
+
+
+def _explicit(node: Any, a: dict[str, Any]) -> None:
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise ImportRefused(f"node '{node.name or node.output[0]}': {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
+
+
+@dataclasses.dataclass
+class Reader:
+    """Turns the nodes of a ``Plain`` model into spec layers, one rule at a time."""
+
+    plain: Plain
+    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    producer: dict[str, str] = dataclasses.field(default_factory=dict)  # tensor -> layer name
+    extra_pads: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # tensor -> a Pad folded into its consumer
+    done: set[int] = dataclasses.field(default_factory=set)  # ids of nodes a rule has taken
+
+    def __post_init__(self) -> None:
+        self.producer[self.plain.input] = INPUT
+        self.consumers: dict[str, list[Any]] = {}
+        for node in self.plain.nodes:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    # what rules ask
+    def shape(self, tensor: str) -> Shape:
+        if tensor not in self.plain.shapes:
+            raise ImportRefused(f"tensor '{tensor}' has no fixed shape after normalising; the model computes shapes from its input data")
+        return self.plain.shapes[tensor]
+
+    def constant(self, node: Any, index: int) -> np.ndarray | None:
+        """Input ``index`` of ``node`` when it is known, else None."""
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        return self.plain.constants.get(node.input[index])
+
+    def variables(self, node: Any) -> list[str]:
+        """The inputs that are not known constants: the tensors the layer reads."""
+        return [name for name in node.input if name and name not in self.plain.constants]
+
+    def next_one(self, node: Any, op: str | tuple[str, ...]) -> Any | None:
+        """The only node reading ``node``'s output, when its operator is ``op`` and that
+        output is not the model's."""
+        users = self.consumers.get(node.output[0], [])
+        ops = (op,) if isinstance(op, str) else op
+        if len(users) == 1 and users[0].op_type in ops and node.output[0] != self.plain.output:
+            return users[0]
+        return None
+
+    # what rules write
+    def name_for(self, node: Any, kind: str) -> str:
+        taken = {layer["name"] for layer in self.layers}
+        raw = node.name.partition(":")[0] if node.name else ""
+        base = raw if raw and NAME_PATTERN.match(raw) and raw != INPUT else ""
+        if not base:
+            base = "".join(c if c.isalnum() or c in "_.-" else "_" for c in raw).strip("._-") or kind
+            if not NAME_PATTERN.match(base):
+                base = kind
+        name, count = base, 1
+        while name in taken or name == INPUT:
+            count += 1
+            name = f"{base}_{count}"
+        return name
+
+    def add(self, node: Any, kind: str, args: dict[str, Any], reads: list[str], writes: str | None = None) -> str:
+        """A layer named after ``node``, reading tensors ``reads``, whose output is tensor
+        ``writes`` (default: the node's)."""
+        name = self.name_for(node, kind)
+        try:
+            inputs = [self.producer[tensor] for tensor in reads]
+        except KeyError as missing:
+            raise ImportRefused(f"node '{node.name or node.output[0]}' reads '{missing.args[0]}', which no supported node computes") from None
+        self.layers.append({"kind": kind, "args": args, "name": name, "inputs": inputs})
+        self.producer[writes or node.output[0]] = name
+        return name
+
+    def read(self) -> None:
+        for node in self.plain.nodes:
+            if id(node) in self.done:
+                continue
+            for rule in RULES_BY_OP.get(node.op_type, []):
+                taken = rule.read(self, node)
+                if taken is not None:
+                    self.done.update(id(n) for n in taken)
+                    break
+            else:
+                raise ImportRefused(_unsupported(node, self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """``pattern`` (operators in order) becomes a ``kind`` layer; ``read`` returns the
+    nodes it took, or None where the pattern does not hold here (the next rule tries)."""
+
+    pattern: tuple[str, ...]
+    kind: str
+    read: Callable[[Reader, Any], list[Any] | None]
+    when: str = ""  # the condition, for the refusal message
+
+
+def _unsupported(node: Any, reader: Reader) -> str:
+    where = f"node '{node.name or node.output[0]}'"
+    shapes = ", ".join("x".join(map(str, reader.plain.shapes[name])) for name in reader.variables(node) if name in reader.plain.shapes)
+    rules = RULES_BY_OP.get(node.op_type, [])
+    if rules:
+        nearest = "; ".join(f"{' + '.join(r.pattern)} -> {r.kind}{f' ({r.when})' if r.when else ''}" for r in rules)
+        return f"{where}: ONNX {node.op_type}{f' on {shapes}' if shapes else ''} matches no pattern cnnspec reads; supported: {nearest}"
+    hint = did_you_mean(node.op_type, sorted(RULES_BY_OP))
+    return f"{where}: ONNX operator {node.op_type} has no cnnspec layer kind{hint}"
+
+
+# ---- the rules ----------------------------------------------------------------------------------
+
+
+def _conv(r: Reader, node: Any) -> list[Any]:
+    a = _attributes(node)
+    _explicit(node, a)
+    weight = r.constant(node, 1)
+    if weight is None or weight.ndim != 4:
+        raise ImportRefused(f"node '{node.name}': Conv needs a known 4-d weight (a 2-d convolution)")
+    kernel = list(a.get("kernel_shape", weight.shape[2:]))
+    stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
+    source = r.variables(node)[0]
+    size = r.shape(source)[2:]
+    args: dict[str, Any] = {"filters": int(weight.shape[0]), "kernel": _pair(kernel)}
+    if stride != [1, 1]:
+        args["stride"] = _pair(stride)
+    if any(pads):
+        args["padding"] = _padding_arg(pads)
+    if dilation != [1, 1]:
+        args["dilation"] = _pair(dilation)
+    if a.get("group", 1) != 1:
+        args["groups"] = int(a["group"])
+    bias = r.constant(node, 2)
+    if bias is None:
+        args["bias"] = False
+    rounding = _rounding(size, kernel, stride, pads, dilation, False)
+    if rounding != "exact":
+        args["rounding"] = rounding
+    name = r.add(node, Conv2d.kind, args, [source])
+    r.weights[f"{name}.weight"] = weight.astype(np.float32)
+    if bias is not None:
+        r.weights[f"{name}.bias"] = bias.astype(np.float32).reshape(-1)
+    return [node]
+
+
+def _dense_from(r: Reader, node: Any, weight: np.ndarray, bias: np.ndarray | None, taken: list[Any], writes: str) -> list[Any]:
+    """A dense layer; ``weight`` canonical (units x in)."""
+    args: dict[str, Any] = {"units": int(weight.shape[0])} | ({} if bias is not None else {"bias": False})
+    name = r.add(node, Dense.kind, args, r.variables(node)[:1], writes)
+    r.weights[f"{name}.weight"] = np.ascontiguousarray(weight.astype(np.float32))
+    if bias is not None:
+        r.weights[f"{name}.bias"] = np.broadcast_to(bias.astype(np.float32).reshape(-1), (weight.shape[0],)).copy()
+    return taken
+
+
+def _gemm(r: Reader, node: Any) -> list[Any] | None:
+    a = _attributes(node)
+    weight = r.constant(node, 1)
+    if a.get("transA", 0) or weight is None or len(r.variables(node)) != 1:
+        return None
+    weight = (weight if a.get("transB", 0) else weight.T) * float(a.get("alpha", 1.0))
+    bias = r.constant(node, 2)
+    bias = None if bias is None else bias * float(a.get("beta", 1.0))
+    return _dense_from(r, node, weight, bias, [node], node.output[0])
+
+
+def _matmul(r: Reader, node: Any) -> list[Any] | None:
+    weight = r.constant(node, 1)
+    source = r.variables(node)
+    if weight is None or weight.ndim != 2 or len(source) != 1 or node.input[0] != source[0] or len(r.shape(source[0])) != 2:
+        return None
+    after = r.next_one(node, "Add")
+    bias = None if after is None else next((r.constant(after, i) for i in (0, 1) if r.constant(after, i) is not None), None)
+    if after is not None and bias is not None and bias.size in (1, weight.shape[1]):
+        return _dense_from(r, node, weight.T, bias, [node, after], after.output[0])
+    return _dense_from(r, node, weight.T, None, [node], node.output[0])
+
+
+def _per_channel(r: Reader, node: Any) -> tuple[str, np.ndarray] | None:
+    """(the variable input, one value per channel) of a binary op between a tensor and a
+    constant that varies along the channel axis only (or not at all)."""
+    source = r.variables(node)
+    known = next((r.constant(node, i) for i in (0, 1) if r.constant(node, i) is not None), None)
+    if len(source) != 1 or known is None:
+        return None
+    shape = r.shape(source[0])
+    if len(shape) not in (2, 4) or known.ndim > len(shape):
+        return None
+    try:
+        if np.broadcast_shapes(known.shape, shape) != shape:
+            return None  # the constant would widen the tensor
+    except ValueError:
+        return None
+    full = np.broadcast_to(known, shape)
+    values = full.reshape(shape[0], shape[1], -1)[0, :, 0]
+    if not np.array_equal(full, np.broadcast_to(values.reshape(1, -1, *([1] * (len(shape) - 2))), shape)):
+        return None  # varies over positions, not only channels
+    return source[0], np.asarray(values, np.float32).copy()
+
+
+def _affine(r: Reader, node: Any) -> list[Any] | None:
+    """Mul or Div by per-channel constants, then (optionally) Add or Sub of them; or Add
+    or Sub alone: a batch norm with its statistics folded in."""
+    found = _per_channel(r, node)
+    if found is None:
+        return None
+    source, value = found
+    if node.op_type in ("Sub", "Div") and node.input[0] != source:
+        return None  # constant - x, constant / x: not an affine of x
+    if node.op_type in ("Add", "Sub"):
+        scale, shift, taken = np.ones_like(value), (value if node.op_type == "Add" else -value), [node]
+    else:
+        scale, shift, taken = (value if node.op_type == "Mul" else 1.0 / value), None, [node]
+        after = r.next_one(node, ("Add", "Sub"))
+        follows = _per_channel(r, after) if after is not None else None
+        if after is not None and follows is not None and not (after.op_type == "Sub" and after.input[0] != node.output[0]):
+            shift = follows[1] if after.op_type == "Add" else -follows[1]
+            taken.append(after)
+    name = r.add(node, Affine.kind, {} if shift is not None else {"bias": False}, [source], taken[-1].output[0])
+    r.weights[f"{name}.weight"] = scale.astype(np.float32)
+    if shift is not None:
+        r.weights[f"{name}.bias"] = shift.astype(np.float32)
+    return taken
+
+
+def _merge(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
+    def read(r: Reader, node: Any) -> list[Any] | None:
+        sources = r.variables(node)
+        if len(sources) < 2 or len(sources) != len([n for n in node.input if n]):
+            return None
+        r.add(node, kind, {}, sources)
+        return [node]
+
+    return read
+
+
+def _concat(r: Reader, node: Any) -> list[Any] | None:
+    sources = r.variables(node)
+    axis = _attributes(node).get("axis")
+    rank = len(r.shape(sources[0]))
+    if len(sources) != len(node.input) or axis not in (1, 1 - rank):
+        return None
+    r.add(node, Concat.kind, {}, sources)
+    return [node]
+
+
+def _flattens(r: Reader, node: Any) -> bool:
+    """Whether ``node`` turns 1 x C x H x W into 1 x CHW (channels-first order)."""
+    shape = r.shape(node.input[0])
+    return len(shape) == 4 and r.plain.shapes.get(node.output[0]) == (1, shape[1] * shape[2] * shape[3])
+
+
+def _flatten(r: Reader, node: Any) -> list[Any] | None:
+    if not _flattens(r, node) or (node.op_type == "Flatten" and _attributes(node).get("axis", 1) != 1):
+        return None
+    r.add(node, Flatten.kind, {}, [node.input[0]])
+    return [node]
+
+
+def _shuffle(r: Reader, node: Any) -> list[Any] | None:
+    """Reshape to (N, g, C/g, H, W), swap the two, reshape back: ShuffleNet's shuffle."""
+    shape, split = r.shape(node.input[0]), r.plain.shapes.get(node.output[0])
+    swap = r.next_one(node, "Transpose")
+    back = r.next_one(swap, "Reshape") if swap is not None else None
+    if swap is None or back is None or len(shape) != 4 or split is None or len(split) != 5:
+        return None
+    if (split[1] * split[2] != shape[1] or split[3:] != shape[2:] or list(_attributes(swap).get("perm", [])) != [0, 2, 1, 3, 4]
+            or r.plain.shapes.get(back.output[0]) != shape):
+        return None
+    r.add(node, ChannelShuffle.kind, {"groups": int(split[1])}, [node.input[0]], back.output[0])
+    return [node, swap, back]
+
+
+def _softmax_of_map(r: Reader, node: Any) -> list[Any] | None:
+    """Flatten, Softmax, Reshape back: what the opset converter makes of an old Softmax
+    on N x C x 1 x 1 (SqueezeNet's last layer): the channel softmax."""
+    shape = r.shape(node.input[0])
+    softmax = r.next_one(node, "Softmax")
+    back = r.next_one(softmax, "Reshape") if softmax is not None else None
+    if back is None or len(shape) != 4 or shape[2:] != (1, 1) or r.plain.shapes.get(back.output[0]) != shape:
+        return None
+    r.add(softmax, Softmax.kind, {}, [node.input[0]], back.output[0])
+    return [node, softmax, back]
+
+
+def _softmax_transposed(r: Reader, node: Any) -> list[Any] | None:
+    """Transpose, Softmax over the axis the channels moved to, Transpose back: what
+    torch.onnx writes for a channel softmax before opset 13."""
+    perm = list(_attributes(node).get("perm", []))
+    softmax = r.next_one(node, "Softmax")
+    back = r.next_one(softmax, "Transpose") if softmax is not None else None
+    if back is None or len(perm) != 4:
+        return None
+    axis = int(_attributes(softmax).get("axis", -1)) % 4
+    if perm[axis] != 1 or [perm[i] for i in _attributes(back).get("perm", [])] != [0, 1, 2, 3]:
+        return None
+    r.add(softmax, Softmax.kind, {}, [node.input[0]], back.output[0])
+    return [node, softmax, back]
+
+
+def _softmax(r: Reader, node: Any) -> list[Any] | None:
+    rank = len(r.shape(node.input[0]))
+    if _attributes(node).get("axis", -1) not in (1, 1 - rank) and not (rank == 2 and _attributes(node).get("axis", -1) == -1):
+        return None
+    r.add(node, Softmax.kind, {}, [node.input[0]])
+    return [node]
+
+
+_ACTIVATIONS: dict[str, Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]] = {
+    "Relu": lambda a: (ReLU.kind, {}),
+    "LeakyRelu": lambda a: (LeakyReLU.kind, {"negative_slope": _decimal(float(a.get("alpha", 0.01)))}),
+    "Elu": lambda a: (ELU.kind, {"alpha": _decimal(float(a.get("alpha", 1.0)))}),
+    "Sigmoid": lambda a: (Sigmoid.kind, {}),
+    "Tanh": lambda a: (Tanh.kind, {}),
+}
+
+
+def _activation_of(r: Reader, node: Any) -> tuple[str, dict[str, Any], np.ndarray | None] | None:
+    op = node.op_type
+    if op in _ACTIVATIONS:
+        return (*_ACTIVATIONS[op](_attributes(node)), None)
+    if op == "Clip":
+        low, high = r.constant(node, 1), r.constant(node, 2)
+        if low is None or high is None or (float(low), float(high)) != (0.0, 6.0):
+            return None
+        return ReLU6.kind, {}, None
+    slope = r.constant(node, 1)  # PRelu
+    if slope is None:
+        return None
+    slope = slope.reshape(-1).astype(np.float32)
+    return PReLU.kind, ({"channelwise": True} if slope.size > 1 else {}), slope
+
+
+def _activation(r: Reader, node: Any) -> list[Any] | None:
+    found = _activation_of(r, node)
+    if found is None:
+        return None
+    kind, args, weight = found
+    prefix, _, role = node.name.partition(":")
+    owner = next((layer for layer in r.layers if layer["name"] == prefix), None) if role == "activation" else None
+    if owner is not None:  # cnnspec's own export: the activation argument of a conv2d or dense
+        owner["args"]["activation"] = {kind: args} if args else kind
+        if weight is not None:
+            r.weights[f"{prefix}.activation.weight"] = weight
+        r.producer[node.output[0]] = prefix
+        return [node]
+    name = r.add(node, kind, args, r.variables(node)[:1])
+    if weight is not None:
+        r.weights[f"{name}.weight"] = weight
+    return [node]
+
+
+def _ceil_emulated(size: Shape, kernel: list[int], stride: list[int], pads: list[int]) -> bool:
+    """Whether extra padding at the end of a max pool (how exporters before opset 10
+    write ``ceil_mode``) gives exactly the windows of ceil rounding with the start's
+    padding on both sides (PyTorch's rule: the last window starts inside the input)."""
+    if pads[2] <= pads[0] and pads[3] <= pads[1]:
+        return False
+    for axis in range(2):
+        begin, end = pads[axis], pads[axis + 2]
+        given = (size[axis] + begin + end - kernel[axis]) // stride[axis] + 1
+        ceiled = -(-(size[axis] + 2 * begin - kernel[axis]) // stride[axis]) + 1
+        if (ceiled - 1) * stride[axis] >= size[axis] + begin:
+            ceiled -= 1
+        if given != ceiled or 2 * begin > kernel[axis]:
+            return False
+    return True
+
+
+def _pool(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
+    def read(r: Reader, node: Any) -> list[Any] | None:
+        a = _attributes(node)
+        _explicit(node, a)
+        if len(node.output) > 1 and node.output[1]:
+            raise ImportRefused(f"node '{node.name}': MaxPool with an indices output is not supported")
+        if list(a.get("dilations", [1, 1])) != [1, 1]:
+            raise ImportRefused(f"node '{node.name}': {node.op_type} with dilations is not supported")
+        kernel = list(a["kernel_shape"])
+        stride = list(a.get("strides", [1, 1]))
+        pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
+        size = r.shape(node.input[0])[2:]
+        ceil = bool(a.get("ceil_mode", 0))
+        if kind == MaxPool2d.kind and not ceil and _ceil_emulated(size, kernel, stride, pads):
+            pads, ceil = [pads[0], pads[1], pads[0], pads[1]], True
+        args: dict[str, Any] = {"kernel": _pair(kernel)}
+        if stride != kernel:
+            args["stride"] = _pair(stride)
+        if any(pads):
+            args["padding"] = _padding_arg(pads)
+        rounding = _rounding(size, kernel, stride, pads, [1, 1], ceil)
+        if rounding != "exact":
+            args["rounding"] = rounding
+        if kind == AvgPool2d.kind and not a.get("count_include_pad", 0) and any(a.get("pads", [0])):
+            args["count_include_pad"] = False
+        r.add(node, kind, args, [node.input[0]])
+        return [node]
+
+    return read
+
+
+def _global(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
+    def read(r: Reader, node: Any) -> list[Any] | None:
+        after = r.next_one(node, ("Flatten", "Reshape", "Squeeze"))
+        if after is not None and _flattens(r, after):  # pool then drop the 1 x 1 axes: a plain global pool
+            r.add(node, kind, {}, [node.input[0]], after.output[0])
+            return [node, after]
+        r.add(node, kind, {"keepdims": True}, [node.input[0]])
+        return [node]
+
+    return read
+
+
+def _reduce(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
+    """ReduceMean or ReduceMax over height and width: a global pool (``x.mean((2, 3))``)."""
+
+    def read(r: Reader, node: Any) -> list[Any] | None:
+        a = _attributes(node)
+        given = r.constant(node, 1)
+        axes = sorted(int(i) % 4 for i in (given if given is not None else a.get("axes", [])))
+        if len(r.shape(node.input[0])) != 4 or axes != [2, 3]:
+            return None
+        r.add(node, kind, {} if not a.get("keepdims", 1) else {"keepdims": True}, [node.input[0]])
+        return [node]
+
+    return read
+
+
+def _pad(r: Reader, node: Any) -> list[Any] | None:
+    a = _attributes(node)
+    given = r.constant(node, 1)
+    pads = [int(p) for p in (given if given is not None else a.get("pads", []))]
+    fill = r.constant(node, 2)
+    value = float(fill) if fill is not None else 0.0
+    if a.get("mode", b"constant") not in (b"constant", "constant") or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
+        return None
+    spatial = [pads[2], pads[3], pads[6], pads[7]]  # top, left, bottom, right
+    after = r.next_one(node, ("Conv", "AveragePool", "MaxPool"))
+    folds = after is not None and (
+        (after.op_type == "Conv" and value == 0.0)
+        or (after.op_type == "AveragePool" and value == 0.0 and not any(_attributes(after).get("pads", [0])))
+        or (after.op_type == "MaxPool" and value == -np.inf)
+    )
+    if folds:  # the padding becomes the next layer's own
+        r.extra_pads[node.output[0]] = spatial
+        r.producer[node.output[0]] = r.producer[node.input[0]]
+        r.plain.shapes[node.output[0]] = r.shape(node.input[0])  # the layer sees the unpadded map
+        return [node]
+    if value != 0.0:
+        return None
+    r.add(node, ZeroPadding2d.kind, {"padding": [[pads[2], pads[6]], [pads[3], pads[7]]]}, [node.input[0]])
+    return [node]
+
+
+def _batchnorm(r: Reader, node: Any) -> list[Any] | None:
+    parts = [r.constant(node, i) for i in range(1, 5)]
+    if any(p is None for p in parts):
+        return None
+    a = _attributes(node)
+    eps, momentum = float(a.get("epsilon", 1e-5)), 1.0 - float(a.get("momentum", 0.9))
+    args: dict[str, Any] = {}
+    if not np.isclose(eps, 1e-5, rtol=1e-6):
+        args["eps"] = _decimal(eps)
+    if not np.isclose(momentum, 0.1, rtol=1e-6):
+        args["momentum"] = _decimal(momentum)
+    name = r.add(node, BatchNorm.kind, args, [node.input[0]])
+    for part, array in zip(("weight", "bias", "running_mean", "running_var"), parts, strict=True):
+        r.weights[f"{name}.{part}"] = np.asarray(array, np.float32)
+    return [node]
+
+
+def _lrn(r: Reader, node: Any) -> list[Any] | None:
+    a = _attributes(node)
+    size = int(a["size"])
+    if size % 2 == 0:
+        raise ImportRefused(f"node '{node.name}': LRN of even size {size} centres its window differently from cnnspec's")
+    args = {"size": size, "alpha": _decimal(float(a.get("alpha", 1e-4))), "beta": _decimal(float(a.get("beta", 0.75))),
+            "k": _decimal(float(a.get("bias", 1.0)))}
+    r.add(node, LRN.kind, args, [node.input[0]])
+    return [node]
+
+
+def _dropout(r: Reader, node: Any) -> list[Any]:
+    """Kept as a layer (an identity in inference; fine-tuning wants it back)."""
+    rate = r.constant(node, 1)
+    r.add(node, Dropout.kind, {"rate": _decimal(float(rate) if rate is not None else float(_attributes(node).get("ratio", 0.5)))},
+          [node.input[0]])
+    return [node]
+
+
+RULES: list[Rule] = [
+    Rule(("Conv",), Conv2d.kind, _conv),
+    Rule(("Gemm",), Dense.kind, _gemm, "a known weight, input not transposed"),
+    Rule(("MatMul", "Add"), Dense.kind, _matmul, "a vector times a known matrix, plus a known vector"),
+    *(Rule((op, "Add"), Affine.kind, _affine, "by per-channel constants") for op in ("Mul", "Div")),
+    *(Rule((op,), Affine.kind, _affine, "of per-channel constants") for op in ("Add", "Sub")),
+    Rule(("Add",), Add.kind, _merge(Add.kind), "of two tensors"),
+    Rule(("Sum",), Add.kind, _merge(Add.kind), "of two or more tensors"),
+    Rule(("Concat",), Concat.kind, _concat, "over channels"),
+    Rule(("Reshape", "Transpose", "Reshape"), ChannelShuffle.kind, _shuffle, "to N x g x C/g x H x W, swap, back"),
+    Rule(("Flatten", "Softmax", "Reshape"), Softmax.kind, _softmax_of_map, "on N x C x 1 x 1"),
+    Rule(("Transpose", "Softmax", "Transpose"), Softmax.kind, _softmax_transposed, "over the channel axis, moved last and back"),
+    *(Rule((op,), Flatten.kind, _flatten, "N x C x H x W to N x CHW") for op in ("Flatten", "Reshape", "Squeeze")),
+    Rule(("Softmax",), Softmax.kind, _softmax, "over channels or features"),
+    *(Rule((op,), kind, _activation) for op, kind in (("Relu", ReLU.kind), ("LeakyRelu", LeakyReLU.kind), ("Elu", ELU.kind),
+                                                      ("Sigmoid", Sigmoid.kind), ("Tanh", Tanh.kind), ("PRelu", PReLU.kind))),
+    Rule(("Clip",), ReLU6.kind, _activation, "between 0 and 6"),
+    Rule(("MaxPool",), MaxPool2d.kind, _pool(MaxPool2d.kind)),
+    Rule(("AveragePool",), AvgPool2d.kind, _pool(AvgPool2d.kind)),
+    Rule(("GlobalAveragePool",), GlobalAvgPool2d.kind, _global(GlobalAvgPool2d.kind)),
+    Rule(("GlobalMaxPool",), GlobalMaxPool2d.kind, _global(GlobalMaxPool2d.kind)),
+    Rule(("ReduceMean",), GlobalAvgPool2d.kind, _reduce(GlobalAvgPool2d.kind), "over height and width"),
+    Rule(("ReduceMax",), GlobalMaxPool2d.kind, _reduce(GlobalMaxPool2d.kind), "over height and width"),
+    Rule(("Pad",), ZeroPadding2d.kind, _pad, "constant padding of height and width; folded into a following Conv or pool"),
+    Rule(("BatchNormalization",), BatchNorm.kind, _batchnorm, "known statistics"),
+    Rule(("LRN",), LRN.kind, _lrn),
+    Rule(("Dropout",), Dropout.kind, _dropout),
+]
+RULES_BY_OP: dict[str, list[Rule]] = {}
+for _rule in RULES:
+    RULES_BY_OP.setdefault(_rule.pattern[0], []).append(_rule)
+
+
+def import_onnx(model: onnx.ModelProto, name: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """(spec YAML text, canonical weights) of an ONNX model."""
+    import yaml
+
+    plain = normalise(model)
+    reader = Reader(plain)
+    reader.read()
+    input_shape = list(plain.shapes[plain.input][1:])
+    output = reader.producer.get(plain.output)
+    if output is None or not reader.layers or output != reader.layers[-1]["name"]:
+        raise ImportRefused(f"the model's output comes from '{output}', not from its last node; a spec ends at its output")
+    lines = [f"name: {yaml.safe_dump(name or model.graph.name or 'imported', default_style=None).splitlines()[0]}",
+             f"description: imported from ONNX ({model.producer_name or 'unknown producer'}) by cnnspec import",
+             f"input: {{shape: {input_shape}}}", "layers:"]
+    previous = INPUT
+    for layer in reader.layers:
+        args = yaml.safe_dump(layer["args"], default_flow_style=True, width=10**6).strip()
+        lines.append(f"  - {layer['kind']}: {args}")
+        lines.append(f"    name: {layer['name']}")
+        if layer["inputs"] != [previous]:
+            lines.append(f"    inputs: [{', '.join(layer['inputs'])}]")
+        previous = layer["name"]
+    return "\n".join(lines) + "\n", reader.weights
