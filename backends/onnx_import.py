@@ -155,7 +155,7 @@ def normalise(model: onnx.ModelProto) -> Plain:
     """The model made plain (see the module's docstring); refuses what no spec can be."""
     model = _upgraded(_fixed_input(model))
     output = model.graph.output[0].name
-    for _ in range(4):  # folding a Shape can give the next pass more shapes, and so on
+    while True:  # folding a Shape can give the next pass more shapes, and so on (each pass folds some, or stops)
         shapes = _inferred_shapes(model)
         nodes, constants, alias = _fold(model, shapes)
         used = {name for node in nodes for name in node.input}

@@ -26,7 +26,7 @@ from cnnspec.load import with_input_size  # noqa: E402
 SMALL = {
     "squeezenet": (lambda: fm.SqueezeNet(classes=10, width=4), (3, 64, 64)),
     "densenet": (lambda: fm.DenseNet(blocks=(2, 2), growth=8, classes=10), (3, 32, 32)),
-    "shufflenet": (lambda: fm.ShuffleNet(groups=3, stages=(48, 96), repeats=(2, 2), classes=10), (3, 32, 32)),
+    "shufflenet": (lambda: fm.ShuffleNet(groups=3, stages=(48, 96), repeats=(3, 5), classes=10), (3, 32, 32)),
 }
 
 
