@@ -42,6 +42,7 @@ OLDEST_OPSET = 7
 # Never computed ahead, even with known inputs: random, or state that training changes.
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
 Shape = tuple[int, ...]
+_SMALL = 64  # constants up to this many values are shapes or axes, not weights
 
 
 class ImportRefused(ValueError):
@@ -125,14 +126,31 @@ def _evaluate(node: Any, feeds: dict[str, np.ndarray], opset: int) -> list[np.nd
         raise ImportRefused(f"node '{node.name or node.output[0]}': {node.op_type} on constant inputs fails: {str(exc).strip()[:200]}") from None
 
 
-def _fold(model: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[list[Any], dict[str, np.ndarray], dict[str, str]]:
-    """(nodes left, known tensors, renamed tensors): one pass in the graph's order."""
-    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+def _skeleton(model: onnx.ModelProto, nodes: list[Any], constants: dict[str, np.ndarray], output: str) -> onnx.ModelProto:
+    """``nodes`` over ``model``'s input, for shape inference: large constants (weights) as
+    typed inputs, so that their values are neither copied nor serialised; small ones
+    (shapes, axes) as initializers, whose values data propagation reads."""
+    small = {name: array for name, array in constants.items() if array.size <= _SMALL}
+    typed = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape))
+             for name, array in constants.items() if array.size > _SMALL]
+    result = onnx.ValueInfoProto()
+    result.CopyFrom(model.graph.output[0])
+    result.name = output
+    graph = helper.make_graph(nodes, model.graph.name, [*model.graph.input, *typed], [result],
+                              initializer=[numpy_helper.from_array(array, name) for name, array in small.items()])
+    skeleton = helper.make_model(graph, opset_imports=list(model.opset_import))
+    skeleton.ir_version = model.ir_version
+    return skeleton
+
+
+def _fold(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, Shape], opset: int) -> tuple[list[Any], dict[str, str]]:
+    """(nodes left, renamed tensors): one pass in the graph's order, adding what it
+    computes to ``constants``."""
     alias: dict[str, str] = {}
     kept = []
-    opset = _opset(model)
-    for original in model.graph.node:
-        node = onnx.NodeProto.FromString(original.SerializeToString())
+    for original in nodes:
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
         for index, name in enumerate(node.input):
             node.input[index] = alias.get(name, name)
         inputs = [name for name in node.input if name]
@@ -148,32 +166,24 @@ def _fold(model: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[list[Any], 
             constants.update({name: np.asarray(value) for name, value in zip(node.output, outputs, strict=False) if name})
         else:
             kept.append(node)
-    return kept, constants, alias
+    return kept, alias
 
 
 def normalise(model: onnx.ModelProto) -> Plain:
     """The model made plain (see the module's docstring); refuses what no spec can be."""
     model = _upgraded(_fixed_input(model))
-    output = model.graph.output[0].name
+    opset = _opset(model)
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes, output = list(model.graph.node), model.graph.output[0].name
     while True:  # folding a Shape can give the next pass more shapes, and so on (each pass folds some, or stops)
-        shapes = _inferred_shapes(model)
-        nodes, constants, alias = _fold(model, shapes)
-        used = {name for node in nodes for name in node.input}
-        folded = onnx.ModelProto.FromString(model.SerializeToString())
-        del folded.graph.node[:], folded.graph.initializer[:], folded.graph.value_info[:]
-        folded.graph.node.extend(nodes)
-        folded.graph.initializer.extend(numpy_helper.from_array(constants[name], name) for name in sorted(used & constants.keys()))
-        target = alias.get(output, output)
-        if target != output:  # the output came through an identity: the producer's tensor is the output now
-            folded.graph.output[0].name = target
-            output = target
-        done = len(nodes) == len(model.graph.node)
-        model = folded
-        if done:
+        shapes = _inferred_shapes(_skeleton(model, nodes, constants, output))
+        kept, alias = _fold(nodes, constants, shapes, opset)
+        output = alias.get(output, output)  # the output came through an identity: the producer's tensor is the output now
+        if len(kept) == len(nodes):  # nothing folded: these shapes are the final ones
             break
+        nodes = kept
     if output in constants:
         raise ImportRefused("the model's output does not depend on its input")
-    shapes = _inferred_shapes(model)
     return Plain(nodes, constants, shapes, model.graph.input[0].name, output, model.producer_name)
 
 
@@ -220,6 +230,7 @@ class Reader:
 
     plain: Plain
     layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    by_name: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the same layers, by name
     weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     producer: dict[str, str] = dataclasses.field(default_factory=dict)  # tensor -> layer name
     extra_pads: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # tensor -> a Pad folded into its consumer
@@ -259,7 +270,6 @@ class Reader:
 
     # what rules write
     def name_for(self, node: Any, kind: str) -> str:
-        taken = {layer["name"] for layer in self.layers}
         raw = node.name.partition(":")[0] if node.name else ""
         base = raw if raw and NAME_PATTERN.match(raw) and raw != INPUT else ""
         if not base:
@@ -267,7 +277,7 @@ class Reader:
             if not NAME_PATTERN.match(base):
                 base = kind
         name, count = base, 1
-        while name in taken or name == INPUT:
+        while name in self.by_name or name == INPUT:
             count += 1
             name = f"{base}_{count}"
         return name
@@ -280,7 +290,9 @@ class Reader:
             inputs = [self.producer[tensor] for tensor in reads]
         except KeyError as missing:
             raise ImportRefused(f"node '{node.name or node.output[0]}' reads '{missing.args[0]}', which no supported node computes") from None
-        self.layers.append({"kind": kind, "args": args, "name": name, "inputs": inputs})
+        layer = {"kind": kind, "args": args, "name": name, "inputs": inputs}
+        self.layers.append(layer)
+        self.by_name[name] = layer
         self.producer[writes or node.output[0]] = name
         return name
 
@@ -549,7 +561,7 @@ def _activation(r: Reader, node: Any) -> list[Any] | None:
         return None
     kind, args, weight = found
     prefix, _, role = node.name.partition(":")
-    owner = next((layer for layer in r.layers if layer["name"] == prefix), None) if role == "activation" else None
+    owner = r.by_name.get(prefix) if role == "activation" else None
     if owner is not None:  # cnnspec's own export: the activation argument of a conv2d or dense
         owner["args"]["activation"] = {kind: args} if args else kind
         if weight is not None:
