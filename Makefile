@@ -131,6 +131,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_transfer.py --speed
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/bench_import.py
+	$(BIN)/python benchmarks/bench_import_keras.py
 	$(BIN)/python benchmarks/bench_distributed.py
 
 clean:

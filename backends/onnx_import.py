@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cnnspec.backends.import_common import ImportRefused, decimal, layer_name, padding_arg, pair, rounding, spec_text
 from cnnspec.diagnostics import did_you_mean
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
@@ -35,7 +36,7 @@ from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPad
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
-from cnnspec.spec import INPUT, NAME_PATTERN
+from cnnspec.spec import INPUT
 
 TARGET_OPSET = 13  # Softmax over one axis; older models are converted up to it
 OLDEST_OPSET = 7
@@ -43,10 +44,6 @@ OLDEST_OPSET = 7
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
 Shape = tuple[int, ...]
 _SMALL = 64  # constants up to this many values are shapes or axes, not weights
-
-
-class ImportRefused(ValueError):
-    """The ONNX model uses something no spec layer expresses; the message names it."""
 
 
 # ---- 1. normalise ----------------------------------------------------------------------------
@@ -194,31 +191,6 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _decimal(value: float) -> float:
-    """A float32 attribute as the decimal it was written as (0.01, not 0.0099999998)."""
-    return float(f"{value:.7g}")
-
-
-def _pair(values: list[int]) -> Any:
-    return int(values[0]) if values[0] == values[1] else [int(values[0]), int(values[1])]
-
-
-def _padding_arg(pads: list[int]) -> Any:
-    top, left, bottom, right = pads
-    if top == bottom == left == right:
-        return top
-    if top == bottom and left == right:
-        return [top, left]
-    return [[top, bottom], [left, right]]
-
-
-def _rounding(size: Shape, kernel: list[int], stride: list[int], pads: list[int], dilation: list[int], ceil: bool) -> str:
-    if ceil:
-        return "ceil"
-    spans = [(size[i] + pads[i] + pads[i + 2] - dilation[i] * (kernel[i] - 1) - 1) for i in range(2)]
-    return "exact" if all(span % s == 0 for span, s in zip(spans, stride, strict=True)) else "floor"
-
-
 def _explicit(node: Any, a: dict[str, Any]) -> None:
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
         raise ImportRefused(f"node '{node.name or node.output[0]}': {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
@@ -270,17 +242,7 @@ class Reader:
 
     # what rules write
     def name_for(self, node: Any, kind: str) -> str:
-        raw = node.name.partition(":")[0] if node.name else ""
-        base = raw if raw and NAME_PATTERN.match(raw) and raw != INPUT else ""
-        if not base:
-            base = "".join(c if c.isalnum() or c in "_.-" else "_" for c in raw).strip("._-") or kind
-            if not NAME_PATTERN.match(base):
-                base = kind
-        name, count = base, 1
-        while name in self.by_name or name == INPUT:
-            count += 1
-            name = f"{base}_{count}"
-        return name
+        return layer_name(node.name.partition(":")[0] if node.name else "", kind, self.by_name)
 
     def add(self, node: Any, kind: str, args: dict[str, Any], reads: list[str], writes: str | None = None) -> str:
         """A layer named after ``node``, reading tensors ``reads``, whose output is tensor
@@ -345,21 +307,21 @@ def _conv(r: Reader, node: Any) -> list[Any]:
     pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
     source = r.variables(node)[0]
     size = r.shape(source)[2:]
-    args: dict[str, Any] = {"filters": int(weight.shape[0]), "kernel": _pair(kernel)}
+    args: dict[str, Any] = {"filters": int(weight.shape[0]), "kernel": pair(kernel)}
     if stride != [1, 1]:
-        args["stride"] = _pair(stride)
+        args["stride"] = pair(stride)
     if any(pads):
-        args["padding"] = _padding_arg(pads)
+        args["padding"] = padding_arg(pads)
     if dilation != [1, 1]:
-        args["dilation"] = _pair(dilation)
+        args["dilation"] = pair(dilation)
     if a.get("group", 1) != 1:
         args["groups"] = int(a["group"])
     bias = r.constant(node, 2)
     if bias is None:
         args["bias"] = False
-    rounding = _rounding(size, kernel, stride, pads, dilation, False)
-    if rounding != "exact":
-        args["rounding"] = rounding
+    mode = rounding(size, kernel, stride, pads, dilation, False)
+    if mode != "exact":
+        args["rounding"] = mode
     name = r.add(node, Conv2d.kind, args, [source])
     r.weights[f"{name}.weight"] = weight.astype(np.float32)
     if bias is not None:
@@ -532,8 +494,8 @@ def _softmax(r: Reader, node: Any) -> list[Any] | None:
 
 _ACTIVATIONS: dict[str, Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]] = {
     "Relu": lambda a: (ReLU.kind, {}),
-    "LeakyRelu": lambda a: (LeakyReLU.kind, {"negative_slope": _decimal(float(a.get("alpha", 0.01)))}),
-    "Elu": lambda a: (ELU.kind, {"alpha": _decimal(float(a.get("alpha", 1.0)))}),
+    "LeakyRelu": lambda a: (LeakyReLU.kind, {"negative_slope": decimal(float(a.get("alpha", 0.01)))}),
+    "Elu": lambda a: (ELU.kind, {"alpha": decimal(float(a.get("alpha", 1.0)))}),
     "Sigmoid": lambda a: (Sigmoid.kind, {}),
     "Tanh": lambda a: (Tanh.kind, {}),
 }
@@ -606,14 +568,14 @@ def _pool(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
         ceil = bool(a.get("ceil_mode", 0))
         if kind == MaxPool2d.kind and not ceil and _ceil_emulated(size, kernel, stride, pads):
             pads, ceil = [pads[0], pads[1], pads[0], pads[1]], True
-        args: dict[str, Any] = {"kernel": _pair(kernel)}
+        args: dict[str, Any] = {"kernel": pair(kernel)}
         if stride != kernel:
-            args["stride"] = _pair(stride)
+            args["stride"] = pair(stride)
         if any(pads):
-            args["padding"] = _padding_arg(pads)
-        rounding = _rounding(size, kernel, stride, pads, [1, 1], ceil)
-        if rounding != "exact":
-            args["rounding"] = rounding
+            args["padding"] = padding_arg(pads)
+        mode = rounding(size, kernel, stride, pads, [1, 1], ceil)
+        if mode != "exact":
+            args["rounding"] = mode
         if kind == AvgPool2d.kind and not a.get("count_include_pad", 0) and any(a.get("pads", [0])):
             args["count_include_pad"] = False
         r.add(node, kind, args, [node.input[0]])
@@ -683,9 +645,9 @@ def _batchnorm(r: Reader, node: Any) -> list[Any] | None:
     eps, momentum = float(a.get("epsilon", 1e-5)), 1.0 - float(a.get("momentum", 0.9))
     args: dict[str, Any] = {}
     if not np.isclose(eps, 1e-5, rtol=1e-6):
-        args["eps"] = _decimal(eps)
+        args["eps"] = decimal(eps)
     if not np.isclose(momentum, 0.1, rtol=1e-6):
-        args["momentum"] = _decimal(momentum)
+        args["momentum"] = decimal(momentum)
     name = r.add(node, BatchNorm.kind, args, [node.input[0]])
     for part, array in zip(("weight", "bias", "running_mean", "running_var"), parts, strict=True):
         r.weights[f"{name}.{part}"] = np.asarray(array, np.float32)
@@ -697,8 +659,8 @@ def _lrn(r: Reader, node: Any) -> list[Any] | None:
     size = int(a["size"])
     if size % 2 == 0:
         raise ImportRefused(f"node '{node.name}': LRN of even size {size} centres its window differently from cnnspec's")
-    args = {"size": size, "alpha": _decimal(float(a.get("alpha", 1e-4))), "beta": _decimal(float(a.get("beta", 0.75))),
-            "k": _decimal(float(a.get("bias", 1.0)))}
+    args = {"size": size, "alpha": decimal(float(a.get("alpha", 1e-4))), "beta": decimal(float(a.get("beta", 0.75))),
+            "k": decimal(float(a.get("bias", 1.0)))}
     r.add(node, LRN.kind, args, [node.input[0]])
     return [node]
 
@@ -706,7 +668,7 @@ def _lrn(r: Reader, node: Any) -> list[Any] | None:
 def _dropout(r: Reader, node: Any) -> list[Any]:
     """Kept as a layer (an identity in inference; fine-tuning wants it back)."""
     rate = r.constant(node, 1)
-    r.add(node, Dropout.kind, {"rate": _decimal(float(rate) if rate is not None else float(_attributes(node).get("ratio", 0.5)))},
+    r.add(node, Dropout.kind, {"rate": decimal(float(rate) if rate is not None else float(_attributes(node).get("ratio", 0.5)))},
           [node.input[0]])
     return [node]
 
@@ -746,24 +708,12 @@ for _rule in RULES:
 
 def import_onnx(model: onnx.ModelProto, name: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
     """(spec YAML text, canonical weights) of an ONNX model."""
-    import yaml
-
     plain = normalise(model)
     reader = Reader(plain)
     reader.read()
-    input_shape = list(plain.shapes[plain.input][1:])
     output = reader.producer.get(plain.output)
     if output is None or not reader.layers or output != reader.layers[-1]["name"]:
         raise ImportRefused(f"the model's output comes from '{output}', not from its last node; a spec ends at its output")
-    lines = [f"name: {yaml.safe_dump(name or model.graph.name or 'imported', default_style=None).splitlines()[0]}",
-             f"description: imported from ONNX ({model.producer_name or 'unknown producer'}) by cnnspec import",
-             f"input: {{shape: {input_shape}}}", "layers:"]
-    previous = INPUT
-    for layer in reader.layers:
-        args = yaml.safe_dump(layer["args"], default_flow_style=True, width=10**6).strip()
-        lines.append(f"  - {layer['kind']}: {args}")
-        lines.append(f"    name: {layer['name']}")
-        if layer["inputs"] != [previous]:
-            lines.append(f"    inputs: [{', '.join(layer['inputs'])}]")
-        previous = layer["name"]
-    return "\n".join(lines) + "\n", reader.weights
+    description = f"imported from ONNX ({model.producer_name or 'unknown producer'}) by cnnspec import"
+    text = spec_text(name or model.graph.name or "imported", description, list(plain.shapes[plain.input][1:]), reader.layers)
+    return text, reader.weights

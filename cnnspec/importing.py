@@ -3,10 +3,13 @@
 - ``MODEL.onnx``: the graph becomes a spec (``-o spec.yaml``) and its initializers a
   checkpoint beside it (``spec.safetensors``); the spec is validated, and the imported
   network's outputs are compared with onnxruntime's on the original file.
+- ``MODEL.keras`` or a full-model ``MODEL.h5``: a Keras model, loaded in safe mode, the
+  same way: spec and checkpoint, written once the spec computes what Keras computes.
 - A PyTorch ``state_dict`` (``.pt``, ``.pth``, ``.bin``), loaded with ``weights_only``
   (tensors, never code), for a spec whose layer names are the model's module names (the
   zoo uses torchvision's).
-- A Keras ``.weights.h5`` saved from the model the tensorflow backend builds for a spec.
+- A Keras ``.weights.h5`` saved from the model the tensorflow backend builds for a spec
+  (any ``.h5`` given ``--spec``).
 
 Checkpoints are canonical safetensors files: ``--weights`` for ``verify`` and ``export``,
 ``--init`` for ``train``.
@@ -14,6 +17,7 @@ Checkpoints are canonical safetensors files: ``--weights`` for ``verify`` and ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +38,14 @@ def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
 
     check_export(model)  # a file cnnspec exported: as written, or refused by name
     name = model.name.lower()
-    if name.endswith(".onnx"):
+    whole_model = name.endswith((".onnx", ".keras")) or (name.endswith(".h5") and not name.endswith(".weights.h5") and spec is None)
+    if whole_model:
         if spec is not None:
-            raise ImportFailed("an ONNX model brings its own graph: leave out --spec")
-        return _import_onnx(model, out or Path(f"{model.name[: -len('.onnx')]}.yaml"))
+            raise ImportFailed(f"{model}: a whole model brings its own graph: leave out --spec")
+        target = out or Path(f"{_stem(model)}.yaml")
+        if target.suffix not in (".yaml", ".yml"):
+            raise ImportFailed(f"{target}: importing a model writes a spec (.yaml) and a checkpoint beside it")
+        return (_import_onnx if name.endswith(".onnx") else _import_keras)(model, target)
     if spec is None:
         raise ImportFailed(f"{model}: weights need the spec they belong to: add --spec NAME_OR_FILE")
     from cnnspec.load import load_spec
@@ -57,7 +65,7 @@ def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
         except (ValueError, KeyError) as exc:
             raise ImportFailed(f"{model} does not fit the Keras model of '{graph.name}': {exc}") from None
     else:
-        raise ImportFailed(f"{model}: import reads .onnx, a PyTorch state_dict (.pt, .pth, .bin) or a Keras .weights.h5")
+        raise ImportFailed(f"{model}: import reads a model (.onnx, .keras, .h5) or weights for a spec (a PyTorch state_dict .pt, .pth, .bin, or Keras .weights.h5)")
     check_weights(graph, weights, str(model))
     save_arrays(target, weights, {"spec": graph.name, "source": str(model)})
     lines = [f"wrote {target}: {len(weights)} arrays for '{graph.name}' from {model}"]
@@ -85,52 +93,72 @@ def _from_state_dict(graph: Graph, path: Path) -> tuple[dict[str, np.ndarray], l
 
 
 def _import_onnx(model: Path, out: Path) -> list[str]:
-    from cnnspec.backends import import_module, load_backend
-    from cnnspec.harness.config import TrainConfig
-    from cnnspec.load import parse_spec
+    from cnnspec.backends import import_module
 
-    if out.suffix not in (".yaml", ".yml"):
-        raise ImportFailed(f"{out}: an ONNX import writes a spec (.yaml) and a checkpoint beside it")
     onnx_backend = import_module("onnx_backend", "onnx", "importing ONNX")
     onnx_import = import_module("onnx_import", "onnx", "importing ONNX")
     import onnx
+
+    from cnnspec.backends.import_common import ImportRefused, spec_name
+    from cnnspec.spec import NAME_PATTERN
 
     try:
         loaded = onnx.load(str(model))
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ImportFailed(f"{model}: not an ONNX model ({type(exc).__name__})") from None
+    # cnnspec's own exports carry the spec's name; other exporters' graph names are generic
+    ours = loaded.producer_name == "cnnspec" and NAME_PATTERN.match(loaded.graph.name or "")
     try:
-        from cnnspec.spec import NAME_PATTERN
-
-        # cnnspec's own exports carry the spec's name; other exporters' graph names are generic
-        ours = loaded.producer_name == "cnnspec" and NAME_PATTERN.match(loaded.graph.name or "")
-        name = loaded.graph.name if ours else _spec_name(model)
-        text, weights = onnx_import.import_onnx(loaded, name=name)
-    except onnx_import.ImportRefused as exc:
+        text, weights = onnx_import.import_onnx(loaded, name=loaded.graph.name if ours else spec_name(_stem(model)))
+    except ImportRefused as exc:
         raise ImportFailed(f"{model}: {exc}") from None
+    return _checked_and_written(model, out, text, weights, "onnxruntime", lambda x: next(iter(onnx_backend.run(loaded, x).values())))
+
+
+def _import_keras(model: Path, out: Path) -> list[str]:
+    from cnnspec.backends import import_module
+
+    keras_import = import_module("keras_import", "tensorflow", "importing a Keras model")
+    from cnnspec.backends.import_common import ImportRefused, spec_name
+
+    try:
+        loaded = keras_import.load(model)
+        imported = keras_import.import_keras(loaded, spec_name(_stem(model)))
+    except ImportRefused as exc:
+        raise ImportFailed(f"{model}: {exc}") from None
+    return _checked_and_written(model, out, imported.text, imported.weights, "Keras", lambda x: keras_import.predict(loaded, imported, x))
+
+
+def _checked_and_written(model: Path, out: Path, text: str, weights: dict[str, np.ndarray], engine: str,
+                         theirs: Callable[[np.ndarray], np.ndarray]) -> list[str]:
+    """Validate the imported spec, prove it computes what ``engine`` computes from the
+    source file (NumPy backend against ``theirs``, on the same random input), then write
+    the spec and its checkpoint; nothing is written when either fails."""
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.config import TrainConfig
+    from cnnspec.load import parse_spec
+
     graph = parse_spec(text, str(out))
     check_weights(graph, weights, str(model))
-    # The imported network must compute what the file computes.
     x = np.random.default_rng(0).standard_normal((2, *graph.input_shape)).astype(np.float32)
     session = load_backend("numpy").open_session(graph, TrainConfig())
     session.set_weights(weights)
-    ours = session.predict(x)
-    theirs = next(iter(onnx_backend.run(loaded, x).values()))
-    error = float(np.abs(ours - theirs).max()) / max(float(np.abs(theirs).max()), 1e-12)
-    if error > 1e-4:
-        raise ImportFailed(f"{model}: the imported spec computes differently from the ONNX model "
+    ours, expected = session.predict(x), theirs(x)
+    error = float(np.abs(ours - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
+    if not error <= 1e-4:  # NaN included
+        raise ImportFailed(f"{model}: the imported spec computes differently from {engine} on the source "
                            f"(relative error {error:.2e}); nothing was written")
     checkpoint = out.with_suffix(".safetensors")
     write_text(out, text)
     save_arrays(checkpoint, weights, {"spec": graph.name, "source": str(model)})
     return [f"wrote {out}: spec '{graph.name}', {len(graph.nodes)} layers, {graph.params:,} params",
-            f"wrote {checkpoint}: {len(weights)} arrays; outputs match onnxruntime's to {error:.1e} relative",
+            f"wrote {checkpoint}: {len(weights)} arrays; outputs match {engine}'s to {error:.1e} relative",
             f"next: cnnspec check {out}; cnnspec verify {out} --weights {checkpoint}"]
 
 
-def _spec_name(model: Path) -> str:
-    from cnnspec.spec import NAME_PATTERN
-
-    stem = model.name[: -len(".onnx")]
-    clean = "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem).lstrip(".-") or "imported"
-    return clean if NAME_PATTERN.match(clean) else "imported"
+def _stem(model: Path) -> str:
+    name = model.name
+    for suffix in (".onnx", ".keras", ".h5"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return model.stem
