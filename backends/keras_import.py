@@ -25,6 +25,12 @@ from cnnspec.backends import keras_layers  # noqa: F401  (registers cnnspec's ow
 from cnnspec.backends.import_common import ImportRefused, Layer, decimal, layer_name, pair, rounding, spec_text
 from cnnspec.backends.tf_quiet import keras
 from cnnspec.diagnostics import did_you_mean
+from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.norm import Affine, BatchNorm
+from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from cnnspec.spec import INPUT
 
 Shape = tuple[int, ...]  # Keras' shape, without the batch axis: (H, W, C) or (F,)
@@ -51,7 +57,7 @@ class Value:
 def load(path: Path) -> Any:
     """The Keras model in ``path``, loaded safely and not compiled."""
     if path.name.lower().endswith(".h5"):
-        import h5py  # type: ignore[import-untyped]
+        import h5py
 
         try:
             with h5py.File(path, "r") as f:
@@ -163,10 +169,11 @@ Converter = Callable[[Reader, Any, dict[str, Any], list[Value]], Value]
 
 def _activation_arg(name: Any) -> Any:
     """A Keras activation (as its config names it) as a spec ``activation:`` value."""
-    if isinstance(name, dict):  # a serialised function: {"class_name": "function", "config": "relu", ...}
+    if isinstance(name, dict):  # a serialised function: {"class_name": "function", "config": ReLU.kind, ...}
         name = name.get("config") if isinstance(name.get("config"), str) else name.get("class_name")
-    known = {"linear": None, "relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "tanh": "tanh",
-             "softmax": "softmax", "elu": "elu", "leaky_relu": {"leaky_relu": {"negative_slope": 0.2}}}
+    # Keras names these as cnnspec does; Keras' leaky_relu function slopes 0.2
+    known: dict[str, Any] = {"linear": None} | {cls.kind: cls.kind for cls in (ReLU, ReLU6, Sigmoid, Tanh, Softmax, ELU)}
+    known[LeakyReLU.kind] = {LeakyReLU.kind: {"negative_slope": 0.2}}
     if name not in known:
         raise ImportRefused(f"activation {name!r} has no cnnspec kind{did_you_mean(str(name), known)}; "
                             f"supported: {', '.join(known)}")
@@ -217,7 +224,7 @@ def _conv(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) ->
     kernel, *bias = layer.get_weights()  # (kh, kw, in/groups, out)
     args = _conv_args(config, inputs[0], config["filters"], config.get("groups", 1), _activation_arg(config["activation"]))
     weights = {"weight": kernel.transpose(3, 2, 0, 1)} | ({"bias": bias[0]} if bias else {})
-    return r.add(layer.name, "conv2d", args, inputs, _output_shape(layer, inputs[0]), weights=weights)
+    return r.add(layer.name, Conv2d.kind, args, inputs, _output_shape(layer, inputs[0]), weights=weights)
 
 
 def _depthwise(kernel: np.ndarray) -> np.ndarray:
@@ -232,7 +239,7 @@ def _depthwise_conv(r: Reader, layer: Any, config: dict[str, Any], inputs: list[
     channels = inputs[0].shape[2] if inputs[0].is_map else 0
     args = _conv_args(config, inputs[0], channels * config["depth_multiplier"], channels, _activation_arg(config["activation"]))
     weights = {"weight": _depthwise(kernel)} | ({"bias": bias[0]} if bias else {})
-    return r.add(layer.name, "conv2d", args, inputs, _output_shape(layer, inputs[0]), weights=weights)
+    return r.add(layer.name, Conv2d.kind, args, inputs, _output_shape(layer, inputs[0]), weights=weights)
 
 
 def _separable_conv(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -242,7 +249,7 @@ def _separable_conv(r: Reader, layer: Any, config: dict[str, Any], inputs: list[
     multiplier = config["depth_multiplier"]
     args = _conv_args(config, inputs[0], channels * multiplier, channels) | {"bias": False}
     shape = _output_shape(layer, inputs[0])
-    step = r.add(f"{layer.name}_depthwise", "conv2d", args, inputs, (*shape[:2], channels * multiplier),
+    step = r.add(f"{layer.name}_depthwise", Conv2d.kind, args, inputs, (*shape[:2], channels * multiplier),
                  weights={"weight": _depthwise(depthwise)})
     point: dict[str, Any] = {"filters": int(config["filters"]), "kernel": 1}
     if not config.get("use_bias", True):
@@ -250,7 +257,7 @@ def _separable_conv(r: Reader, layer: Any, config: dict[str, Any], inputs: list[
     if (activation := _activation_arg(config["activation"])) is not None:
         point["activation"] = activation
     weights = {"weight": pointwise.transpose(3, 2, 0, 1)} | ({"bias": bias[0]} if bias else {})
-    return r.add(layer.name, "conv2d", point, [step], shape, weights=weights)
+    return r.add(layer.name, Conv2d.kind, point, [step], shape, weights=weights)
 
 
 def _dense(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -262,11 +269,11 @@ def _dense(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -
     if value.is_map:
         args = {"filters": units, "kernel": 1}
         weight = kernel.T.reshape(units, -1, 1, 1)
-        kind = "conv2d"
+        kind = Conv2d.kind
     elif len(value.shape) == 1:
         weight = np.empty((units, kernel.shape[0]), np.float32)
         weight[:, value.perm if value.perm is not None else slice(None)] = kernel.T
-        kind = "dense"
+        kind = Dense.kind
     else:
         raise ImportRefused(f"Dense on a tensor of shape {value.shape}; supported: a vector or an H x W x C map")
     if not config.get("use_bias", True):
@@ -288,7 +295,7 @@ def _flatten(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value])
     h, w, c = np.meshgrid(np.arange(height), np.arange(width), np.arange(channels), indexing="ij")
     perm = (c * height * width + h * width + w).reshape(-1)
     same = bool(np.array_equal(perm, np.arange(perm.size)))
-    return r.add(layer.name, "flatten", {}, inputs, (perm.size,), None if same else perm)
+    return r.add(layer.name, Flatten.kind, {}, inputs, (perm.size,), None if same else perm)
 
 
 def _reshape(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -318,7 +325,7 @@ def _pool(kind: str) -> Converter:
         if tuple(stride) != tuple(kernel):
             args["stride"] = pair(stride)
         args |= _window_args(config, size[:2], kernel, stride)
-        if kind == "avgpool2d" and args.get("padding") == "same":
+        if kind == AvgPool2d.kind and args.get("padding") == "same":
             args["count_include_pad"] = False  # Keras averages over the window's part inside the map
         return r.add(layer.name, kind, args, inputs, _output_shape(layer, inputs[0]))
 
@@ -360,7 +367,7 @@ def _batchnorm(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value
     weights = {"weight": gamma, "bias": beta, "running_mean": mean, "running_var": variance}
     weights = {key: _canonical_vector(value, array) for key, array in weights.items()}
     args = {"eps": decimal(float(config["epsilon"])), "momentum": decimal(momentum)}
-    return r.add(layer.name, "batchnorm", args, inputs, value.shape, value.perm, weights)
+    return r.add(layer.name, BatchNorm.kind, args, inputs, value.shape, value.perm, weights)
 
 
 def _affine_from(r: Reader, layer: Any, inputs: list[Value], scale: Any, shift: Any) -> Value:
@@ -369,7 +376,7 @@ def _affine_from(r: Reader, layer: Any, inputs: list[Value], scale: Any, shift: 
     scale = np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (channels,))
     shift = np.broadcast_to(np.asarray(shift, np.float32).reshape(-1), (channels,))
     weights = {"weight": _canonical_vector(value, scale.copy()), "bias": _canonical_vector(value, shift.copy())}
-    return r.add(layer.name, "affine", {}, inputs, value.shape, value.perm, weights)
+    return r.add(layer.name, Affine.kind, {}, inputs, value.shape, value.perm, weights)
 
 
 def _rescaling(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -407,27 +414,27 @@ def _activation(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Valu
 def _relu(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
     top, slope, threshold = config.get("max_value"), float(config.get("negative_slope", 0.0)), float(config.get("threshold", 0.0))
     if threshold == 0.0 and slope == 0.0 and top in (None, 6, 6.0):
-        return _activation_layer("relu" if top is None else "relu6")(r, layer, config, inputs)
+        return _activation_layer(ReLU.kind if top is None else ReLU6.kind)(r, layer, config, inputs)
     if threshold == 0.0 and top is None:
-        return _activation_layer("leaky_relu", {"negative_slope": decimal(slope)})(r, layer, config, inputs)
+        return _activation_layer(LeakyReLU.kind, {"negative_slope": decimal(slope)})(r, layer, config, inputs)
     raise ImportRefused(f"ReLU with max_value={top}, negative_slope={slope}, threshold={threshold}; "
                         "supported: relu, relu6 (max_value 6), leaky_relu (negative_slope)")
 
 
 def _leaky_relu(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
     slope = decimal(float(config.get("negative_slope", config.get("alpha", 0.3))))
-    return _activation_layer("leaky_relu", {"negative_slope": slope})(r, layer, config, inputs)
+    return _activation_layer(LeakyReLU.kind, {"negative_slope": slope})(r, layer, config, inputs)
 
 
 def _elu(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
-    return _activation_layer("elu", {"alpha": decimal(float(config.get("alpha", 1.0)))})(r, layer, config, inputs)
+    return _activation_layer(ELU.kind, {"alpha": decimal(float(config.get("alpha", 1.0)))})(r, layer, config, inputs)
 
 
 def _softmax(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
     axis = config.get("axis", -1)
     if axis not in (-1, len(inputs[0].shape), [-1], (-1,)):
         raise ImportRefused(f"softmax over axis {axis}; supported: the channel axis (-1)")
-    return _activation_layer("softmax")(r, layer, config, inputs)
+    return _activation_layer(Softmax.kind)(r, layer, config, inputs)
 
 
 def _prelu(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -440,20 +447,20 @@ def _prelu(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -
         args, weight = {"channelwise": True}, per_channel
     else:
         raise ImportRefused(f"PReLU slopes of shape {alpha.shape}; supported: one, or one per channel (shared_axes=[1, 2])")
-    return r.add(layer.name, "prelu", args, inputs, value.shape, value.perm, {"weight": weight})
+    return r.add(layer.name, PReLU.kind, args, inputs, value.shape, value.perm, {"weight": weight})
 
 
 def _zero_padding(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
     _map_of(inputs[0], "padding")
     (top, bottom), (left, right) = config["padding"]
-    return r.add(layer.name, "zero_padding2d", {"padding": [[int(top), int(bottom)], [int(left), int(right)]]},
+    return r.add(layer.name, ZeroPadding2d.kind, {"padding": [[int(top), int(bottom)], [int(left), int(right)]]},
                  inputs, _output_shape(layer, inputs[0]))
 
 
 def _add(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
     if len({None if v.perm is None else v.perm.tobytes() for v in inputs}) > 1:
         raise ImportRefused("adds vectors flattened in different orders; flatten the sum instead")
-    return r.add(layer.name, "add", {}, inputs, inputs[0].shape, inputs[0].perm)
+    return r.add(layer.name, Add.kind, {}, inputs, inputs[0].shape, inputs[0].perm)
 
 
 def _concatenate(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -465,11 +472,11 @@ def _concatenate(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Val
     if rank == 1 and any(v.perm is not None for v in inputs):
         offsets = np.cumsum([0] + [v.shape[0] for v in inputs[:-1]])
         perm = np.concatenate([o + (v.perm if v.perm is not None else np.arange(v.shape[0])) for o, v in zip(offsets, inputs, strict=True)])
-    return r.add(layer.name, "concat", {}, inputs, shape, perm)
+    return r.add(layer.name, Concat.kind, {}, inputs, shape, perm)
 
 
 def _dropout(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
-    return r.add(layer.name, "dropout", {"rate": decimal(float(config["rate"]))}, inputs, inputs[0].shape, inputs[0].perm)
+    return r.add(layer.name, Dropout.kind, {"rate": decimal(float(config["rate"]))}, inputs, inputs[0].shape, inputs[0].perm)
 
 
 CONVERTERS: dict[str, Converter] = {
@@ -480,10 +487,10 @@ CONVERTERS: dict[str, Converter] = {
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Permute": _permute,
-    "MaxPooling2D": _pool("maxpool2d"),
-    "AveragePooling2D": _pool("avgpool2d"),
-    "GlobalAveragePooling2D": _global_pool("global_avgpool2d"),
-    "GlobalMaxPooling2D": _global_pool("global_maxpool2d"),
+    "MaxPooling2D": _pool(MaxPool2d.kind),
+    "AveragePooling2D": _pool(AvgPool2d.kind),
+    "GlobalAveragePooling2D": _global_pool(GlobalAvgPool2d.kind),
+    "GlobalMaxPooling2D": _global_pool(GlobalMaxPool2d.kind),
     "BatchNormalization": _batchnorm,
     "Rescaling": _rescaling,
     "Normalization": _normalization,

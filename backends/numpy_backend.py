@@ -127,12 +127,15 @@ class Network:
     def forward(self, x: Array, training: bool) -> Array:
         return self.activations(x, training)[self.output]
 
-    def backward(self, grad: Array) -> Array:
-        """Gradients of every trainable weight (into self.grads) and of the input."""
+    def backward(self, grad: Array, outputs: dict[str, Array] | None = None) -> Array:
+        """Gradients of every trainable weight (into self.grads) and of the input; with
+        ``outputs``, each layer's output gradient goes there too, by name."""
         grads: dict[str, Array] = {self.output: grad}
         for name, op, inputs in reversed(self.steps):
             if name not in grads:
                 continue  # its output does not reach the network's output
+            if outputs is not None:
+                outputs[name] = grads[name]
             for source, g in zip(inputs, op.backward(grads.pop(name)), strict=True):
                 if g is not None:
                     grads[source] = grads[source] + g if source in grads else g
@@ -345,6 +348,24 @@ class NumpySession:
         values = self.network.activations(self.xp.asarray(x, dtype=self._dtype), training=False)
         return {name: self._host(value) for name, value in values.items() if name != INPUT and (layers is None or name in layers)}
 
+    def gradients(self, x: np.ndarray, direction: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(every layer's output, and the input under 'input'; the gradient of
+        sum(output * direction) with respect to each), evaluation mode."""
+        network = self.network
+        values = network.activations(self.xp.asarray(x, dtype=self._dtype), training=False)
+        needed = [op.needs_input_grad for _, op, _ in network.steps]
+        for _, op, _ in network.steps:
+            op.needs_input_grad = True
+        grads: dict[str, Array] = {}
+        try:
+            grads[INPUT] = network.backward(self.xp.asarray(direction, dtype=self._dtype), grads)
+        finally:
+            for (_, op, _), need in zip(network.steps, needed, strict=True):
+                op.needs_input_grad = need
+            network.grads = {}
+        return ({name: self._host(v) for name, v in values.items()},
+                {name: self._host(grads[name]) if name in grads else np.zeros_like(self._host(v)) for name, v in values.items()})
+
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.lr = lr
 
@@ -356,7 +377,9 @@ class NumpySession:
         self.optimizer.state = {}
         for key, array in arrays.items():
             name, slot = key.split("::")
-            self.optimizer.state.setdefault(name, {})[slot] = self.xp.asarray(array, dtype=self._dtype)
+            value = self.xp.asarray(array, dtype=self._dtype)
+            # a step count is a scalar; checkpoints hold it as one value (safetensors has no 0-d arrays)
+            self.optimizer.state.setdefault(name, {})[slot] = value.reshape(()) if slot == "step" else value
         if meta.get("param_groups"):
             self.optimizer.lr = meta["param_groups"][0]["lr"]
 

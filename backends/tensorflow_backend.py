@@ -420,20 +420,44 @@ class KerasNetwork:
                 raise KeyError(f"no weight '{name}' in the tensorflow model")
             binding.variable.assign(np.ascontiguousarray(binding.to_keras(np.asarray(array, np.float32))))
 
-    def activations(self, x: Array) -> dict[str, Array]:
-        """Every node's output (evaluation mode), canonical layout."""
+    def _probed(self, x: Any) -> list[Any]:
         if self._probe is None:
             self._probe = keras.Model(self.model.input, [value.tensor for value in self.values.values()], name="probe")
-        outputs = self._probe(x, training=False)
-        result = {}
-        for name, tensor in zip(self.values, outputs, strict=True):
-            array, value = tensor.numpy(), self.values[name]
-            if array.ndim > 2:
-                array = np.moveaxis(array, -1, 1)
+        return list(self._probe(x, training=False))
+
+    def _canonical_array(self, name: str, array: Array) -> Array:
+        value = self.values[name]
+        if array.ndim > 2:
+            array = np.moveaxis(array, -1, 1)
+        elif value.perm is not None:
+            array = array[:, _inverse(value.perm)]
+        return np.ascontiguousarray(array)
+
+    def activations(self, x: Array) -> dict[str, Array]:
+        """Every node's output (evaluation mode), canonical layout."""
+        return {name: self._canonical_array(name, tensor.numpy()) for name, tensor in zip(self.values, self._probed(x), strict=True)}
+
+    def gradients(self, x: Array, direction: Array) -> tuple[dict[str, Array], dict[str, Array]]:
+        """(every node's output, and the input under 'input'; the gradient of
+        sum(output * direction) with respect to each), canonical layout."""
+        inputs = tf.convert_to_tensor(np.asarray(x, np.float32))
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = self._probed(inputs)
+            output = outputs[list(self.values).index(self.graph.output)]
+            value = self.values[self.graph.output]
+            keras_direction = np.asarray(direction, np.float32)
+            if keras_direction.ndim > 2:
+                keras_direction = np.moveaxis(keras_direction, 1, -1)
             elif value.perm is not None:
-                array = array[:, _inverse(value.perm)]
-            result[name] = np.ascontiguousarray(array)
-        return result
+                keras_direction = keras_direction[:, value.perm]
+            score = tf.reduce_sum(output * keras_direction)
+        grads = tape.gradient(score, [inputs, *outputs])
+        values = {name: self._canonical_array(name, t.numpy()) for name, t in zip(self.values, outputs, strict=True)}
+        gradients = {name: self._canonical_array(name, g.numpy()) if g is not None else np.zeros_like(values[name])
+                     for name, g in zip(self.values, grads[1:], strict=True)}
+        values[INPUT], gradients[INPUT] = np.asarray(x, np.float32), grads[0].numpy()  # the input as given, N x C x H x W
+        return values, gradients
 
 
 def build(graph: Graph, seed: int = 0) -> keras.Model:
@@ -657,6 +681,10 @@ class TensorFlowSession:
         with tf.device(self._tf_device):
             values = self.network.activations(x)
         return values if layers is None else {name: value for name, value in values.items() if name in layers}
+
+    def gradients(self, x: Array, direction: Array) -> tuple[dict[str, Array], dict[str, Array]]:
+        with tf.device(self._tf_device):
+            return self.network.gradients(x, direction)
 
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.lr.assign(lr)

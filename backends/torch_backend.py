@@ -535,6 +535,23 @@ class TorchSession:
             values = self._module.activations(self._inputs(x), layers)
         return {name: value.float().contiguous().cpu().numpy() for name, value in values.items()}
 
+    def gradients(self, x: np.ndarray, direction: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(every layer's output, and the input under 'input'; the gradient of
+        sum(output * direction) with respect to each), evaluation mode, fp32."""
+        self._mode(False)
+        inputs = self._inputs(x).detach().float().requires_grad_(True)
+        values = {"input": inputs} | self._module.activations(inputs)
+        for value in values.values():
+            if value.requires_grad and not value.is_leaf:
+                value.retain_grad()
+        output = values[self.graph.output]
+        (output * torch.as_tensor(direction, dtype=output.dtype, device=output.device)).sum().backward()
+        self._module.zero_grad(set_to_none=True)
+        host = {name: value.detach().float().contiguous().cpu().numpy() for name, value in values.items()}
+        grads = {name: (value.grad.float().contiguous().cpu().numpy() if value.grad is not None else np.zeros_like(host[name]))
+                 for name, value in values.items()}
+        return host, grads
+
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         self._mode(False)

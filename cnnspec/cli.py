@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -547,6 +548,56 @@ def predict(
 
 
 @app.command()
+def inspect(
+    run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
+    inputs: Annotated[list[Path], typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the page to write")] = Path("inspect.html"),
+    top: Annotated[int, typer.Option("--top", "-k", min=1)] = 5,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """One HTML page of the network from the inside, for each input: every layer's
+    activations and gradients, the first filters, saliency and Grad-CAM."""
+    from cnnspec import inspection
+    from cnnspec.harness.weights import write_text
+
+    start = time.perf_counter()
+    try:
+        seen = inspection.inspect(run, list(inputs), backend=backend, device=device, top=top)
+        page = inspection.render(seen)
+        write_text(out, page)
+    except _run_errors() as exc:
+        _fail_run(exc)
+    stdout.print(f"wrote {out} ({len(page.encode()) / 2**20:.1f} MiB): {len(seen.images)} image(s), {len(seen.graph.nodes)} layers each, "
+                 f"{time.perf_counter() - start:.1f} s", markup=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="the page to write [default: RUN/report.html]")] = None,
+    data: Annotated[str | None, typer.Option(help="evaluate on other data than the run's validation split")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """The run on one HTML page: network, hyperparameters, curves, confusion matrix,
+    per-class accuracy, the most confident mistakes, timings, environment."""
+    from cnnspec import reporting
+    from cnnspec.harness.run import RunDir
+    from cnnspec.harness.weights import write_text
+
+    try:
+        page, figures = reporting.report(run, backend=backend, device=device, data=data)
+        target = out or RunDir.find(run)[0].path / "report.html"
+        write_text(target, page)
+    except _run_errors() as exc:
+        _fail_run(exc)
+    evaluation = figures["evaluation"]
+    stdout.print(f"wrote {target} ({len(page.encode()) / 2**20:.1f} MiB): {figures['epochs']} epochs, accuracy {evaluation['accuracy']:.4f} on "
+                 f"{evaluation['images']:,} images of {figures['data']}", markup=False, soft_wrap=True)
+
+
+@app.command()
 def verify(
     target: Annotated[str, typer.Argument(help="a spec or zoo name (seeded weights), or a run directory/checkpoint")],
     backends: Annotated[
@@ -702,11 +753,11 @@ def draw(
 
 @app.command("import")
 def import_(
-    model: Annotated[Path, typer.Argument(help="MODEL.onnx; or a PyTorch state_dict (.pt, .pth) or Keras .weights.h5 with --spec")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="the spec to write (.yaml; ONNX) or the checkpoint (.safetensors)")] = None,
+    model: Annotated[Path, typer.Argument(help="a model (.onnx, .keras, full-model .h5); or a PyTorch state_dict (.pt, .pth) or Keras .weights.h5 with --spec")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="the spec to write (.yaml; a model) or the checkpoint (.safetensors; weights)")] = None,
     spec: Annotated[str | None, typer.Option(help="the spec or zoo name the weights belong to (state_dict, .weights.h5)")] = None,
 ) -> None:
-    """Bring a model in: ONNX to a spec and checkpoint; torchvision or Keras weights to a checkpoint."""
+    """Bring a model in: ONNX or Keras to a spec and checkpoint; torchvision or Keras weights to a checkpoint."""
     from cnnspec import importing
 
     try:

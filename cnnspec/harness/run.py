@@ -5,6 +5,7 @@ A run directory holds everything needed to evaluate, resume or export a run:
     spec.yaml            the spec as given
     run.json             the resolved training config, backend, normalisation, classes
     metrics.jsonl        one JSON object per epoch
+    events.out.tfevents.*  the same, for TensorBoard (tensorboard --logdir runs/)
     checkpoints/epoch-NNNN/{weights,optimizer}.safetensors, state.json
     checkpoints/latest.json   which checkpoint is the newest complete one
     checkpoints/mid-epoch/    the newest checkpoint inside the current epoch, for --resume
@@ -35,6 +36,7 @@ from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, plots, tuning
 from cnnspec.harness.config import TrainConfig, phase_plan
 from cnnspec.harness.data import Dataset, load_dataset
+from cnnspec.harness.events import EventLog
 from cnnspec.harness.protocol import Backend, Session
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
 from cnnspec.harness.weights import (
@@ -486,6 +488,7 @@ def train(
                 "init": None if init is None else str(init),
                 "processes": group.size,
                 "created": datetime.now().isoformat(timespec="seconds"),
+                "versions": _versions(),
             },
         )
         seal(run.path, ["spec.yaml", "run.json"])  # written once; every later reader checks them
@@ -493,6 +496,7 @@ def train(
         session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
     if lead:
         write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    events = EventLog(run.path, start_epoch) if lead else None  # flushed each epoch; its thread is a daemon
     progress.message(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
@@ -526,6 +530,8 @@ def train(
         if lead:
             with open(run.path / "metrics.jsonl", "a") as stream:
                 stream.write(json.dumps(row) + "\n")
+        if events is not None:
+            events.epoch(row)
         after_epoch(config.schedule, plateau, val["loss"])
         monitored = val["loss"] if config.early_stopping.monitor == "val_loss" else -val["accuracy"]
         if monitored < best - config.early_stopping.min_delta:
@@ -543,6 +549,8 @@ def train(
             break
     if history and lead:
         write_json(run.path / "final.json", history[-1])
+    if events is not None:
+        events.close()
     return TrainResult(run.path, history, session)
 
 
@@ -641,6 +649,12 @@ def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Gra
     except ValueError as exc:
         raise TrainingError(f"--classes {classes}: {exc}") from None
     return resized, dataclasses.replace(data, classes=data.classes + [str(i) for i in range(found, width)])
+
+
+def _versions() -> dict[str, str]:
+    from cnnspec.reporting import versions
+
+    return versions()
 
 
 def _parameters_line(graph: Graph, config: TrainConfig) -> str:
@@ -879,6 +893,34 @@ class Scorer:
         assert self._transform is not None
         return self._transform.from_file(content)
 
+    def read_inputs(self, inputs: list[Path]) -> tuple[list[np.ndarray], list[str]]:
+        """Image files (fitted to the input as evaluation fits them) and .npy batches (N x C
+        x H x W in [0, 1]) as raw-scale pixel batches, with a name for each image."""
+        from cnnspec.harness.data import DataError
+
+        shape = self.loaded.graph.input_shape
+        arrays, names = [], []
+        for item in inputs:
+            if item.suffix == ".npy":
+                try:
+                    batch = np.load(item, allow_pickle=False).astype(np.float32)
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{item}: not a .npy array ({exc})") from None
+                if batch.ndim == 3:
+                    batch = batch[None]
+                if tuple(batch.shape[1:]) != shape:
+                    raise TrainingError(f"{item}: batch is {batch.shape}, the network takes N x {' x '.join(map(str, shape))}")
+                arrays.append(batch / np.float32(self.loaded.normalization.scale))  # back to the raw pixel scale
+                names += [f"{item}[{i}]" for i in range(len(batch))]
+            else:
+                try:
+                    arrays.append(self.prepare(item.read_bytes())[None].astype(np.float32))
+                except (BadImage, OSError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    raise DataError(f"{item}: cannot read image ({reason})") from None
+                names.append(str(item))
+        return arrays, names
+
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """Raw pixels (N x C x H x W, uint8 or float on the 0..255 scale) -> network outputs."""
         normalized = self.loaded.normalization.apply(x.astype(np.float32))
@@ -902,28 +944,8 @@ class Scorer:
 def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto") -> tuple[list[dict[str, Any]], np.ndarray]:
     """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
     and the raw outputs."""
-    from cnnspec.harness.data import DataError
-
     scorer = Scorer(path, open_session, device)
-    loaded = scorer.loaded
-    shape = loaded.graph.input_shape
-    arrays, names = [], []
-    for item in inputs:
-        if item.suffix == ".npy":
-            batch = np.load(item, allow_pickle=False).astype(np.float32)
-            if batch.ndim == 3:
-                batch = batch[None]
-            if tuple(batch.shape[1:]) != shape:
-                raise TrainingError(f"{item}: batch is {batch.shape}, the network takes N x {' x '.join(map(str, shape))}")
-            arrays.append(batch / np.float32(loaded.normalization.scale))  # back to the raw pixel scale
-            names += [f"{item}[{i}]" for i in range(len(batch))]
-        else:
-            try:
-                arrays.append(scorer.prepare(item.read_bytes())[None].astype(np.float32))
-            except (BadImage, OSError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise DataError(f"{item}: cannot read image ({reason})") from None
-            names.append(str(item))
+    arrays, names = scorer.read_inputs(inputs)
     outputs = scorer.outputs(np.concatenate(arrays))
     indices, probabilities = scorer.ranked(outputs, top)
     results = []
