@@ -96,7 +96,7 @@ def _window_out_size(
         if exact.denominator != 1:
             raise SizeError(
                 f"window does not fit: ({size} + {before + after} - {span}) / {stride} + 1 "
-                f"= {_mixed(exact)}; declare rounding: floor or rounding: ceil"
+                f"= {_mixed(exact)}; declare rounding: floor (what PyTorch and Keras 'valid' do) or rounding: ceil (Caffe)"
             )
         out = int(exact)
     elif rounding == "floor":

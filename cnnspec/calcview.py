@@ -20,6 +20,22 @@ def conv_walkthrough(
     return _finish(lines, numerator, stride, lambda: conv_out_size(size, kernel, stride, (padding, padding), dilation, rounding).size, rounding)
 
 
+def same_walkthrough(size: int, kernel: int, stride: int, dilation: int, what: str) -> tuple[bool, list[str], tuple[int, int]]:
+    """(fits, lines, (before, after)) for padding 'same' (TensorFlow's rule): the output is
+    ceil(N / S), and the padding is what gives it, the odd pixel after."""
+    span = dilation * (kernel - 1) + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    before, after = total // 2, total - total // 2
+    lines = [
+        f"{what} output size with padding 'same' (TensorFlow's rule, Keras padding='same'):",
+        f"  out = ceil(N / S) = ceil({size} / {stride}) = {out}",
+        f"  padding = max((out - 1)*S + D(F-1) + 1 - N, 0) = max({out - 1}*{stride} + {span} - {size}, 0) = {total}",
+        f"          = {before} before, {after} after" + (" (the odd pixel goes after, at the bottom and right)" if before != after else ""),
+    ]
+    return True, lines, (before, after)
+
+
 def pool_walkthrough(size: int, kernel: int, stride: int, padding: int, rounding: Rounding) -> tuple[bool, list[str]]:
     """(fits, lines) for a pooling window along one axis."""
     lines = [
@@ -38,8 +54,8 @@ def _finish(lines: list[str], numerator: int, stride: int, compute: Callable[[],
     lines.append(f"      = {numerator} / {stride} + 1")
     try:
         out = compute()
-    except SizeError as exc:
-        lines.append(f"error: {exc}")
+    except SizeError as exc:  # its hint is in spec terms; here the option says it
+        lines.append(f"error: {exc}".replace("declare rounding: floor", "add --rounding floor").replace("or rounding: ceil", "or --rounding ceil"))
         return False, lines
     whole = numerator % stride == 0
     if whole:

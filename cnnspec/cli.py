@@ -13,15 +13,19 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    import pydantic
 from rich.console import Console
 from rich.table import Table
 
-from cnnspec.calcview import conv_walkthrough, pool_walkthrough
-from cnnspec.diagnostics import Diagnostic, SpecError
+from cnnspec.calcview import conv_walkthrough, pool_walkthrough, same_walkthrough
+from cnnspec.diagnostics import Diagnostic, SpecError, plural
 from cnnspec.load import SpecNotFound, load_spec, zoo_names, zoo_path
+from cnnspec.strictjson import strict_json
 
 app = typer.Typer(
     name="cnnspec",
@@ -101,7 +105,7 @@ def check(
     if format is Format.json:
         from cnnspec.report import check_json
 
-        sys.stdout.write(json.dumps(check_json(graph), indent=2) + "\n")
+        sys.stdout.write(strict_json(check_json(graph), indent=2) + "\n")
     else:
         from cnnspec.report import render_check
 
@@ -133,7 +137,7 @@ def schema() -> None:
     """Print the JSON Schema of the spec format (for editor completion)."""
     from cnnspec.schema import spec_json_schema
 
-    sys.stdout.write(json.dumps(spec_json_schema(), indent=2) + "\n")
+    sys.stdout.write(strict_json(spec_json_schema(), indent=2) + "\n")
 
 
 # ---- train, eval, predict ------------------------------------------------------------------
@@ -170,6 +174,24 @@ def _fail_run(exc: BaseException) -> NoReturn:
         text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__  # a lost peer's error runs to many lines
     stderr.print(f"cnnspec: error: {where}{text}", markup=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _option_errors(exc: pydantic.ValidationError) -> list[str]:
+    """A --set error per line: an unknown key with its did-you-mean among the keys there."""
+    from cnnspec.diagnostics import did_you_mean
+    from cnnspec.harness.config import TrainConfig
+    from cnnspec.spec import fields_at
+
+    lines = []
+    for error in exc.errors():
+        dotted = ".".join(map(str, error["loc"]))
+        if error["type"] == "extra_forbidden":
+            parent = [str(p) for p in error["loc"][:-1]]
+            known = fields_at(TrainConfig, parent)
+            lines.append(f"unknown key '{dotted}'{did_you_mean(str(error['loc'][-1]), known)}")
+        else:
+            lines.append(f"{dotted}: {error['msg']}")
+    return lines
 
 
 def _parse_sets(values: list[str]) -> dict[str, object]:
@@ -253,14 +275,13 @@ def train(
     except SpecError as exc:
         _fail(exc.diagnostics)
     except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        _usage("bad training option: " + "; ".join(lines))
+        _usage("bad training option: " + "; ".join(_option_errors(exc)))
     except _run_errors() as exc:
         _fail_run(exc)
     final = result.final if result.history else {}
     if not quiet and final and os.environ.get("RANK", "0") == "0":
         stdout.print(
-            f"done: val_accuracy {final['val_accuracy']:.4f}, val_loss {final['val_loss']:.4f} after {final['epoch']} epochs; "
+            f"done: val_accuracy {final['val_accuracy']:.4f}, val_loss {final['val_loss']:.4f} after {plural(int(final['epoch']), 'epoch')}; "
             f"run in {result.run_dir} (curves.png, metrics.jsonl, checkpoints/)",
             markup=False,
             soft_wrap=True,
@@ -341,7 +362,7 @@ def _train_on_spark(spec: str | None, nproc: int, master: str | None, out: Path 
     if final:
         stdout.print(
             f"done on Spark ({nproc} task{'s' if nproc != 1 else ''}): val_accuracy {final['val_accuracy']:.4f}, "
-            f"val_loss {final['val_loss']:.4f} after {final['epoch']} epochs; run in {run_dir}",
+            f"val_loss {final['val_loss']:.4f} after {plural(final['epoch'], 'epoch')}; run in {run_dir}",
             markup=False,
             soft_wrap=True,
         )
@@ -363,7 +384,7 @@ def eval_(
     except _run_errors() as exc:
         _fail_run(exc)
     if format is Format.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(strict_json(result, indent=2) + "\n")
         return
     from cnnspec.report import render_evaluation
 
@@ -465,7 +486,7 @@ def similar(
         except _run_errors() as exc:
             _fail_run(exc)
         if format is Format.json:
-            sys.stdout.write(json.dumps([[loaded.paths[i] for i in group] for group in groups], indent=2) + "\n")
+            sys.stdout.write(strict_json([[loaded.paths[i] for i in group] for group in groups], indent=2) + "\n")
             return
         stdout.print(f"{len(groups)} group(s) of near-duplicates (cosine similarity >= {threshold:g}) among {len(loaded):,} images", markup=False)
         for group in groups:
@@ -485,7 +506,7 @@ def similar(
         for query, row_scores, row in zip(queries, scores, positions, strict=True)
     ]
     if format is Format.json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        sys.stdout.write(strict_json(results, indent=2) + "\n")
         return
     for item in results:
         stdout.print(f"{item['query']}:", markup=False, soft_wrap=True)
@@ -540,7 +561,7 @@ def predict(
     except _run_errors() as exc:
         _fail_run(exc)
     if format is Format.json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        sys.stdout.write(strict_json(results, indent=2) + "\n")
         return
     for item in results:
         ranked = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in item["top"])
@@ -593,7 +614,7 @@ def report(
     except _run_errors() as exc:
         _fail_run(exc)
     evaluation = figures["evaluation"]
-    stdout.print(f"wrote {target} ({len(page.encode()) / 2**20:.1f} MiB): {figures['epochs']} epochs, accuracy {evaluation['accuracy']:.4f} on "
+    stdout.print(f"wrote {target} ({len(page.encode()) / 2**20:.1f} MiB): {plural(figures['epochs'], 'epoch')}, accuracy {evaluation['accuracy']:.4f} on "
                  f"{evaluation['images']:,} images of {figures['data']}", markup=False, soft_wrap=True)
 
 
@@ -628,7 +649,7 @@ def verify(
     except _run_errors() as exc:
         _fail_run(exc)
     if format is Format.json:
-        sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
+        sys.stdout.write(strict_json(result.as_json(), indent=2) + "\n")
     else:
         from cnnspec.report import render_verification
 
@@ -772,7 +793,7 @@ def import_(
 
 SizeOpt = Annotated[int, typer.Option("--size", "-n", min=1, help="input size N along one axis")]
 KernelOpt = Annotated[int, typer.Option("--kernel", "-k", min=1, help="kernel size F")]
-PaddingOpt = Annotated[int, typer.Option("--padding", "-p", min=0, help="padding P on each side")]
+PaddingOpt = Annotated[str, typer.Option("--padding", "-p", metavar="P|same", help="padding P on each side, or same (TensorFlow's rule)")]
 RoundingOpt = Annotated[Rounding, typer.Option("--rounding", help="exact refuses a fraction; floor or ceil round it")]
 
 
@@ -780,14 +801,23 @@ RoundingOpt = Annotated[Rounding, typer.Option("--rounding", help="exact refuses
 def calc_conv(
     size: SizeOpt,
     kernel: KernelOpt,
-    stride: Annotated[int, typer.Option("--stride", "-s", min=1)] = 1,
-    padding: PaddingOpt = 0,
-    dilation: Annotated[int, typer.Option("--dilation", "-d", min=1)] = 1,
+    stride: Annotated[int, typer.Option("--stride", "-s", min=1, help="stride S")] = 1,
+    padding: PaddingOpt = "0",
+    dilation: Annotated[int, typer.Option("--dilation", "-d", min=1, help="dilation D (1: none)")] = 1,
     rounding: RoundingOpt = Rounding.exact,
 ) -> None:
     """Output size of a convolution: (N + 2P - D(F-1) - 1)/S + 1."""
-    ok, lines = conv_walkthrough(size, kernel, stride, padding, dilation, rounding.value)
+    if padding == "same":
+        ok, lines, _ = same_walkthrough(size, kernel, stride, dilation, "conv")
+    else:
+        ok, lines = conv_walkthrough(size, kernel, stride, _padding_amount(padding), dilation, rounding.value)
     _print_walkthrough(ok, lines)
+
+
+def _padding_amount(text: str) -> int:
+    if not text.isdigit():
+        _usage(f"--padding takes a number of pixels or 'same', got {text!r}")
+    return int(text)
 
 
 @calc_app.command("pool")
@@ -795,17 +825,20 @@ def calc_pool(
     size: SizeOpt,
     kernel: KernelOpt,
     stride: Annotated[int | None, typer.Option("--stride", "-s", min=1, help="defaults to the kernel size")] = None,
-    padding: PaddingOpt = 0,
+    padding: PaddingOpt = "0",
     rounding: RoundingOpt = Rounding.exact,
 ) -> None:
     """Output size of a pooling window: (N + 2P - F)/S + 1, stride defaulting to F."""
-    ok, lines = pool_walkthrough(size, kernel, stride or kernel, padding, rounding.value)
+    if padding == "same":
+        ok, lines, _ = same_walkthrough(size, kernel, stride or kernel, 1, "pool")
+    else:
+        ok, lines = pool_walkthrough(size, kernel, stride or kernel, _padding_amount(padding), rounding.value)
     _print_walkthrough(ok, lines)
 
 
 def _print_walkthrough(ok: bool, lines: list[str]) -> None:
     for line in lines:
-        (stdout if ok else stderr).print(line, markup=False)
+        (stdout if ok else stderr).print(line, markup=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
 

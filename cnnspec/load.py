@@ -32,16 +32,20 @@ def zoo_path(name: str) -> Path:
 
 
 def resolve_spec_path(source: str | os.PathLike[str]) -> Path:
-    """A path as given when it exists, else the zoo spec of that name ('vgg16',
-    'vgg16.yaml')."""
+    """A path as given when it exists (a run directory or one of its checkpoint folders:
+    the run's spec.yaml), else the zoo spec of that name ('vgg16', 'vgg16.yaml')."""
     path = Path(source)
     if path.is_file():
         return path
+    if path.is_dir():
+        for run in (path, path.parent.parent):  # a run; a checkpoint folder, run/checkpoints/epoch-N
+            if (run / "spec.yaml").is_file() and (run / "run.json").is_file():
+                return run / "spec.yaml"
     name = path.name.removesuffix(".yaml").removesuffix(".yml")
     if path.parent == Path(".") and name in zoo_names():
         return zoo_path(name)
     if path.exists():
-        raise SpecNotFound(f"{source}: not a file")
+        raise SpecNotFound(f"{source}: not a spec file, a run directory or a checkpoint folder")
     zoo = zoo_names()
     raise SpecNotFound(f"no such file '{source}', and no zoo spec named '{name}'{did_you_mean(name, zoo)} (zoo: {', '.join(zoo)})")
 
@@ -72,7 +76,29 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
     if problems:
         raise SpecError(problems)
     source = text if isinstance(text, str) else text.decode("utf-8")
-    return dataclasses.replace(graph, source=source)
+    return dataclasses.replace(graph, source=source, warnings=graph.warnings + tuple(_habits(graph, raw, top)))
+
+
+def _habits(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
+    """Warnings for what a Keras habit writes into a spec: a channels-last input shape, a
+    softmax output under a loss that applies softmax itself."""
+    found = []
+    shape = graph.input_shape
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and min(shape[0], shape[1]) > 4:
+        section = raw.get("input")
+        where = section.value_locations.get("shape", top) if isinstance(section, MarkedDict) else top
+        found.append(Diagnostic(where, f"input shape {list(shape)} looks channels-last (height, width, channels, as Keras writes it); "
+                                       f"a spec's input is channels-first: [{shape[2]}, {shape[0]}, {shape[1]}]", "warning"))
+    last = graph[graph.output]
+    from cnnspec.layers.activation import Softmax
+
+    softmax = isinstance(last.layer, Softmax) or isinstance(getattr(last.layer, "activation", None), Softmax)
+    loss = graph.train_section.loss if graph.train_section is not None else "cross_entropy"  # the default loss
+    if softmax and loss == "cross_entropy":
+        found.append(Diagnostic(last.location, f"{last.kind} '{last.name}' ends in softmax, and the cross-entropy loss applies softmax "
+                                               "itself (it takes logits, as PyTorch's and Keras' from_logits=True do): drop the softmax "
+                                               "(predict still reports probabilities)", "warning"))
+    return found
 
 
 def _train_section(raw: MarkedDict, top: Location, problems: dict[Diagnostic, None]) -> TrainConfig | None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from cnnspec.diagnostics import Diagnostic, Location, did_you_mean
+from cnnspec.diagnostics import Diagnostic, Location, did_you_mean, suggestion
 from cnnspec.layers import LAYERS
 from cnnspec.layers.base import NonNegativeInt, PositiveInt
 from cnnspec.yamlmarks import MarkedDict, MarkedList, location_of, marked_dict
@@ -124,7 +124,7 @@ class ExpandedSpec:
 # ---- Pydantic errors mapped to YAML locations -------------------------------------------
 
 
-def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+def fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
     """The field names of the (nested) model at ``path``, for did-you-mean."""
     for part in path:
         if model is None or part not in model.model_fields:
@@ -138,9 +138,20 @@ def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
 def pydantic_diagnostics(
     exc: ValidationError, raw: Any, fallback: Location, prefix: str, suffix: str = "", model: type[BaseModel] | None = None
 ) -> list[Diagnostic]:
-    """One diagnostic per Pydantic error, at the line of the offending key or value."""
+    """One diagnostic per Pydantic error, at the line of the offending key or value; a
+    misspelled key is one error (its did-you-mean), not also a missing required key."""
     diagnostics = []
-    for error in exc.errors():
+    errors = exc.errors()
+    meant = set()  # (parent path, the key a misspelling means)
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            parent = tuple(str(p) for p in error["loc"][:-1])
+            close = suggestion(str(error["loc"][-1]), fields_at(model, [p for p in parent if not p.isdigit()]))
+            if close is not None:
+                meant.add((parent, close))
+    for error in errors:
+        if error["type"] == "missing" and (tuple(str(p) for p in error["loc"][:-1]), str(error["loc"][-1])) in meant:
+            continue
         where, node, path = location_of(raw, fallback), raw, list[str]()
         for part in error["loc"]:
             if isinstance(node, MarkedDict) and part in node:
@@ -153,9 +164,12 @@ def pydantic_diagnostics(
                 path.append(str(part))  # a missing key, or an index into a default
         dotted = ".".join(path)
         if error["type"] == "extra_forbidden":
-            message = f"unknown key '{dotted}'{did_you_mean(path[-1], _fields_at(model, path[:-1]))}"
+            message = f"unknown key '{dotted}'{did_you_mean(path[-1], fields_at(model, path[:-1]))}"
         elif error["type"] == "missing":
             message = f"missing required key '{dotted}'"
+        elif error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NAME_PATTERN.pattern:
+            message = (f"{dotted}: {error['input']!r} is not a name: use letters, digits, '_', '.' and '-' "
+                       "(no spaces), starting with a letter, digit or '_'")
         else:
             text = error["msg"].removeprefix("Value error, ")
             shown = "" if error["type"] == "value_error" else f", got {error['input']!r}"
@@ -290,6 +304,10 @@ class Expander:
         kind_loc = entry.key_locations[kinds[0]]
         block = self.blocks.get(kind)
         if kind not in LAYERS and block is None:
+            head = kind.replace("{", " ").split()[0] if kind.strip() else kind
+            if head != kind and (head in LAYERS or head in self.blocks):  # `- maxpool2d {kernel: 2}`
+                self.error(kind_loc, f"a ':' is missing after '{head}': write '- {head}: {{...}}'")
+                return None
             hint = did_you_mean(kind, [*LAYERS, *self.blocks])
             self.error(kind_loc, f"unknown layer kind '{kind}'{hint}")
             return None

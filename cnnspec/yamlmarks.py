@@ -113,6 +113,8 @@ def load_yaml(text: str | bytes, path: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else top
         problem = exc.problem or exc.context or "invalid YAML"
+        if "'\\t'" in problem:
+            problem = "a tab; tabs cannot indent YAML: use spaces"
         raise SpecError([Diagnostic(where, f"invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(top, f"invalid YAML: {exc}")]) from None

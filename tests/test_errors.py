@@ -17,7 +17,7 @@ layers:
 def test_non_integer_output_size_names_the_layer_and_fraction(spec_errors: Errors) -> None:
     assert spec_errors(HEAD + "  - conv2d: {filters: 8, kernel: 3, stride: 3}\n    name: c1\n") == [
         "4:5: conv2d 'c1': window does not fit: (7 + 0 - 3) / 3 + 1 = 7/3 = 2.33; "
-        "declare rounding: floor or rounding: ceil"
+        "declare rounding: floor (what PyTorch and Keras 'valid' do) or rounding: ceil (Caffe)"
     ]
 
 
@@ -129,8 +129,8 @@ def test_unknown_kind_and_key_with_did_you_mean(spec_errors: Errors) -> None:
 """
     assert spec_errors(text) == [
         "4:5: unknown layer kind 'conv2dd' (did you mean 'conv2d'?)",
-        "5:13: conv2d 'conv2d_1': missing required key 'filters'",
-        "5:14: conv2d 'conv2d_1': unknown key 'filtres' (did you mean 'filters'?)",
+        "5:14: conv2d 'conv2d_1': unknown key 'filtres' (did you mean 'filters'?)",  # one error, not also 'missing filters'
+
         "6:28: maxpool2d 'maxpool2d_1': unknown key 'strides' (did you mean 'stride'?)",
     ]
 
@@ -156,6 +156,31 @@ def test_every_error_in_the_file_is_reported(spec_errors: Errors) -> None:
     assert "kernel 64 exceeds padded input 32" in found[2]
 
 
+def test_keras_and_pytorch_names_are_recognised(spec_errors: Errors) -> None:
+    text = HEAD + """\
+  - Conv2D: {filters: 8, kernel_size: 3}
+  - MaxPooling2D: {pool_size: 2}
+  - ReLU: {}
+  - maxpool2d {kernel: 2}
+"""
+    assert spec_errors(text) == [
+        "4:5: unknown layer kind 'Conv2D' (did you mean 'conv2d'?)",
+        "5:5: unknown layer kind 'MaxPooling2D' (did you mean 'maxpool2d'?)",
+        "6:5: unknown layer kind 'ReLU' (did you mean 'relu'?)",
+        "7:5: a ':' is missing after 'maxpool2d': write '- maxpool2d: {...}'",
+    ]
+    fixed = HEAD + "  - conv2d: {filters: 8, kernel_size: 3}\n  - maxpool2d: {pool_size: 2, strides: 2}\n"
+    assert spec_errors(fixed) == [
+        "4:26: conv2d 'conv2d_1': unknown key 'kernel_size' (did you mean 'kernel'?)",
+        "5:17: maxpool2d 'maxpool2d_1': unknown key 'pool_size' (did you mean 'kernel'?)",
+        "5:31: maxpool2d 'maxpool2d_1': unknown key 'strides' (did you mean 'stride'?)",
+    ]
+
+
+def test_a_tab_says_to_use_spaces(spec_errors: Errors) -> None:
+    assert spec_errors(HEAD + "\t- relu: {}\n") == ["4:1: invalid YAML: a tab; tabs cannot indent YAML: use spaces"]
+
+
 def test_header_errors(spec_errors: Errors) -> None:
     text = """
     name: my net
@@ -164,8 +189,7 @@ def test_header_errors(spec_errors: Errors) -> None:
       - relu: {}
     """
     assert spec_errors(text) == [
-        "1:1: missing required key 'layers'",
-        "1:7: name: String should match pattern '^[A-Za-z0-9_][A-Za-z0-9_.\\-]*$', got 'my net'",
+        "1:7: name: 'my net' is not a name: use letters, digits, '_', '.' and '-' (no spaces), starting with a letter, digit or '_'",
         "2:16: input.shape: List should have at most 3 items after validation, not 4, got [3, 32, 32, 1]",
         "3:1: unknown key 'layer' (did you mean 'layers'?)",
     ]

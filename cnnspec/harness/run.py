@@ -31,6 +31,7 @@ from cnnspec.data.decode import BadImage
 from cnnspec.data.loader import ImageStream
 from cnnspec.data.loader import batches as image_batches
 from cnnspec.data.transforms import sample_generator
+from cnnspec.diagnostics import plural
 from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, local_order, steps
 from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, plots, tuning
@@ -51,6 +52,7 @@ from cnnspec.harness.weights import (
     write_json,
     write_text,
 )
+from cnnspec.strictjson import strict_json
 
 OPTIMIZER_SLOTS = {"sgd": 1, "adagrad": 1, "rmsprop": 2, "adadelta": 2, "adam": 2, "adamw": 2}
 
@@ -359,6 +361,14 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
     weights = initial_weights(graph, seed)
     if init is None:
         return weights
+    if init.is_dir():  # a run or one of its checkpoints: its weights, checked as eval checks them
+        _, checkpoint = RunDir.find(init)
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise DamagedFile(problem)
+        init = checkpoint / "weights.safetensors"
+    elif not init.exists():
+        raise TrainingError(f"{init}: no such file; --init takes a checkpoint (.safetensors), a run directory or a checkpoint folder")
     loaded = load_arrays(init)
     taken = [name for name, array in loaded.items() if name in weights and array.shape == weights[name].shape]
     if not taken:
@@ -429,9 +439,8 @@ def train(
     for *_, phase_config in plan:
         tuning.multipliers(graph, phase_config)  # a freeze or lr_mult pattern that names nothing fails before any work
     sized_by_data = config.classes != "spec"
-    data = load_dataset(config.data, graph.input_shape, None if sized_by_data else graph.output_shape[0], config.seed)
-    if sized_by_data:
-        graph, data = _sized_to_data(graph, data, config.classes)
+    data = load_dataset(config.data, graph.input_shape, None, config.seed)
+    graph, data = _sized_to_data(graph, data, config.classes) if sized_by_data else (graph, _fits_the_spec(graph, data))
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     plan = [(first, end, c.model_copy(update={"data": data.config})) for first, end, c in plan]
     _report_skipped(progress, list(data.skipped))
@@ -495,11 +504,11 @@ def train(
     if latest is not None and (partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase):  # a new phase starts a new optimizer
         session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
     if lead:
-        write_text(run.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        write_text(run.path / "metrics.jsonl", "".join(strict_json(row) + "\n" for row in history))
     events = EventLog(run.path, start_epoch) if lead else None  # flushed each epoch; its thread is a daemon
     progress.message(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
-        f"{len(data.x_val)} val images from {data.name} ({data.residence}), {config.epochs} epochs -> {run.path}"
+        f"{len(data.x_val)} val images from {data.name} ({data.residence}), {plural(config.epochs, 'epoch')} -> {run.path}"
     )
     if group.size > 1:
         progress.message(_group_line(graph, config, group, session.device))
@@ -529,7 +538,7 @@ def train(
         reported += len(met)
         if lead:
             with open(run.path / "metrics.jsonl", "a") as stream:
-                stream.write(json.dumps(row) + "\n")
+                stream.write(strict_json(row) + "\n")
         if events is not None:
             events.epoch(row)
         after_epoch(config.schedule, plateau, val["loss"])
@@ -545,7 +554,7 @@ def train(
         progress.end_epoch(row, config.epochs)
         patience = config.early_stopping.patience
         if patience is not None and bad_epochs >= patience:
-            progress.message(f"early stopping: {config.early_stopping.monitor} did not improve for {patience} epochs")
+            progress.message(f"early stopping: {config.early_stopping.monitor} did not improve for {plural(patience, 'epoch')}")
             break
     if history and lead:
         write_json(run.path / "final.json", history[-1])
@@ -632,6 +641,21 @@ def _cache_bottleneck(
     features = dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
     identity = Normalization(1.0, (0.0,), (1.0,))
     return bottleneck.HeadSession(head_session, {n: a for n, a in weights.items() if n not in mine}), features, identity, note
+
+
+def _fits_the_spec(graph: Graph, data: Dataset) -> Dataset:
+    """The data, when its classes are as many as the spec's outputs; otherwise an error
+    that says how to make them fit (a 10-unit head on 3 classes trains, silently, a
+    classifier whose 7 extra outputs never win)."""
+    found, width = len(data.classes), graph.output_shape[0]
+    if found == width:
+        return data
+    shown = ", ".join(data.classes[:6]) + (", ..." if found > 6 else "")
+    fixes = "--classes auto (train.classes: auto) gives the network a new output layer sized to the data"
+    if found < width:
+        fixes += f"; --classes {width} keeps {width} outputs for {found} classes"
+    raise TrainingError(f"the data '{data.name}' has {found} classes ({shown}) but {graph.name}'s output layer '{graph.output}' has "
+                        f"{width} units: {fixes}; or change the spec's last layer")
 
 
 def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Graph, Dataset]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import numpy as np
 
 from cnnspec.graph import Graph
 from cnnspec.layers.base import WeightSpec
+from cnnspec.strictjson import strict_json
 
 Weights = dict[str, np.ndarray]
 
@@ -96,7 +98,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_text(path, json.dumps(value, indent=2) + "\n")
+    write_text(path, strict_json(value, indent=2) + "\n")
 
 
 def save_arrays(path: Path, arrays: Weights, metadata: dict[str, str] | None = None) -> None:
@@ -120,6 +122,8 @@ def load_arrays(path: Path) -> Weights:
     except FileNotFoundError:
         raise DamagedFile(f"{path}: missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
+        if path.is_dir():
+            raise DamagedFile(f"{path}: a folder, not a safetensors file") from None
         raise DamagedFile(f"{path}: not a readable safetensors file ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
 
 
@@ -171,4 +175,7 @@ def read_state(path: Path) -> dict[str, Any]:
         raise DamagedFile(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
         raise DamagedFile(f"{path}: not a cnnspec checkpoint state (no epoch)")
+    for holder in (state, state.get("plateau")):  # "nothing yet" is written as null (strict JSON), read as infinity
+        if isinstance(holder, dict) and "best" in holder and holder["best"] is None:
+            holder["best"] = math.inf
     return state
