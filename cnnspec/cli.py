@@ -232,6 +232,7 @@ def train(
     workers: Annotated[int | None, typer.Option(min=0, help="processes decoding image files (train.data.workers) [default: the cores available]")] = None,
     classes: Annotated[str | None, typer.Option(help="the output layer's width: auto (the data's class count), N, or spec (train.classes)")] = None,
     freeze: Annotated[str | None, typer.Option(help="layers that do not train, comma-separated: names, groups, globs (layer1.*) or before:NAME (train.freeze)")] = None,
+    keep: Annotated[int | None, typer.Option(min=1, help="keep only the N newest epoch checkpoints, and the best (train.keep)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes (torchrun on this host; with --engine spark, Spark tasks)")] = None,
     sync_batchnorm: Annotated[bool, typer.Option("--sync-batchnorm", help="batch norm statistics over all processes (CUDA; train.distributed.sync_batchnorm)")] = False,
@@ -254,6 +255,8 @@ def train(
         overrides["classes"] = int(classes) if classes.isdigit() else classes
     if freeze is not None:
         overrides["freeze"] = [part.strip() for part in freeze.split(",") if part.strip()]
+    if keep is not None:
+        overrides["keep"] = keep
     for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed)):
         if value is not None:
             overrides[key] = value

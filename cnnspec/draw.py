@@ -12,6 +12,7 @@ from pathlib import Path
 from cnnspec.graph import Graph, Node
 from cnnspec.harness.weights import atomic_write, write_text
 from cnnspec.layers.base import format_shape
+from cnnspec.report import si
 from cnnspec.spec import INPUT
 
 ROW_HEIGHT, COLUMN_WIDTH = 0.9, 2.6  # inches per row and per column
@@ -29,7 +30,7 @@ def to_dot(graph: Graph) -> str:
     for node in graph.nodes:
         lines.append(f"  {json.dumps(node.name)} [label={json.dumps(_label(node))}];")
         lines.extend(f"  {json.dumps(source)} -> {json.dumps(node.name)};" for source in node.inputs)
-    lines.append(f'  label={json.dumps(f"{graph.name}: {graph.params:,} params, {graph.macs / 1e6:,.1f} M MACs")};')
+    lines.append(f'  label={json.dumps(f"{graph.name}: {graph.params:,} params, {si(graph.macs)} MACs")};')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -68,7 +69,7 @@ def render(graph: Graph, path: Path) -> None:
     axes.set_xlim(-0.55, columns - 0.45)
     axes.set_ylim(rows - 0.4, -1.0)
     axes.axis("off")
-    axes.text((columns - 1) / 2, -0.75, f"{graph.name}: {graph.params:,} params, {graph.macs / 1e6:,.1f} M MACs",
+    axes.text((columns - 1) / 2, -0.75, f"{graph.name}: {graph.params:,} params, {si(graph.macs)} MACs",
               ha="center", va="center", fontsize=11, weight="bold")
     labels = {INPUT: f"input\n{format_shape(graph.input_shape)}"} | {node.name: _label(node) for node in graph.nodes}
     for node in graph.nodes:

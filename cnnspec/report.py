@@ -83,7 +83,7 @@ def check_totals(graph: Graph) -> list[str]:
     lines = [
         f"Params:          {graph.params:,} learned ({_bytes(graph.params * 4)} float32), "
         f"{graph.non_trainable:,} non-trainable",
-        f"MACs:            {_si(graph.macs)} per sample (FLOPs = 2 x MACs = {_si(graph.flops)})",
+        f"MACs:            {si(graph.macs)} per sample (FLOPs = 2 x MACs = {si(graph.flops)})",
         f"Activations:     {_bytes(graph.activation_bytes)} per sample (float32, all layer outputs)",
     ]
     if rf is not None:
@@ -122,7 +122,8 @@ def check_text(graph: Graph, width: int = 120) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
-def _si(value: int) -> str:
+def si(value: int) -> str:
+    """416.52 K, 1.81 G: a count with an SI prefix."""
     for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
         if value >= scale:
             return f"{value / scale:.2f} {unit}"

@@ -201,6 +201,7 @@ class TrainConfig(_Section):
         default=10.0, description="also checkpoint inside an epoch this often, so that --resume continues the epoch where it stopped; none: at epoch ends only"
     )
     checkpoint_steps: PositiveInt | None = Field(default=None, description="also checkpoint inside an epoch every this many steps")
+    keep: PositiveInt | None = Field(default=None, description="keep only this many of the newest epoch checkpoints, and the best; none: all")
     classes: Literal["spec", "auto"] | PositiveInt = Field(
         default="spec", description="the output layer's width: the spec's, the data's class count (auto), or N; a resized output layer starts fresh"
     )

@@ -144,11 +144,28 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int | 
     return replace(dataset, classes=classes[:num_classes])
 
 
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): ``fraction`` of the samples (at least one) for
+    validation, drawn from each class in proportion to its size (largest remainders get
+    the rounding), each class's draw seeded; both orders shuffled. A class of one sample
+    stays in training."""
+    rng = np.random.default_rng(seed)
+    total = max(1, round(len(labels) * fraction))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (total / max(len(labels), 1))
+    share = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - share), kind="stable")[: total - int(share.sum())]:
+        share[i] += 1
+    share = np.minimum(share, np.maximum(counts - 1, 0))  # every class keeps a training sample
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, share, strict=True)] or [np.zeros(0, int)])
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return rng.permutation(train), rng.permutation(val)
+
+
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """A seeded shuffle, then the last ``fraction`` for validation."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = len(x) - max(1, round(len(x) * fraction))
-    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+    """Training and validation arrays, the split stratified by class (``stratified_split``)."""
+    train, val = stratified_split(y, fraction, seed)
+    return x[train], y[train], x[val], y[val]
 
 
 def _digits(config: DataConfig, seed: int) -> Dataset:
@@ -329,10 +346,9 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
     if config.strict and skipped:
         raise DataError(f"{skipped[0]} (strict: turn it off to skip and count such samples)")
     samples, val = listing.train, listing.val
-    if val is None:
-        order = np.random.default_rng(seed).permutation(len(samples))
-        cut = len(samples) - max(1, round(len(samples) * config.validation))
-        samples, val = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
+    if val is None:  # each class in proportion: a small folder's rare class still gets validated
+        train_index, val_index = stratified_split(np.array([s.label for s in samples], dtype=np.int64), config.validation, seed)
+        samples, val = [samples[i] for i in train_index], [samples[i] for i in val_index]
     samples = samples[: config.limit]  # before decoding: a smoke test decodes only what it uses
     workers = available_cores() if config.workers is None else config.workers
     train_transform, val_transform = Transform.training(config, shape), Transform.evaluation(config, shape)

@@ -20,18 +20,28 @@ def _pyplot() -> Any:
 
 
 def learning_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, train and validation; with a learning-rate schedule
+    (the rate changed), a third panel of the rate."""
     plt = _pyplot()
-    epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [int(row["epoch"]) for row in history]
+    rates = [float(row.get("lr", 0.0)) for row in history]
+    scheduled = len(set(rates)) > 1
+    figure, axes = plt.subplots(1, 3 if scheduled else 2, figsize=(15 if scheduled else 10, 4))
+    loss_axis, accuracy_axis = axes[0], axes[1]
     for split, style in (("train", "-o"), ("val", "-s")):
         loss_axis.plot(epochs, [row[f"{split}_loss"] for row in history], style, label=split)
         accuracy_axis.plot(epochs, [row[f"{split}_accuracy"] for row in history], style, label=split)
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     for axis in (loss_axis, accuracy_axis):
-        axis.grid(alpha=0.3)
         axis.legend(loc="lower right" if axis is accuracy_axis else "upper right")
-        axis.xaxis.get_major_locator().set_params(integer=True)
+    if scheduled:
+        axes[2].plot(epochs, rates, "-o", color="tab:green")
+        axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log" if min(rates) > 0 else "linear")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.set_xlim(0.5, max(epochs, default=1) + 0.5)  # one epoch: a point at 1, not an axis from 0.96 to 1.04
+        axis.set_xticks(range(1, max(epochs, default=1) + 1, max(1, len(epochs) // 10)))
     figure.suptitle(title)
     figure.tight_layout()
     atomic_write(path, lambda p: figure.savefig(p, dpi=100, format="png"))

@@ -204,6 +204,14 @@ class RunDir:
             epochs = self.epochs()
             return epochs[0] if epochs else None
 
+    def best(self) -> Path | None:
+        """The checkpoint with the best early-stopping monitor so far (None before the first)."""
+        try:
+            folder = self.checkpoints / str(json.loads((self.checkpoints / "best.json").read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        return folder if folder.is_dir() else None
+
     def epochs(self) -> list[Path]:
         """The complete checkpoints, newest first."""
         return sorted((p for p in self.checkpoints.glob("epoch-*") if p.is_dir()), reverse=True)
@@ -233,8 +241,16 @@ class RunDir:
 
     @staticmethod
     def find(path: Path) -> tuple[RunDir, Path]:
-        """A run directory or one of its checkpoints -> (run, checkpoint folder)."""
+        """A run directory (its latest checkpoint), ``RUN@best`` or ``RUN@latest``, or one of
+        its checkpoint folders -> (run, checkpoint folder)."""
         path = Path(path)
+        base, at, which = str(path).rpartition("@")
+        if at and which in ("best", "latest") and (Path(base) / "run.json").exists():
+            run = RunDir(Path(base))
+            chosen = run.best() if which == "best" else run.latest()
+            if chosen is None:
+                raise TrainingError(f"{path}: the run has no {which} checkpoint yet")
+            return run, chosen
         if (path / "weights.safetensors").exists() and (path.parent.parent / "run.json").exists():
             return RunDir(path.parent.parent), path
         if (path / "run.json").exists():
@@ -266,13 +282,23 @@ def default_run_dir(graph: Graph) -> Path:
 MID_EPOCH = "mid-epoch"  # the one checkpoint inside an epoch; latest.json never points at it
 
 
-def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, Any]) -> Path:
-    """A complete checkpoint folder, then the pointer to it: a crash at any moment
-    leaves the previous checkpoint intact and pointed to."""
+def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, Any], *, best: bool = False,
+                    keep: int | None = None) -> Path:
+    """A complete checkpoint folder, then the pointers to it (``latest.json``; ``best.json``
+    when ``best``): a crash at any moment leaves the previous checkpoint intact and
+    pointed to. With ``keep``, only the newest ``keep`` epoch checkpoints stay, and the
+    best."""
     name = f"epoch-{epoch:04d}"
     final = _write_checkpoint(run, name, session, state)
     write_json(run.checkpoints / "latest.json", {"checkpoint": name, "epoch": epoch})
+    if best:
+        write_json(run.checkpoints / "best.json", {"checkpoint": name, "epoch": epoch})
     shutil.rmtree(run.checkpoints / MID_EPOCH, ignore_errors=True)  # the epoch it was inside is complete
+    if keep is not None:
+        kept = {final, run.best()}
+        for folder in run.epochs()[keep:]:
+            if folder not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
     return final
 
 
@@ -469,6 +495,9 @@ def train(
         plateau = Plateau(**state["plateau"])
         history = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()][:start_epoch]
         partial = state if "step" in state else None
+        if start_epoch >= config.epochs and partial is None:
+            raise TrainingError(f"{run.path} is finished: {start_epoch} of {plural(config.epochs, 'epoch')} trained; "
+                                f"--epochs N (more than {start_epoch}) with --resume trains on")
         where = f"step {state['step']} of epoch {start_epoch + 1}" if partial else latest.name
         progress.message(f"resuming {run.path} from {where}" + (", the newest intact checkpoint" if damaged else ""))
     else:
@@ -497,10 +526,13 @@ def train(
                 "init": None if init is None else str(init),
                 "processes": group.size,
                 "created": datetime.now().isoformat(timespec="seconds"),
+                "command": _command_line(),
                 "versions": _versions(),
             },
         )
-        seal(run.path, ["spec.yaml", "run.json"])  # written once; every later reader checks them
+        seal(run.path, ["spec.yaml", "run.json"])  # every later reader checks them
+    elif latest is not None and lead:
+        _record_resumption(run, config)
     if latest is not None and (partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase):  # a new phase starts a new optimizer
         session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
     if lead:
@@ -543,13 +575,14 @@ def train(
             events.epoch(row)
         after_epoch(config.schedule, plateau, val["loss"])
         monitored = val["loss"] if config.early_stopping.monitor == "val_loss" else -val["accuracy"]
-        if monitored < best - config.early_stopping.min_delta:
+        improved = monitored < best - config.early_stopping.min_delta
+        if improved:
             best, bad_epochs = monitored, 0
         else:
             bad_epochs += 1
         state = {"epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
         if lead:
-            save_checkpoint(run, epoch + 1, session, state)
+            save_checkpoint(run, epoch + 1, session, state, best=improved, keep=config.keep)
             plots.learning_curves(history, run.path / "curves.png", f"{graph.name} ({backend})")
         progress.end_epoch(row, config.epochs)
         patience = config.early_stopping.patience
@@ -673,6 +706,23 @@ def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Gra
     except ValueError as exc:
         raise TrainingError(f"--classes {classes}: {exc}") from None
     return resized, dataclasses.replace(data, classes=data.classes + [str(i) for i in range(found, width)])
+
+
+def _command_line() -> list[str]:
+    import sys
+
+    return ["cnnspec", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith(("cnnspec", "__main__.py")) else list(sys.argv)
+
+
+def _record_resumption(run: RunDir, config: TrainConfig) -> None:
+    """run.json after --resume: the epochs the run now trains to, and each resumption
+    (when, the command, the versions), resealed."""
+    record = json.loads((run.path / "run.json").read_text())
+    record["train"]["epochs"] = config.epochs
+    record.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"), "epochs": config.epochs,
+                                             "command": _command_line(), "versions": _versions()})
+    write_json(run.path / "run.json", record)
+    seal(run.path, ["spec.yaml", "run.json"])
 
 
 def _versions() -> dict[str, str]:

@@ -77,6 +77,12 @@ def check_weights(graph: Graph, weights: Weights, source: str) -> None:
 # ---- files -----------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``: a
     reader (or a crash) sees the old file or the new one, never half of one."""
@@ -85,6 +91,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(handle)
     try:
         write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would make run files private, unlike every other file
         with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
