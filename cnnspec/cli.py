@@ -219,11 +219,11 @@ def train(
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), bf16, fp16 or fp32")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
     data: Annotated[str | None, typer.Option(help="digits, synthetic, or a path (overrides train.data.source)")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="passes over the training data (train.epochs); with --resume, the new total")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per step (train.batch_size)")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="learning rate (train.optimizer.lr)")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd, adagrad, rmsprop, adadelta, adam or adamw")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option(help="seeds the initial weights, the split, the order and augmentation (train.seed)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any train: field, KEY=VALUE, repeatable (schedule.name=cosine)")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/NAME-TIMESTAMP)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run from its last checkpoint")] = None,
@@ -377,7 +377,7 @@ def eval_(
     data: Annotated[str | None, typer.Option(help="evaluate on other data (default: the run's validation split)")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
 ) -> None:
     """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run."""
     from cnnspec import api
@@ -476,7 +476,7 @@ def similar(
     exact: Annotated[bool, typer.Option("--exact", help="search every embedding even where an approximate structure exists")] = False,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
 ) -> None:
     """The images of an index nearest to each query, embedded the way the index was."""
     from cnnspec import api
@@ -536,10 +536,10 @@ def _score_on_spark(run: Path, data: str | None, out: Path | None, *, top: int =
 def predict(
     run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
     inputs: Annotated[list[Path] | None, typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")] = None,
-    top: Annotated[int, typer.Option("--top", "-k", min=1)] = 5,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="how many of the most likely classes to show")] = 5,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="save the raw network outputs as .npy (--engine spark: the Parquet output)")] = None,
     engine: Annotated[Engine, typer.Option(help="local, or spark: score --data on Spark and write Parquet to --output")] = Engine.local,
     data: Annotated[str | None, typer.Option(help="--engine spark: a folder (searched recursively), file or glob of images")] = None,
@@ -576,7 +576,7 @@ def inspect(
     run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
     inputs: Annotated[list[Path], typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")],
     out: Annotated[Path, typer.Option("--out", "-o", help="the page to write")] = Path("inspect.html"),
-    top: Annotated[int, typer.Option("--top", "-k", min=1)] = 5,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="how many of the most likely classes to show")] = 5,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -629,11 +629,11 @@ def verify(
     ] = None,
     device: DeviceOpt = "cpu",
     input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: check a big model at a smaller input")] = None,
-    batch: Annotated[int, typer.Option(min=1)] = 2,
-    seed: Annotated[int, typer.Option()] = 0,
+    batch: Annotated[int, typer.Option(min=1, help="random inputs compared")] = 2,
+    seed: Annotated[int, typer.Option(help="seeds the random inputs (and a spec's initial weights)")] = 0,
     tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
     weights: Annotated[Path | None, typer.Option(help="a .safetensors checkpoint for the spec (from `cnnspec import`)")] = None,
-    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
 ) -> None:
     """Run identical weights and inputs through several backends and compare every layer."""
     from cnnspec.verify import load_target
@@ -745,6 +745,9 @@ def export(
             f"(--no-preprocessing leaves them to you); verified against predict's path on the same pixels",
             markup=False, soft_wrap=True,
         )
+    if extra:
+        stdout.print(f"image files are prepared first, as predict prepares them: {extra['cnnspec.image_preparation']}; "
+                     f"outputs are {extra['cnnspec.outputs']}", markup=False, soft_wrap=True)
     elif extra:
         norm = json.loads(extra["cnnspec.preprocessing"])
         stdout.print(
@@ -780,12 +783,17 @@ def import_(
     model: Annotated[Path, typer.Argument(help="a model (.onnx, .keras, full-model .h5); or a PyTorch state_dict (.pt, .pth) or Keras .weights.h5 with --spec")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="the spec to write (.yaml; a model) or the checkpoint (.safetensors; weights)")] = None,
     spec: Annotated[str | None, typer.Option(help="the spec or zoo name the weights belong to (state_dict, .weights.h5)")] = None,
+    run: Annotated[Path | None, typer.Option(help="with --spec: write the weights as a run directory, for predict, eval, inspect and export")] = None,
+    classes: Annotated[Path | None, typer.Option(help="with --run: a text file of class names, one a line, in output order")] = None,
+    normalize: Annotated[str, typer.Option(help="with --run: auto (ImageNet's mean and std for 3 channels, else [0, 1]), imagenet, unit or none")] = "auto",
 ) -> None:
-    """Bring a model in: ONNX or Keras to a spec and checkpoint; torchvision or Keras weights to a checkpoint."""
+    """Bring a model in: ONNX or Keras to a spec and checkpoint; torchvision or Keras weights to a checkpoint or a run."""
     from cnnspec import importing
 
+    if (classes is not None or normalize != "auto") and run is None:
+        _usage("--classes and --normalize describe a run: add --run DIR")
     try:
-        written = importing.import_model(model, out, spec)
+        written = importing.import_model(model, out, spec, run, classes, normalize)
     except SpecNotFound as exc:
         _usage(str(exc))
     except (*_run_errors(), LookupError) as exc:  # type: ignore[misc]

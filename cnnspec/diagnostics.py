@@ -43,14 +43,10 @@ class SpecError(Exception):
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
 
-# What Keras and PyTorch call cnnspec's arguments and layer kinds, for their users' habits.
-FOREIGN_NAMES = {
+# What Keras and PyTorch call cnnspec's arguments (layer kinds name theirs in ``aliases``).
+ARGUMENT_ALIASES = {
     "pool_size": "kernel", "kernel_size": "kernel", "strides": "stride", "out_channels": "filters", "num_filters": "filters",
     "out_features": "units", "epsilon": "eps", "use_bias": "bias", "dilation_rate": "dilation", "p": "rate",
-    "linear": "dense", "maxpooling2d": "maxpool2d", "averagepooling2d": "avgpool2d",
-    "batchnormalization": "batchnorm", "batchnorm2d": "batchnorm", "globalaveragepooling2d": "global_avgpool2d",
-    "adaptiveavgpool2d": "global_avgpool2d", "globalmaxpooling2d": "global_maxpool2d", "zeropadding2d": "zero_padding2d",
-    "zeropad2d": "zero_padding2d", "concatenate": "concat", "localresponsenorm": "lrn",
 }
 
 
@@ -58,7 +54,7 @@ def _folded(word: str) -> str:
     return word.lower().replace("_", "")
 
 
-def suggestion(word: str, choices: Iterable[str]) -> str | None:
+def suggestion(word: str, choices: Iterable[str], aliases: dict[str, str] | None = None) -> str | None:
     """The choice ``word`` most likely means: the same name in another case or spelling
     (ReLU, max_pool2d), the other framework's name for it (pool_size, Dense), or a close
     misspelling."""
@@ -66,16 +62,17 @@ def suggestion(word: str, choices: Iterable[str]) -> str | None:
     folded = {_folded(choice): choice for choice in options}
     if _folded(word) in folded:
         return folded[_folded(word)]
-    foreign = FOREIGN_NAMES.get(_folded(word)) or FOREIGN_NAMES.get(word.lower())
+    table = {_folded(name): meant for name, meant in (ARGUMENT_ALIASES if aliases is None else aliases).items()}
+    foreign = table.get(_folded(word))
     if foreign in options:
         return foreign
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return close[0] if close else None
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], aliases: dict[str, str] | None = None) -> str:
     """' (did you mean 'filters'?)' when a likely match exists (see ``suggestion``), else ''."""
-    close = suggestion(word, choices)
+    close = suggestion(word, choices, aliases)
     return f" (did you mean '{close}'?)" if close is not None and close != word else ""
 
 

@@ -155,8 +155,12 @@ def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *,
         "cnnspec.input_prepared": "by the model (raw pixels in [0, 1], as cnnspec predict's .npy)" if preprocessing is not None else "by the caller",
     } | (extra_metadata or {})
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.parent / f".{out.stem}.{os.getpid()}.partial{out.suffix}"
-    _remove(temporary)
+    # Written under its own name inside a staging folder beside it: archives name their root
+    # folder after the file (TorchScript), so a temporary file name would travel inside.
+    staging = out.parent / f".{out.name}.{os.getpid()}.partial"
+    _remove(staging)
+    staging.mkdir(parents=True)
+    temporary = staging / out.name
     try:
         artifact.save(temporary, metadata)
         absolute_back, relative_back = _errors(np.asarray(module.LOADERS[fmt](temporary)(x)), expected)
@@ -167,9 +171,8 @@ def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *,
             shutil.rmtree(out)
         os.replace(temporary, out)
         write_checksums(out)
-    except BaseException:
-        _remove(temporary)
-        raise
+    finally:
+        _remove(staging)
     return ExportReport(out, fmt, spec.reference, max(absolute, absolute_back), max(relative, relative_back),
                         tuple(x.shape), _size(out), weights_from, spec.metadata)
 
@@ -228,5 +231,19 @@ def run_preprocessing(run: Path) -> dict[str, str]:
     norm = loaded.normalization
     return {
         "cnnspec.preprocessing": json.dumps({"scale": norm.scale, "mean": list(norm.mean), "std": list(norm.std)}),
+        "cnnspec.image_preparation": image_preparation(loaded.config, loaded.graph.input_shape),
+        "cnnspec.outputs": "logits: softmax gives the class probabilities",
         "cnnspec.classes": json.dumps(loaded.info.get("classes")),
     }
+
+
+def image_preparation(config: Any, shape: tuple[int, ...]) -> str:
+    """How an image file becomes the network's input size and channels, in words (as
+    evaluation and predict prepare it)."""
+    from cnnspec.data.transforms import Transform
+    from cnnspec.harness.data import DataError
+
+    try:
+        return f"{shape[0]} channel(s); {Transform.evaluation(config.data, shape).describe()}"
+    except DataError:
+        return "none (not an image input)"

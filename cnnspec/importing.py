@@ -30,8 +30,11 @@ class ImportFailed(ValueError):
     """The file cannot become what was asked; the message says why."""
 
 
-def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
-    """Import ``model``; returns what was written, one line each."""
+def import_model(model: Path, out: Path | None, spec: str | None, run: Path | None = None, classes: Path | None = None,
+                 normalize: str = "auto") -> list[str]:
+    """Import ``model``; returns what was written, one line each. With ``run``, weights for
+    a spec become a run directory (no training: its one checkpoint is epoch 0), so that
+    predict, eval, inspect, embed and export take pretrained weights as they take a run."""
     if not model.is_file():
         raise ImportFailed(f"{model}: no such file")
     from cnnspec.exporting import check_export
@@ -56,6 +59,10 @@ def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
         raise ImportFailed(f"{target}: a checkpoint is written as .safetensors")
     if name.endswith((".pt", ".pth", ".bin")):
         weights, ignored = _from_state_dict(graph, model)
+    elif name.endswith(".safetensors"):  # a canonical checkpoint (this command's own output): checked, and made a run
+        from cnnspec.harness.weights import load_arrays
+
+        weights, ignored = load_arrays(model), []
     elif name.endswith(".h5"):
         from cnnspec.backends import import_module
 
@@ -65,14 +72,80 @@ def import_model(model: Path, out: Path | None, spec: str | None) -> list[str]:
         except (ValueError, KeyError) as exc:
             raise ImportFailed(f"{model} does not fit the Keras model of '{graph.name}': {exc}") from None
     else:
-        raise ImportFailed(f"{model}: import reads a model (.onnx, .keras, .h5) or weights for a spec (a PyTorch state_dict .pt, .pth, .bin, or Keras .weights.h5)")
+        raise ImportFailed(f"{model}: import reads a model (.onnx, .keras, .h5) or weights for a spec (a PyTorch state_dict .pt, .pth, .bin, Keras .weights.h5, or a checkpoint .safetensors)")
     check_weights(graph, weights, str(model))
-    save_arrays(target, weights, {"spec": graph.name, "source": str(model)})
-    lines = [f"wrote {target}: {len(weights)} arrays for '{graph.name}' from {model}"]
+    if run is not None:
+        lines = _as_run(graph, weights, model, run, classes, normalize)
+    else:
+        save_arrays(target, weights, {"spec": graph.name, "source": str(model)})
+        lines = [f"wrote {target}: {len(weights)} arrays for '{graph.name}' from {model}"]
     if ignored:
         lines.append(f"ignored {len(ignored)} array(s) the spec has no place for: {', '.join(ignored[:8])}"
                      f"{' ...' if len(ignored) > 8 else ''}")
     return lines
+
+
+def _as_run(graph: Graph, weights: dict[str, np.ndarray], model: Path, folder: Path, classes: Path | None, normalize: str) -> list[str]:
+    """A run directory holding ``weights`` as its epoch-0 checkpoint, with the input
+    normalisation and class names given (or the convention: ImageNet's statistics for 3
+    channels, [0, 1] for others; classes numbered)."""
+    import dataclasses
+    from datetime import datetime
+
+    from cnnspec.harness.config import IMAGENET_MEAN, IMAGENET_STD, Normalize
+    from cnnspec.harness.run import Normalization, RunDir, _command_line, _versions, save_checkpoint
+    from cnnspec.harness.weights import seal, write_json
+
+    if folder.exists() and any(folder.iterdir()):
+        raise ImportFailed(f"{folder} exists and is not empty: choose another --run")
+    width, channels = graph.output_shape[0], graph.input_shape[0]
+    names = [str(i) for i in range(width)]
+    if classes is not None:
+        try:
+            names = [line.strip() for line in classes.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ImportFailed(f"{classes}: cannot read the class names ({exc})") from None
+        if len(names) != width:
+            raise ImportFailed(f"{classes}: {len(names)} class names, but '{graph.name}' has {width} outputs; one name a line")
+    if normalize == "auto":
+        normalize = "imagenet" if channels == 3 else "unit"
+    if normalize == "imagenet":
+        if channels != 3:
+            raise ImportFailed(f"--normalize imagenet needs 3 input channels; '{graph.name}' has {channels}")
+        norm = Normalization(1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+        setting: object = Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    elif normalize in ("unit", "none"):
+        norm = Normalization(1 / 255 if normalize == "unit" else 1.0, (0.0,) * channels, (1.0,) * channels)
+        setting = normalize
+    else:
+        raise ImportFailed(f"--normalize {normalize!r}: use auto, imagenet, unit or none")
+    config = graph.train
+    config = config.model_copy(update={"data": config.data.model_copy(update={"normalize": setting})})
+    run = RunDir(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "spec.yaml", graph.source)
+    write_json(folder / "run.json", {
+        "spec": graph.name, "backend": "numpy", "device": "cpu", "precision": "fp32", "data": f"none: weights imported from {model}",
+        "classes": names, "skipped": [], "normalization": dataclasses.asdict(norm), "train": config.model_dump(mode="json"),
+        "init": str(model), "processes": 1, "created": datetime.now().isoformat(timespec="seconds"), "command": _command_line(),
+        "versions": _versions(), "imported": True,
+    })
+    seal(folder, ["spec.yaml", "run.json"])
+    write_text(folder / "metrics.jsonl", "")
+
+    class _Held:  # the one thing save_checkpoint asks of a session here
+        def get_weights(self) -> dict[str, np.ndarray]:
+            return weights
+
+        def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+            return {}, {}
+
+    save_checkpoint(run, 0, _Held(), {"epoch": 0, "best": None, "bad_epochs": 0, "plateau": {"lr": config.optimizer.lr, "best": None, "bad_epochs": 0}})  # type: ignore[arg-type]
+    means, stds = (", ".join(f"{v:g}" for v in values) for values in (norm.mean, norm.std))
+    return [f"wrote {folder}: a run of '{graph.name}' with {len(weights)} arrays from {model} as its checkpoint (epoch 0, not trained here)",
+            f"inputs ({normalize}): pixels x {norm.scale:.6g}, minus mean [{means}], divided by std [{stds}], per channel; classes: "
+            f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}",
+            f"next: cnnspec predict {folder} IMAGE...; cnnspec eval {folder} --data DATA; cnnspec inspect {folder} IMAGE"]
 
 
 def _from_state_dict(graph: Graph, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:

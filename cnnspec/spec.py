@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from cnnspec.diagnostics import Diagnostic, Location, did_you_mean, suggestion
 from cnnspec.layers import LAYERS
-from cnnspec.layers.base import NonNegativeInt, PositiveInt
+from cnnspec.layers.base import NonNegativeInt, PositiveInt, kind_aliases
 from cnnspec.yamlmarks import MarkedDict, MarkedList, location_of, marked_dict
 
 INPUT = "input"  # the reserved name of the network input (and of a block's input)
@@ -234,7 +234,7 @@ class Expander:
             where = raw.key_locations[kind]
             cls = LAYERS.get(kind)
             if cls is None:
-                hint = did_you_mean(str(kind), LAYERS)
+                hint = did_you_mean(str(kind), LAYERS, kind_aliases())
                 self.error(where, f"defaults: unknown layer kind '{kind}'{hint}")
                 continue
             if not isinstance(args, MarkedDict):
@@ -308,7 +308,7 @@ class Expander:
             if head != kind and (head in LAYERS or head in self.blocks):  # `- maxpool2d {kernel: 2}`
                 self.error(kind_loc, f"a ':' is missing after '{head}': write '- {head}: {{...}}'")
                 return None
-            hint = did_you_mean(kind, [*LAYERS, *self.blocks])
+            hint = did_you_mean(kind, [*LAYERS, *self.blocks], kind_aliases())
             self.error(kind_loc, f"unknown layer kind '{kind}'{hint}")
             return None
         reported = len(self.diagnostics)

@@ -178,6 +178,8 @@ def test_a_trained_run_exports_its_weights(tmp_path: Path) -> None:
     assert json.loads(metadata["cnnspec.preprocessing"])["mean"] == run["normalization"]["mean"]
     assert json.loads(metadata["cnnspec.classes"]) == run["classes"]
     assert "raw pixels in [0, 1]" in result.output and metadata["cnnspec.input_prepared"].startswith("by the model")
+    assert metadata["cnnspec.image_preparation"] == "1 channel(s); fit auto to 32x32"  # the size fitting predict does
+    assert metadata["cnnspec.outputs"].startswith("logits") and "outputs are logits" in result.output
     assert "preprocess.weight" in {i.name for i in onnx.load(str(out)).graph.initializer}
     trained = load_arrays(tmp_path / "run" / "checkpoints" / "epoch-0001" / "weights.safetensors")
     stored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
@@ -356,3 +358,14 @@ def test_a_damaged_export_is_refused_by_name(trained_run: Path, tmp_path: Path) 
     result = runner.invoke(app, ["import", str(out), "-o", str(tmp_path / "back.yaml")])
     assert result.exit_code == 1
     assert "m.onnx: damaged (its SHA-256 differs from the one in" in result.output
+
+
+def test_an_archive_carries_its_own_name_not_a_temporary_one(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import zipfile
+
+    out = tmp_path / "digits.pt"
+    result = runner.invoke(app, ["export", "lenet5", "--to", "torchscript", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {name.split("/")[0] for name in zipfile.ZipFile(out).namelist()} == {"digits"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.pt", "digits.pt.sha256"]

@@ -159,3 +159,92 @@ def test_keras_habits_get_warnings(tmp_path: Path) -> None:
     assert "ends in softmax" not in runner.invoke(app, ["check", str(spec)]).output
     for name in zoo_names():
         assert "warning" not in runner.invoke(app, ["check", name]).output
+
+
+def test_best_and_latest_checkpoints_and_keep(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "lenet5", "--backend", "numpy", "--epochs", "4", "--set", "data.limit=128", "--keep", "1",
+                                 "--out", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    losses = [row["val_loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert best["epoch"] == int(np.argmin(losses)) + 1
+    kept = sorted(p.name for p in (run / "checkpoints").glob("epoch-*"))
+    assert kept == sorted({"epoch-0004", best["checkpoint"]})  # the newest, and the best
+    said = {which: runner.invoke(app, ["eval", f"{run}@{which}", "--format", "json"]) for which in ("best", "latest")}
+    assert json.loads(said["best"].output)["checkpoint"] == best["checkpoint"]
+    assert json.loads(said["latest"].output)["checkpoint"] == "epoch-0004"
+    assert (run / "run.json").stat().st_mode & 0o777 == (run / "checkpoints" / "epoch-0004" / "weights.safetensors").stat().st_mode & 0o777
+    assert (run / "run.json").stat().st_mode & 0o044  # readable by others, as the umask allows, not mkstemp's 0600
+
+
+def test_resuming_records_the_new_total_and_a_finished_run_says_so(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", "lenet5", "--backend", "numpy", "--epochs", "1", "--set", "data.limit=64", "--out", str(run), "-q"]).exit_code == 0
+    record = json.loads((run / "run.json").read_text())
+    assert isinstance(record["command"], list) and record["command"]  # the command line that made it (here, pytest's)
+    assert record["versions"]["numpy"] == np.__version__
+    result = runner.invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 1 and f"{run} is finished: 1 of 1 epoch trained; --epochs N (more than 1)" in result.output
+    assert runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "-q"]).exit_code == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["train"]["epochs"] == 2 and record["resumed"][0]["epochs"] == 2
+    assert runner.invoke(app, ["eval", str(run)]).exit_code == 0  # resealed: still reads as intact
+
+
+def test_the_validation_split_is_stratified(tmp_path: Path) -> None:
+    from cnnspec.harness.data import stratified_split
+
+    labels = np.array([0] * 12 + [1] * 3 + [2] * 3)
+    train, val = stratified_split(labels, 0.34, seed=5)
+    assert len(val) == round(18 * 0.34) and sorted([*train, *val]) == list(range(18))
+    assert np.bincount(labels[val], minlength=3).tolist() == [4, 1, 1]  # every class validated, in proportion
+    from cnnspec.harness.config import DataConfig
+
+    data = load_dataset(DataConfig(source=str(shapes(tmp_path / "s"))), (1, 32, 32), None, 0)
+    assert np.bincount(data.y_val, minlength=3).tolist() in ([2, 2, 1], [2, 1, 2], [1, 2, 2])
+
+
+def test_pretrained_weights_become_a_run_that_predict_eval_and_inspect_take(mnist_run: Path, tmp_path: Path) -> None:
+    source = load_run(mnist_run).checkpoint / "weights.safetensors"
+    names = tmp_path / "digits.txt"
+    names.write_text("".join(f"digit {i}\n" for i in range(10)))
+    run = tmp_path / "pretrained"
+    result = runner.invoke(app, ["import", str(source), "--spec", "lenet5", "--run", str(run), "--classes", str(names)])
+    assert result.exit_code == 0, result.output
+    assert "inputs (unit): pixels x 0.00392157, minus mean [0], divided by std [1]" in result.output
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.asarray(load_dataset(load_run(mnist_run).config.data, (1, 32, 32), 10, 0).x_val[0, 0])).save(image)
+    said = runner.invoke(app, ["predict", str(run), str(image), "--format", "json"])
+    assert said.exit_code == 0, said.output
+    top = json.loads(said.output)[0]["top"][0]
+    assert top["class"].startswith("digit ")
+    # the same weights and the same preparation give the same outputs as a run that trained them
+    from cnnspec.harness.run import Scorer
+
+    ours = Scorer(run, load_backend("numpy").open_session, "cpu")
+    x = ours.prepare(image.read_bytes())[None]
+    np.testing.assert_allclose(ours.session.predict(ours.loaded.normalization.apply(x)),
+                               Scorer(mnist_run, load_backend("numpy").open_session, "cpu").session.predict(ours.loaded.normalization.apply(x)), atol=1e-6)
+    assert runner.invoke(app, ["eval", str(run), "--data", str(MNIST)]).exit_code == 0
+    assert runner.invoke(app, ["inspect", str(run), str(image), "-o", str(tmp_path / "page.html")]).exit_code == 0
+    names.write_text("one\ntwo\n")
+    again = runner.invoke(app, ["import", str(source), "--spec", "lenet5", "--run", str(tmp_path / "other"), "--classes", str(names)])
+    assert again.exit_code == 1 and "2 class names, but 'lenet5' has 10 outputs" in again.output
+    assert runner.invoke(app, ["import", str(source), "--spec", "lenet5", "--classes", str(names)]).exit_code == 2  # needs --run
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    import typer
+
+    missing = []
+
+    def walk(command: object, prefix: str) -> None:
+        for param in getattr(command, "params", []):
+            if type(param).__name__ == "TyperOption" and not getattr(param, "help", None):
+                missing.append(f"{prefix} {param.opts[0]}")
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            walk(sub, f"{prefix} {name}")
+
+    walk(typer.main.get_command(app), "cnnspec")
+    assert missing == []

@@ -114,7 +114,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
         cnnspec.train("lenet5", out=tmp_path / "run", epochs=3, batch_size=64, data__limit=128)
     monkeypatch.undo()
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001", "latest.json"]  # no half-written folder
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.json", "epoch-0001", "latest.json"]  # no half-written folder
     resumed = cnnspec.resume(tmp_path / "run")
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
 

@@ -87,7 +87,7 @@ def test_resume_after_a_kill_mid_epoch(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.undo()
     run = tmp_path / "killed"
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"] == 1
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0001", "latest.json"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.json", "epoch-0001", "latest.json"]
     resumed = cnnspec.resume(run)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     whole = small(tmp_path, "whole")

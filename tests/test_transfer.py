@@ -157,7 +157,7 @@ def test_classes_auto_gives_a_new_head_and_says_what_was_loaded(tmp_path: Path) 
         (["--freeze", "c1,c33"], "freeze: 'c33' names no layer of 'lenet5' (did you mean 'c3'?)"),
         (["--freeze", "before:output,output"], "freezes every layer with weights of 'lenet5'"),
         (["--classes", "2"], "--classes 2 (train.classes), but the data 'folders:photos' has 3 classes (ant, bee, cow); use --classes auto"),
-        ([], "has 3 classes but the network outputs 2: --classes auto"),
+        ([], "has 3 classes (ant, bee, cow) but lenet5's output layer 'output' has 2 units: --classes auto"),
     ],
 )
 def test_bad_transfer_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:

@@ -259,7 +259,7 @@ def test_cli_transforms_line_and_set_switches(tmp_path: Path) -> None:
 
     root = folder(tmp_path / "photos", 4)
     result = subprocess.run(
-        [sys.executable, "-m", "cnnspec", "train", "lenet5", "--data", str(root), "--epochs", "1", "--workers", "0", "--out", "run",
+        [sys.executable, "-m", "cnnspec", "train", "lenet5", "--data", str(root), "--epochs", "1", "--workers", "0", "--classes", "auto", "--out", "run",
          "--set", "data.augment.random_resized_crop=true", "--set", "data.augment.color_jitter.brightness=0.2", "--set", "data.augment.hflip=true"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )

@@ -36,8 +36,10 @@ class EventLog:
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event, self._summary = Event, Summary
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
-        self._writer = RecordWriter(open(folder / name, "wb"))
+        # unique and in creation order (TensorBoard reads a folder's files sorted by name): a resumed run
+        # adds a file after the earlier ones, even in the same second and process, and never overwrites one
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{time.time_ns():020d}"
+        self._writer = RecordWriter(open(folder / name, "xb"))
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2", source_metadata=SourceMetadata(writer="cnnspec")))
         if start_epoch:
             self._write(Event(wall_time=time.time(), step=start_epoch + 1, session_log=SessionLog(status=SessionLog.START)))

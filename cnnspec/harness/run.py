@@ -465,7 +465,8 @@ def train(
     for *_, phase_config in plan:
         tuning.multipliers(graph, phase_config)  # a freeze or lr_mult pattern that names nothing fails before any work
     sized_by_data = config.classes != "spec"
-    data = load_dataset(config.data, graph.input_shape, None, config.seed)
+    synthetic = config.data.source == "synthetic"  # made to fit the network: as many classes as it outputs
+    data = load_dataset(config.data, graph.input_shape, graph.output_shape[0] if synthetic and not sized_by_data else None, config.seed)
     graph, data = _sized_to_data(graph, data, config.classes) if sized_by_data else (graph, _fits_the_spec(graph, data))
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     plan = [(first, end, c.model_copy(update={"data": data.config})) for first, end, c in plan]

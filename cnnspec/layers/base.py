@@ -68,6 +68,7 @@ class Layer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     kind: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()  # what Keras and PyTorch call it, for did-you-mean (same-name spellings need none)
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (least, most) inputs; None: any
 
     @abstractmethod
@@ -82,6 +83,11 @@ class Layer(BaseModel):
 
 LAYERS: dict[str, type[Layer]] = {}
 L = TypeVar("L", bound=type[Layer])
+
+
+def kind_aliases() -> dict[str, str]:
+    """Other frameworks' names of the registered kinds: alias -> kind."""
+    return {alias: kind for kind, cls in LAYERS.items() for alias in cls.aliases}
 
 
 def register(cls: L) -> L:

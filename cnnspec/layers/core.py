@@ -46,6 +46,7 @@ class Dense(Layer):
     """Fully connected: out = W x + b with W of shape units x in."""
 
     kind = "dense"
+    aliases = ("Linear",)
 
     units: PositiveInt
     bias: StrictBool = True
@@ -91,6 +92,7 @@ class Dropout(Layer):
 @register
 class ZeroPadding2d(Layer):
     kind = "zero_padding2d"
+    aliases = ("ZeroPad2d",)
     padding: Padding
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:

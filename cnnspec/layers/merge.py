@@ -40,6 +40,7 @@ class Concat(Layer):
     """Concatenate along the channel axis (GoogLeNet's inception output)."""
 
     kind = "concat"
+    aliases = ("Concatenate",)
     arity = (2, None)
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:

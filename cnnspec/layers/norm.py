@@ -30,6 +30,7 @@ class BatchNorm(Layer):
     (Keras' momentum is 1 minus this)."""
 
     kind = "batchnorm"
+    aliases = ("BatchNormalization", "BatchNorm2d", "BatchNorm1d")
     eps: PositiveNumber = 1e-5
     momentum: Momentum = 0.1
 
@@ -54,6 +55,7 @@ class LRN(Layer):
     PyTorch's ``LocalResponseNorm`` semantics: b = a / (k + alpha/size * sum a^2)^beta."""
 
     kind = "lrn"
+    aliases = ("LocalResponseNorm",)
     size: PositiveInt = 5
     alpha: Number = 1e-4
     beta: Number = 0.75

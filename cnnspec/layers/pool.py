@@ -50,12 +50,14 @@ class Pool2d(Layer):
 @register
 class MaxPool2d(Pool2d):
     kind = "maxpool2d"
+    aliases = ("MaxPooling2D",)
 
 
 @final
 @register
 class AvgPool2d(Pool2d):
     kind = "avgpool2d"
+    aliases = ("AveragePooling2D",)
     count_include_pad: StrictBool = True  # PyTorch's default: zeros in padding count
 
 
@@ -74,9 +76,11 @@ class GlobalPool2d(Layer):
 @register
 class GlobalAvgPool2d(GlobalPool2d):
     kind = "global_avgpool2d"
+    aliases = ("GlobalAveragePooling2D", "AdaptiveAvgPool2d")
 
 
 @final
 @register
 class GlobalMaxPool2d(GlobalPool2d):
     kind = "global_maxpool2d"
+    aliases = ("GlobalMaxPooling2D", "AdaptiveMaxPool2d")
