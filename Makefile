@@ -132,6 +132,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_import_keras.py
+	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_distributed.py
 
 clean:

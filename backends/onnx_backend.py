@@ -285,6 +285,25 @@ def run(model: onnx.ModelProto | bytes | str, x: np.ndarray) -> dict[str, np.nda
     return dict(zip(names, session.run(names, {session.get_inputs()[0].name: x}), strict=True))
 
 
+class RuntimeSession:
+    """A verified ONNX file run by onnxruntime on the CPU: the inference engine behind
+    ``predict --runtime onnxruntime`` (outputs only; layer outputs stay with the backends)."""
+
+    device = "cpu (onnxruntime)"
+
+    def __init__(self, path: str) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0])
+
+
 # ---- export artifacts (see cnnspec.exporting) ----------------------------------------------
 
 

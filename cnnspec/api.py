@@ -160,12 +160,15 @@ def similar(
 
 
 def predict(
-    run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto"
+    run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto",
+    runtime: str = "backend", said: Any = None,
 ) -> tuple[list[dict[str, Any]], Any]:
-    """Top-k classes per input (image files or .npy batches) and the raw outputs."""
+    """Top-k classes per input (image files or .npy batches) and the raw outputs; ``runtime``
+    auto, backend or onnxruntime (see ``harness.run.inference_engine``)."""
     from cnnspec.backends import load_backend
     from cnnspec.harness.run import load_run
     from cnnspec.harness.run import predict as run_prediction
 
     name = backend or load_run(Path(run)).info["backend"]
-    return run_prediction(Path(run), [Path(i) for i in inputs], load_backend(name).open_session, top=top, device=device)
+    return run_prediction(Path(run), [Path(i) for i in inputs], load_backend(name).open_session, top=top, device=device,
+                          runtime=runtime, said=said)

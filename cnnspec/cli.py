@@ -541,6 +541,7 @@ def predict(
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="save the raw network outputs as .npy (--engine spark: the Parquet output)")] = None,
+    runtime: Annotated[str, typer.Option(help="what computes the outputs: backend (--backend's), onnxruntime (the run's verified ONNX lowering, cached), or auto (onnxruntime where installed, on CPU)")] = "auto",
     engine: Annotated[Engine, typer.Option(help="local, or spark: score --data on Spark and write Parquet to --output")] = Engine.local,
     data: Annotated[str | None, typer.Option(help="--engine spark: a folder (searched recursively), file or glob of images")] = None,
     master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[*]]")] = None,
@@ -554,7 +555,8 @@ def predict(
     from cnnspec import api
 
     try:
-        results, outputs = api.predict(run, list(inputs), top=top, backend=backend, device=device)
+        said = (lambda line: stderr.print(line, markup=False, soft_wrap=True)) if format is Format.table else None
+        results, outputs = api.predict(run, list(inputs), top=top, backend=backend, device=device, runtime=runtime, said=said)
         if output is not None:
             import numpy as np
 

@@ -944,6 +944,45 @@ def evaluate(
     }
 
 
+RUNTIMES = ("auto", "backend", "onnxruntime")
+
+
+AUTO_RUNTIME_IMAGES = 64  # from this many images, building the ONNX engine once pays (benchmarks/bench_runtime.py)
+
+
+def inference_engine(loaded: LoadedRun, session: Session, runtime: str, images: int) -> tuple[Any, str]:
+    """(what computes the outputs, in words which) for ``runtime``: ``backend`` (the
+    session), ``onnxruntime`` (the run's ONNX lowering, built once per checkpoint into
+    RUN/.runtime/, verified against the NumPy backend as ``export`` verifies, checked by
+    its checksum when reused), or ``auto``: onnxruntime where it is installed, the session
+    is on the CPU, and either its engine is built already or ``images`` are enough to pay
+    for building it; else the backend."""
+    import importlib.util
+
+    if runtime not in RUNTIMES:
+        raise TrainingError(f"--runtime {runtime!r}: use {', '.join(RUNTIMES)}")
+    path = loaded.run.path / ".runtime" / f"{loaded.checkpoint.name}.onnx"
+    if runtime == "auto":
+        usable = importlib.util.find_spec("onnxruntime") is not None and "cpu" in str(session.device)
+        runtime = "onnxruntime" if usable and (path.exists() or images >= AUTO_RUNTIME_IMAGES) else "backend"
+    if runtime == "backend":
+        return session, f"{loaded.info['backend']} backend ({session.device})"
+    from cnnspec.backends import import_module
+    from cnnspec.exporting import check_export, export
+
+    onnx_backend = import_module("onnx_backend", "onnx", "--runtime onnxruntime")
+    how = "reused"
+    try:
+        check_export(path)  # a damaged cache is rebuilt, never used
+        if not path.exists():
+            raise DamagedFile(f"{path}: missing")
+    except DamagedFile:
+        weights = load_arrays(loaded.checkpoint / "weights.safetensors")
+        report = export(loaded.graph, weights, "onnx", path, weights_from=str(loaded.checkpoint))
+        how = f"built and verified against {report.reference} ({report.max_rel_error:.1e} relative)"
+    return onnx_backend.RuntimeSession(str(path)), f"onnxruntime, {path} {how}"
+
+
 class Scorer:
     """A trained run ready to score images: each file prepared exactly as evaluation
     prepares it (``Transform.from_file``), normalised as in training. ``predict`` and the
@@ -955,6 +994,8 @@ class Scorer:
 
         self.loaded = load_run(path)
         self.session = open_run_session(self.loaded, open_session, device)
+        self.engine: Any = self.session
+        self.runtime = f"{self.loaded.info['backend']} backend ({self.session.device})"
         self.classes: list[str] = self.loaded.info["classes"]
         self._shape = self.loaded.graph.input_shape
         self._transform = Transform(image_shape(self._shape), self.loaded.config.data.fit, self.loaded.config.data.resize) if len(self._shape) == 3 else None
@@ -1001,7 +1042,7 @@ class Scorer:
         normalized = self.loaded.normalization.apply(x.astype(np.float32))
         if not len(normalized):
             return np.zeros((0, self.loaded.graph.output_shape[0]), np.float32)
-        return np.concatenate([self.session.predict(normalized[i]) for i in batches(len(normalized), self.loaded.config.batch_size)])
+        return np.concatenate([self.engine.predict(normalized[i]) for i in batches(len(normalized), self.loaded.config.batch_size)])
 
     def embeddings(self, x: np.ndarray, layer: str) -> np.ndarray:
         """``layer``'s output for raw pixels, flattened: N x D float32."""
@@ -1016,11 +1057,15 @@ class Scorer:
         return best, np.take_along_axis(probabilities, best, axis=1)
 
 
-def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto") -> tuple[list[dict[str, Any]], np.ndarray]:
+def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto",
+            runtime: str = "backend", said: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
-    and the raw outputs."""
+    and the raw outputs; ``said`` hears which runtime computes them."""
     scorer = Scorer(path, open_session, device)
     arrays, names = scorer.read_inputs(inputs)
+    scorer.engine, scorer.runtime = inference_engine(scorer.loaded, scorer.session, runtime, sum(len(a) for a in arrays))
+    if said is not None:
+        said(f"runtime: {scorer.runtime}")
     outputs = scorer.outputs(np.concatenate(arrays))
     indices, probabilities = scorer.ranked(outputs, top)
     results = []
