@@ -383,6 +383,12 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def channels_last_pays(graph: Graph) -> bool:
+    """Whether channels-last trains faster on the CPU (benchmarks/bench_memory_format.py):
+    RULE."""
+    return False
+
+
 class TorchSession:
     """One network on one device with its optimizer: the harness's Session protocol."""
 
@@ -402,7 +408,7 @@ class TorchSession:
             raise DeviceError("fp16 training needs a CUDA GPU; use bf16 or fp32 on this device")
         self.precision = precision
         self._autocast_dtype = _PRECISIONS[precision]
-        self._channels_last = cuda  # faster convolutions on tensor cores
+        self._channels_last = config.memory_format == "channels_last" or (config.memory_format == "auto" and (cuda or channels_last_pays(graph)))
         self._normalization: tuple[Any, ...] = (None,)  # (key, scale, mean, std on the device), made on first use
         torch.manual_seed(config.seed)
         module = GraphModule(graph).to(self._device)

@@ -747,9 +747,6 @@ def export(
             f"(--no-preprocessing leaves them to you); verified against predict's path on the same pixels",
             markup=False, soft_wrap=True,
         )
-    if extra:
-        stdout.print(f"image files are prepared first, as predict prepares them: {extra['cnnspec.image_preparation']}; "
-                     f"outputs are {extra['cnnspec.outputs']}", markup=False, soft_wrap=True)
     elif extra:
         norm = json.loads(extra["cnnspec.preprocessing"])
         stdout.print(
@@ -758,6 +755,9 @@ def export(
             f"std {[round(v, 4) for v in norm['std']]}" + ("" if report.metadata_in.startswith("no ") else " (stored in the metadata)"),
             markup=False, soft_wrap=True,
         )
+    if extra:
+        stdout.print(f"image files are prepared first, as predict prepares them: {extra['cnnspec.image_preparation']}; "
+                     f"outputs are {extra['cnnspec.outputs']}", markup=False, soft_wrap=True)
 
 
 @app.command()

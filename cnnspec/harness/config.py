@@ -202,6 +202,9 @@ class TrainConfig(_Section):
     )
     checkpoint_steps: PositiveInt | None = Field(default=None, description="also checkpoint inside an epoch every this many steps")
     keep: PositiveInt | None = Field(default=None, description="keep only this many of the newest epoch checkpoints, and the best; none: all")
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        default="auto", description="the torch backend's tensor layout: auto (channels-last on CUDA, and on CPU for networks where it measured faster), or forced"
+    )
     classes: Literal["spec", "auto"] | PositiveInt = Field(
         default="spec", description="the output layer's width: the spec's, the data's class count (auto), or N; a resized output layer starts fresh"
     )
