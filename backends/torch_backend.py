@@ -384,9 +384,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def channels_last_pays(graph: Graph) -> bool:
-    """Whether channels-last trains faster on the CPU (benchmarks/bench_memory_format.py):
-    RULE."""
-    return False
+    """Whether channels-last trains faster on the CPU: for every convolutional network
+    measured (benchmarks/bench_memory_format.py, 2 cores: LeNet-5 1.17x, ResNet-18 at
+    64x64 1.03x, VGG-16 at 64x64 1.08x the hand-written NCHW loop, against 0.89-1.00x
+    in NCHW), so for any network with a 2-d convolution on an image input."""
+    return len(graph.input_shape) == 3 and any(isinstance(node.layer, Conv2d) for node in graph.nodes)
 
 
 class TorchSession:

@@ -185,3 +185,29 @@ def test_cuda_training_step(precision: str) -> None:
     assert np.isfinite(loss) and session.device.startswith("cuda") and session.precision == precision
     outputs = session.predict(x)
     assert outputs.shape == (8, 1000) and outputs.dtype == np.float32
+
+
+def test_channels_last_trains_to_the_same_weights_as_nchw() -> None:
+    """The layout auto picks on the CPU changes the speed, not the numbers: a residual
+    network's loss and its weights after an SGD step are the NCHW ones (one step: later
+    steps amplify float32 rounding, in either layout)."""
+    from cnnspec.backends.torch_backend import channels_last_pays
+    from cnnspec.load import with_input_size
+
+    graph = with_input_size(cnnspec.load_spec("resnet18"), (32, 32))
+    assert channels_last_pays(graph)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 1000, 4).astype(np.int64)
+    weights = initial_weights(graph, 0)
+    results = {}
+    for layout in ("contiguous", "channels_last"):
+        config = TrainConfig.model_validate({"memory_format": layout, "optimizer": {"name": "sgd", "lr": 0.01}})
+        session = torch_backend.open_session(graph, config, device="cpu", precision="fp32")
+        assert session._channels_last == (layout == "channels_last")
+        session.set_weights(weights)
+        losses = [session.train_step(x, y)[0]]
+        results[layout] = (losses, session.get_weights())
+    np.testing.assert_allclose(results["channels_last"][0], results["contiguous"][0], rtol=1e-5)
+    for name, array in results["contiguous"][1].items():
+        np.testing.assert_allclose(results["channels_last"][1][name], array, rtol=1e-4, atol=1e-5, err_msg=name)
