@@ -94,14 +94,16 @@ def resume(
         return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet, group=group)
 
 
-def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run."""
+def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: str | None = None, device: str = "auto",
+             runtime: str = "backend", said: Any = None) -> dict[str, Any]:
+    """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run; ``runtime``
+    as for ``predict``."""
     from cnnspec.backends import load_backend
     from cnnspec.harness.run import evaluate as run_evaluation
     from cnnspec.harness.run import load_run
 
     name = backend or load_run(Path(run)).info["backend"]
-    return run_evaluation(Path(run), load_backend(name).open_session, data=data, device=device)
+    return run_evaluation(Path(run), load_backend(name).open_session, data=data, device=device, runtime=runtime, said=said)
 
 
 def features(

@@ -378,12 +378,14 @@ def eval_(
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
+    runtime: Annotated[str, typer.Option(help="what computes the outputs: backend, onnxruntime, or auto (as predict)")] = "auto",
 ) -> None:
     """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run."""
     from cnnspec import api
 
     try:
-        result = api.evaluate(run, data=data, backend=backend, device=device)
+        said = (lambda line: stderr.print(line, markup=False, soft_wrap=True)) if format is Format.table else None
+        result = api.evaluate(run, data=data, backend=backend, device=device, runtime=runtime, said=said)
     except _run_errors() as exc:
         _fail_run(exc)
     if format is Format.json:

@@ -72,3 +72,12 @@ def test_auto_builds_the_engine_only_when_the_images_pay_for_it(run: Path, tmp_p
     assert result.exit_code == 1 and "--runtime 'tensorrt': use auto, backend, onnxruntime" in result.output
     result = runner.invoke(app, ["predict", str(run), str(run.parent / "few.npy"), "--format", "json"])
     assert "runtime:" not in result.output and json.loads(result.output)  # JSON stays JSON
+
+
+def test_eval_on_onnxruntime_equals_eval_on_the_backend(run: Path) -> None:
+    said = {runtime: runner.invoke(app, ["eval", str(run), "--runtime", runtime, "--format", "json"]) for runtime in ("backend", "onnxruntime")}
+    for result in said.values():
+        assert result.exit_code == 0, result.output
+    ours, theirs = (json.loads(said[r].output) for r in ("backend", "onnxruntime"))
+    assert theirs["confusion_matrix"] == ours["confusion_matrix"] and theirs["accuracy"] == ours["accuracy"]
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-5)

@@ -915,8 +915,28 @@ def open_run_session(loaded: LoadedRun, open_session: Callable[..., Session], de
     return session
 
 
+class _EngineSession:
+    """An inference engine (``inference_engine``) where evaluation wants a session: inputs
+    normalised on the host, the loss computed from the engine's logits as the NumPy
+    backend computes it."""
+
+    def __init__(self, engine: Any, config: TrainConfig) -> None:
+        from cnnspec.backends.numpy_backend import LOSSES
+
+        self._engine, self._loss, self._smoothing = engine, LOSSES[config.loss], config.label_smoothing
+
+    def inputs(self, x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+        return Normalization(scale, mean, std).apply(x)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        logits = np.asarray(self._engine.predict(x), np.float32)
+        loss, _ = self._loss(logits, y, self._smoothing)
+        return float(loss) * len(x), logits
+
+
 def evaluate(
-    path: Path, open_session: Callable[..., Session], *, data: str | None = None, device: str = "auto", confusion_png: Path | None = None
+    path: Path, open_session: Callable[..., Session], *, data: str | None = None, device: str = "auto", confusion_png: Path | None = None,
+    runtime: str = "backend", said: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     loaded = load_run(path)
     config = loaded.config
@@ -924,8 +944,12 @@ def evaluate(
         config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
     dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
     session = open_run_session(loaded, open_session, device)
+    engine, which = inference_engine(loaded, session, runtime, len(dataset.x_val))
+    if said is not None:
+        said(f"runtime: {which}")
+    evaluator: Any = session if engine is session else _EngineSession(engine, config)
     width = loaded.graph.output_shape[0]
-    result = _evaluate_arrays(session, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
+    result = _evaluate_arrays(evaluator, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
     classes = loaded.info["classes"]
     png = confusion_png or loaded.run.path / "confusion.png"
     plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({result['images']} images)")
