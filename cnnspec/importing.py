@@ -93,8 +93,9 @@ def _as_run(graph: Graph, weights: dict[str, np.ndarray], model: Path, folder: P
     from datetime import datetime
 
     from cnnspec.harness.config import IMAGENET_MEAN, IMAGENET_STD, Normalize
-    from cnnspec.harness.run import Normalization, RunDir, _command_line, _versions, save_checkpoint
+    from cnnspec.harness.run import Normalization, RunDir, command_line, save_checkpoint
     from cnnspec.harness.weights import seal, write_json
+    from cnnspec.reporting import versions
 
     if folder.exists() and any(folder.iterdir()):
         raise ImportFailed(f"{folder} exists and is not empty: choose another --run")
@@ -127,8 +128,8 @@ def _as_run(graph: Graph, weights: dict[str, np.ndarray], model: Path, folder: P
     write_json(folder / "run.json", {
         "spec": graph.name, "backend": "numpy", "device": "cpu", "precision": "fp32", "data": f"none: weights imported from {model}",
         "classes": names, "skipped": [], "normalization": dataclasses.asdict(norm), "train": config.model_dump(mode="json"),
-        "init": str(model), "processes": 1, "created": datetime.now().isoformat(timespec="seconds"), "command": _command_line(),
-        "versions": _versions(), "imported": True,
+        "init": str(model), "processes": 1, "created": datetime.now().isoformat(timespec="seconds"), "command": command_line(),
+        "versions": versions(), "imported": True,
     })
     seal(folder, ["spec.yaml", "run.json"])
     write_text(folder / "metrics.jsonl", "")

@@ -52,6 +52,7 @@ from cnnspec.harness.weights import (
     write_json,
     write_text,
 )
+from cnnspec.reporting import versions
 from cnnspec.strictjson import strict_json
 
 OPTIMIZER_SLOTS = {"sgd": 1, "adagrad": 1, "rmsprop": 2, "adadelta": 2, "adam": 2, "adamw": 2}
@@ -527,8 +528,8 @@ def train(
                 "init": None if init is None else str(init),
                 "processes": group.size,
                 "created": datetime.now().isoformat(timespec="seconds"),
-                "command": _command_line(),
-                "versions": _versions(),
+                "command": command_line(),
+                "versions": versions(),
             },
         )
         seal(run.path, ["spec.yaml", "run.json"])  # every later reader checks them
@@ -709,7 +710,8 @@ def _sized_to_data(graph: Graph, data: Dataset, classes: str | int) -> tuple[Gra
     return resized, dataclasses.replace(data, classes=data.classes + [str(i) for i in range(found, width)])
 
 
-def _command_line() -> list[str]:
+def command_line() -> list[str]:
+    """The command that is running, as run.json records it."""
     import sys
 
     return ["cnnspec", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith(("cnnspec", "__main__.py")) else list(sys.argv)
@@ -721,15 +723,9 @@ def _record_resumption(run: RunDir, config: TrainConfig) -> None:
     record = json.loads((run.path / "run.json").read_text())
     record["train"]["epochs"] = config.epochs
     record.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"), "epochs": config.epochs,
-                                             "command": _command_line(), "versions": _versions()})
+                                             "command": command_line(), "versions": versions()})
     write_json(run.path / "run.json", record)
     seal(run.path, ["spec.yaml", "run.json"])
-
-
-def _versions() -> dict[str, str]:
-    from cnnspec.reporting import versions
-
-    return versions()
 
 
 def _parameters_line(graph: Graph, config: TrainConfig) -> str:
