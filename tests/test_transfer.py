@@ -277,3 +277,19 @@ def test_phases_run_as_one_run_and_resume_across_their_boundary(tmp_path: Path, 
     ours = load_arrays(tmp_path / "killed" / "checkpoints" / "epoch-0004" / "weights.safetensors")
     for name, array in weights[2].items():
         np.testing.assert_allclose(ours[name], array, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_bottleneck_features_on_disk_equal_those_in_memory(tmp_path: Path) -> None:
+    """With data.stream: always (or features larger than the memory budget) the cached
+    features live in memory-mapped files, unlinked at once: the same training, and no file
+    left behind."""
+    photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=8)
+    g = cnnspec.parse_spec(SMALL_RESNET.replace("[3, 8, 8]", "[1, 8, 8]"), "small.yaml")
+    settings = {"data.source": str(photos), "data.workers": 0, "freeze": ["before:fc"], "epochs": 2, "batch_size": 4, "optimizer.lr": 0.05}
+    memory = cnnspec.train(g, "numpy", out=tmp_path / "memory", quiet=True, **settings)  # type: ignore[arg-type]
+    disk = cnnspec.train(g, "numpy", out=tmp_path / "disk", quiet=True, **{**settings, "data.stream": "always"})  # type: ignore[arg-type]
+    for a, b in zip(memory.history, disk.history, strict=True):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    assert (tmp_path / "disk" / ".cache").is_dir() and not any((tmp_path / "disk" / ".cache").iterdir())
+    assert not (tmp_path / "memory" / ".cache").exists()

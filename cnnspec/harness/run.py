@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -508,7 +510,8 @@ def train(
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
         weights = _starting_weights(graph, config.seed, init, progress)
     phase = _phase_at(plan, start_epoch)
-    opened = _PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile)
+    cache = run.path / ".cache" if lead else None
+    opened = _PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile, cache)
     session = opened.session
     if latest is None and lead:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -552,7 +555,7 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         if _phase_at(plan, epoch) != phase:  # the next phase: its own frozen layers and a fresh optimizer
             phase = _phase_at(plan, epoch)
-            opened = _PhaseSession.open(graph, plan[phase][2], backend_module, session.get_weights(), data, norm, device, precision, compile)
+            opened = _PhaseSession.open(graph, plan[phase][2], backend_module, session.get_weights(), data, norm, device, precision, compile, cache)
             session = opened.session
             progress.message(_phase_line(graph, plan, phase, opened.note))
         phase_config = plan[phase][2]
@@ -637,41 +640,54 @@ class _PhaseSession:
     @classmethod
     def open(
         cls, graph: Graph, config: TrainConfig, backend_module: Backend, weights: dict[str, np.ndarray], data: Dataset, norm: Normalization,
-        device: str, precision: str, compile: bool,
+        device: str, precision: str, compile: bool, cache: Path | None = None,
     ) -> _PhaseSession:
         session = backend_module.open_session(graph, config, device=device, precision=precision, compile=compile)
         session.set_weights(weights)
         cut = bottleneck.bottleneck(graph, config) if config.bottleneck_cache else None
         if cut is not None:  # the session trains the head, on the body's outputs computed once
-            return cls(*_cache_bottleneck(graph, config, backend_module, session, data, norm, cut, device, precision))
+            return cls(*_cache_bottleneck(graph, config, backend_module, session, data, norm, cut, device, precision, cache))
         off = f"bottleneck cache off: {bottleneck.why_not(graph, config)}; every epoch runs the frozen layers too" if config.freeze and config.bottleneck_cache else ""
         return cls(session, data, norm, off)
 
 
 def _cache_bottleneck(
     graph: Graph, config: TrainConfig, backend_module: Backend, session: Session, data: Dataset, norm: Normalization,
-    cut: str, device: str, precision: str,
+    cut: str, device: str, precision: str, cache: Path | None = None,
 ) -> tuple[Session, Dataset, Normalization, str]:
     """The output of ``cut`` (the frozen body's last layer) for every image, computed once
     by the full network; a session that trains the head alone on it; and the identity
-    normalisation (the images were normalised on their way through the body)."""
+    normalisation (the images were normalised on their way through the body). The outputs
+    stay in memory when they fit the data pipeline's budget, else (or with
+    ``data.stream: always``) they go to memory-mapped files in ``cache``, unlinked at once
+    so that the space returns when the process ends, however it ends."""
+    from cnnspec.harness.data import IN_MEMORY_LIMIT
+
     head = bottleneck.head_graph(graph, cut)
     head_session = backend_module.open_session(head, bottleneck.head_config(graph, head, config), device=device, precision=precision)
     weights = session.get_weights()
     mine = set(head.weights())
     head_session.set_weights({name: weights[name] for name in mine})
+    values = math.prod(graph[cut].output_shape)
+    needed = (len(data.x_train) + len(data.x_val)) * values * 4
+    budget = min(IN_MEMORY_LIMIT, (system_available_memory() or IN_MEMORY_LIMIT * 4) // 4)
+    on_disk = cache is not None and (config.data.stream == "always" or needed > budget)
     cached = []
     for images, labels in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
-        outputs, kept = layer_outputs(session, norm, images, cut, config.batch_size)
+        if on_disk:
+            assert cache is not None
+            outputs, kept = _layer_outputs_on_disk(cache, session, norm, images, cut, graph[cut].output_shape, config.batch_size)
+        else:
+            outputs, kept = layer_outputs(session, norm, images, cut, config.batch_size)
         if not len(kept):
             raise TrainingError(f"no image of {data.name} could be read to compute the bottleneck features")
         cached.append((outputs, labels[kept]))
     (x_train, y_train), (x_val, y_val) = cached
-    size = x_train[0].size
     layers = f"{len(head.nodes)} layer{'s' if len(head.nodes) != 1 else ''}"
+    where = f"on disk in {cache}, memory-mapped" if on_disk else "in memory"
     note = (
-        f"bottleneck: every layer up to '{cut}' is frozen, so its outputs ({size:,} values an image, "
-        f"{(x_train.nbytes + x_val.nbytes) / 2**20:,.1f} MiB) were computed once; each epoch trains the {layers} after it"
+        f"bottleneck: every layer up to '{cut}' is frozen, so its outputs ({values:,} values an image, "
+        f"{(x_train.nbytes + x_val.nbytes) / 2**20:,.1f} MiB, {where}) were computed once; each epoch trains the {layers} after it"
     )
     features = dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
     identity = Normalization(1.0, (0.0,), (1.0,))
@@ -1162,6 +1178,25 @@ def check_layer(loaded: LoadedRun, layer: str) -> None:
     names = [node.name for node in loaded.graph.nodes]
     if layer not in names:
         raise TrainingError(f"--layer: '{loaded.graph.name}' has no layer '{layer}'{did_you_mean(layer, names)} (`cnnspec check` lists them)")
+
+
+def _layer_outputs_on_disk(
+    folder: Path, session: Session, norm: Normalization, images: np.ndarray | ImageStream, layer: str, shape: tuple[int, ...], batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``layer_outputs`` written batch by batch into a memory-mapped .npy in ``folder``
+    (the file unlinked once mapped), in the order delivered; and the positions delivered."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f"bottleneck-{layer}-", suffix=".npy", dir=folder)
+    os.close(handle)
+    mapped = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(len(images), *shape))
+    os.unlink(name)  # the mapping keeps the space until the process lets go of it
+    filled, kept = 0, []
+    for index, x in image_batches(images, np.arange(len(images)), batch_size, views=True):
+        values = np.asarray(session.activations(norm.apply(x), [layer])[layer], np.float32)
+        mapped[filled: filled + len(values)] = values
+        filled += len(values)
+        kept.append(index)
+    return mapped[:filled], (np.concatenate(kept) if kept else np.zeros(0, np.int64))
 
 
 def layer_outputs(
