@@ -81,3 +81,26 @@ def test_eval_on_onnxruntime_equals_eval_on_the_backend(run: Path) -> None:
     ours, theirs = (json.loads(said[r].output) for r in ("backend", "onnxruntime"))
     assert theirs["confusion_matrix"] == ours["confusion_matrix"] and theirs["accuracy"] == ours["accuracy"]
     assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-5)
+
+
+def test_many_image_files_are_streamed_to_the_same_scores(run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import STREAM_FILES, Scorer
+
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(STREAM_FILES + 5):
+        files.append(tmp_path / f"{i:03d}.png")
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(files[-1])
+    out = tmp_path / "scores.npy"
+    result = runner.invoke(app, ["predict", str(run), *map(str, files), "--runtime", "backend", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(files)} files decoded by the streaming loader's workers" in result.output
+    scorer = Scorer(run, load_backend("numpy").open_session, "cpu")
+    arrays, _ = scorer.read_inputs(files)  # one by one, in this process
+    np.testing.assert_array_equal(np.load(out), scorer.outputs(np.concatenate(arrays)))
+    files[7].write_bytes(b"not an image")
+    result = runner.invoke(app, ["predict", str(run), *map(str, files), "--runtime", "backend"])
+    assert result.exit_code == 1 and "cannot read image" in result.output and files[7].name in result.output

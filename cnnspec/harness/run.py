@@ -1080,6 +1080,30 @@ class Scorer:
             return np.zeros((0, self.loaded.graph.output_shape[0]), np.float32)
         return np.concatenate([self.engine.predict(normalized[i]) for i in batches(len(normalized), self.loaded.config.batch_size)])
 
+    def stream_outputs(self, files: list[Path]) -> np.ndarray:
+        """Network outputs for image files, in order, decoded by the streaming loader's
+        workers (prefetching) while the engine computes; an unreadable file is an error."""
+        from cnnspec.data.loader import ImageStream, available_cores
+        from cnnspec.data.sources import Sample
+        from cnnspec.harness.data import DataError
+
+        assert self._transform is not None
+        stream = ImageStream([Sample(str(f), 0) for f in files], self._transform, workers=min(available_cores(), 4), strict=True)
+        outputs, delivered = [], []
+        try:
+            for index, x in stream.batches(np.arange(len(files)), self.loaded.config.batch_size, views=True):
+                outputs.append(self.engine.predict(self.loaded.normalization.apply(x)))
+                delivered.append(index)
+        except DataError as exc:
+            raise DataError(f"cannot read image: {exc}".replace(" (strict: turn it off to skip and count such samples)", "")) from None
+        finally:
+            stream.close()
+        order = np.concatenate(delivered)
+        result = np.concatenate(outputs)
+        if not np.array_equal(order, np.arange(len(files))):
+            result = result[np.argsort(order, kind="stable")]
+        return result
+
     def embeddings(self, x: np.ndarray, layer: str) -> np.ndarray:
         """``layer``'s output for raw pixels, flattened: N x D float32."""
         values, _ = layer_outputs(self.session, self.loaded.normalization, x, layer, self.loaded.config.batch_size)
@@ -1093,16 +1117,23 @@ class Scorer:
         return best, np.take_along_axis(probabilities, best, axis=1)
 
 
+STREAM_FILES = 64  # from this many image files, predict decodes them in worker processes while it computes
+
+
 def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto",
             runtime: str = "backend", said: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
-    and the raw outputs; ``said`` hears which runtime computes them."""
+    and the raw outputs; ``said`` hears which runtime computes them. Many image files are
+    decoded by the streaming loader's workers, ahead of the batch being computed."""
     scorer = Scorer(path, open_session, device)
-    arrays, names = scorer.read_inputs(inputs)
-    scorer.engine, scorer.runtime = inference_engine(scorer.loaded, scorer.session, runtime, sum(len(a) for a in arrays))
+    files = [item for item in inputs if item.suffix != ".npy"]
+    streamed = len(files) >= STREAM_FILES and len(files) == len(inputs) and scorer._transform is not None
+    arrays, names = ([], [str(item) for item in inputs]) if streamed else scorer.read_inputs(inputs)
+    count = len(files) if streamed else sum(len(a) for a in arrays)
+    scorer.engine, scorer.runtime = inference_engine(scorer.loaded, scorer.session, runtime, count)
     if said is not None:
-        said(f"runtime: {scorer.runtime}")
-    outputs = scorer.outputs(np.concatenate(arrays))
+        said(f"runtime: {scorer.runtime}" + (f"; {count} files decoded by the streaming loader's workers" if streamed else ""))
+    outputs = scorer.stream_outputs(files) if streamed else scorer.outputs(np.concatenate(arrays))
     indices, probabilities = scorer.ranked(outputs, top)
     results = []
     for name, best, chances in zip(names, indices, probabilities, strict=True):
