@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 SpecLike = Graph | str | os.PathLike[str]
 
 
+def _opener(backend: str) -> Any:
+    """The backend's ``open_session``, its module imported only when a session is opened
+    (an onnxruntime engine never opens one, so never imports the framework)."""
+
+    def open_session(*args: Any, **kwargs: Any) -> Any:
+        from cnnspec.backends import load_backend
+
+        return load_backend(backend).open_session(*args, **kwargs)
+
+    return open_session
+
+
 def _dotted(overrides: dict[str, Any]) -> dict[str, Any]:
     """Keyword overrides: 'optimizer__lr' (or 'optimizer.lr' through **) -> 'optimizer.lr'."""
     return {key.replace("__", "."): value for key, value in overrides.items()}
@@ -98,12 +110,11 @@ def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: s
              runtime: str = "backend", said: Any = None) -> dict[str, Any]:
     """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run; ``runtime``
     as for ``predict``."""
-    from cnnspec.backends import load_backend
     from cnnspec.harness.run import evaluate as run_evaluation
     from cnnspec.harness.run import load_run
 
     name = backend or load_run(Path(run)).info["backend"]
-    return run_evaluation(Path(run), load_backend(name).open_session, data=data, device=device, runtime=runtime, said=said)
+    return run_evaluation(Path(run), _opener(name), data=data, device=device, runtime=runtime, said=said)
 
 
 def features(
@@ -167,10 +178,9 @@ def predict(
 ) -> tuple[list[dict[str, Any]], Any]:
     """Top-k classes per input (image files or .npy batches) and the raw outputs; ``runtime``
     auto, backend or onnxruntime (see ``harness.run.inference_engine``)."""
-    from cnnspec.backends import load_backend
     from cnnspec.harness.run import load_run
     from cnnspec.harness.run import predict as run_prediction
 
     name = backend or load_run(Path(run)).info["backend"]
-    return run_prediction(Path(run), [Path(i) for i in inputs], load_backend(name).open_session, top=top, device=device,
+    return run_prediction(Path(run), [Path(i) for i in inputs], _opener(name), top=top, device=device,
                           runtime=runtime, said=said)

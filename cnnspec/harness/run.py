@@ -955,11 +955,16 @@ def evaluate(
     if data is not None:
         config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
     dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
-    session = open_run_session(loaded, open_session, device)
-    engine, which = inference_engine(loaded, session, runtime, len(dataset.x_val))
+    opened: list[Session] = []
+
+    def session() -> Session:
+        opened.append(open_run_session(loaded, open_session, device))
+        return opened[0]
+
+    engine, which = inference_engine(loaded, session, device, runtime, len(dataset.x_val))
     if said is not None:
         said(f"runtime: {which}")
-    evaluator: Any = session if engine is session else _EngineSession(engine, config)
+    evaluator: Any = engine if opened else _EngineSession(engine, config)
     width = loaded.graph.output_shape[0]
     result = _evaluate_arrays(evaluator, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
     classes = loaded.info["classes"]
@@ -986,23 +991,31 @@ RUNTIMES = ("auto", "backend", "onnxruntime")
 AUTO_RUNTIME_IMAGES = 64  # from this many images, building the ONNX engine once pays (benchmarks/bench_runtime.py)
 
 
-def inference_engine(loaded: LoadedRun, session: Session, runtime: str, images: int) -> tuple[Any, str]:
+def _gpu_may_be_used(device: str) -> bool:
+    """Whether ``device`` may put the backend on a GPU, answered without importing a
+    framework: asked for by name, or ``auto`` on a machine with an NVIDIA device node."""
+    return device != "cpu" and (device != "auto" or Path("/dev/nvidiactl").exists())
+
+
+def inference_engine(loaded: LoadedRun, session: Callable[[], Session], device: str, runtime: str, images: int) -> tuple[Any, str]:
     """(what computes the outputs, in words which) for ``runtime``: ``backend`` (the
     session), ``onnxruntime`` (the run's ONNX lowering, built once per checkpoint into
     RUN/.runtime/, verified against the NumPy backend as ``export`` verifies, checked by
-    its checksum when reused), or ``auto``: onnxruntime where it is installed, the session
-    is on the CPU, and either its engine is built already or ``images`` are enough to pay
-    for building it; else the backend."""
+    its checksum when reused), or ``auto``: onnxruntime where it is installed, the backend
+    would run on the CPU, and either its engine is built already or ``images`` are enough
+    to pay for building it; else the backend. ``session`` opens the backend's session, only
+    when it is the engine (onnxruntime never imports the backend's framework)."""
     import importlib.util
 
     if runtime not in RUNTIMES:
         raise TrainingError(f"--runtime {runtime!r}: use {', '.join(RUNTIMES)}")
     path = loaded.run.path / ".runtime" / f"{loaded.checkpoint.name}.onnx"
     if runtime == "auto":
-        usable = importlib.util.find_spec("onnxruntime") is not None and "cpu" in str(session.device)
+        usable = importlib.util.find_spec("onnxruntime") is not None and not _gpu_may_be_used(device)
         runtime = "onnxruntime" if usable and (path.exists() or images >= AUTO_RUNTIME_IMAGES) else "backend"
     if runtime == "backend":
-        return session, f"{loaded.info['backend']} backend ({session.device})"
+        opened = session()
+        return opened, f"{loaded.info['backend']} backend ({opened.device})"
     from cnnspec.backends import import_module
     from cnnspec.exporting import check_export, export
 
@@ -1029,9 +1042,11 @@ class Scorer:
         from cnnspec.data.transforms import Transform
 
         self.loaded = load_run(path)
-        self.session = open_run_session(self.loaded, open_session, device)
-        self.engine: Any = self.session
-        self.runtime = f"{self.loaded.info['backend']} backend ({self.session.device})"
+        self.device = device
+        self._open_session = open_session
+        self._session: Session | None = None  # opened on first use: an onnxruntime engine never needs it
+        self._engine: Any = None
+        self.runtime = ""
         self.classes: list[str] = self.loaded.info["classes"]
         self._shape = self.loaded.graph.input_shape
         self._transform = Transform(image_shape(self._shape), self.loaded.config.data.fit, self.loaded.config.data.resize) if len(self._shape) == 3 else None
@@ -1044,6 +1059,26 @@ class Scorer:
             image_shape(self._shape)  # raises: the input is not an image
         assert self._transform is not None
         return self._transform.from_file(content)
+
+    @property
+    def session(self) -> Session:
+        """The run's backend session, opened with the checkpoint's weights on first use."""
+        if self._session is None:
+            self._session = open_run_session(self.loaded, self._open_session, self.device)
+        return self._session
+
+    @property
+    def engine(self) -> Any:
+        """What computes outputs: the session, unless ``use_runtime`` chose another."""
+        if self._engine is None:
+            self._engine = self.session
+            self.runtime = f"{self.loaded.info['backend']} backend ({self.session.device})"
+        return self._engine
+
+    def use_runtime(self, runtime: str, images: int) -> str:
+        """Choose the engine (``inference_engine``); returns which, in words."""
+        self._engine, self.runtime = inference_engine(self.loaded, lambda: self.session, self.device, runtime, images)
+        return self.runtime
 
     def read_inputs(self, inputs: list[Path]) -> tuple[list[np.ndarray], list[str]]:
         """Image files (fitted to the input as evaluation fits them) and .npy batches (N x C
@@ -1130,7 +1165,7 @@ def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session]
     streamed = len(files) >= STREAM_FILES and len(files) == len(inputs) and scorer._transform is not None
     arrays, names = ([], [str(item) for item in inputs]) if streamed else scorer.read_inputs(inputs)
     count = len(files) if streamed else sum(len(a) for a in arrays)
-    scorer.engine, scorer.runtime = inference_engine(scorer.loaded, scorer.session, runtime, count)
+    scorer.use_runtime(runtime, count)
     if said is not None:
         said(f"runtime: {scorer.runtime}" + (f"; {count} files decoded by the streaming loader's workers" if streamed else ""))
     outputs = scorer.stream_outputs(files) if streamed else scorer.outputs(np.concatenate(arrays))
