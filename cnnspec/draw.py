@@ -52,6 +52,32 @@ def _layout(graph: Graph) -> dict[str, tuple[float, int]]:
     return position
 
 
+def edge_paths(graph: Graph, position: dict[str, tuple[float, int]]) -> list[tuple[list[float], list[float]]]:
+    """Each connection as a polyline (xs, ys), its arrowhead at the end. Between adjacent
+    rows: straight, bottom of the source to top of the target. Across more rows (skip
+    connections, projection shortcuts, short branches): down into the gap below the source,
+    right past every box of the rows between in a lane of its own, down to the gap above
+    the target, and in, crossing no box."""
+    right: dict[int, float] = {}  # row -> the right edge of its rightmost box
+    for x, y in position.values():
+        right[y] = max(right.get(y, x + 0.45), x + 0.45)
+    lanes: dict[int, float] = {}  # row -> how far right the lanes passing it already run
+    paths = []
+    for node in graph.nodes:
+        x1, y1 = position[node.name]
+        for source in node.inputs:
+            x0, y0 = position[source]
+            if y1 - y0 > 1:
+                between = range(int(y0) + 1, int(y1))
+                lane = max(max(right[y] for y in between), *(lanes.get(y, 0.0) for y in between)) + 0.12
+                for y in between:
+                    lanes[y] = lane
+                paths.append(([x0, x0, lane, lane, x1, x1], [y0 + 0.33, y0 + 0.5, y0 + 0.5, y1 - 0.5, y1 - 0.5, y1 - 0.33]))
+            else:
+                paths.append(([x0, x1], [y0 + 0.33, y1 - 0.33]))
+    return paths
+
+
 def render(graph: Graph, path: Path) -> None:
     """Draw ``graph`` to ``path`` (.svg or .png), atomically."""
     import matplotlib
@@ -62,26 +88,23 @@ def render(graph: Graph, path: Path) -> None:
 
     matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, and far smaller
     position = _layout(graph)
+    paths = edge_paths(graph, position)
     columns = max(x for x, _ in position.values()) + 1
     rows = max(y for _, y in position.values()) + 1
-    figure = plt.figure(figsize=(max(columns * COLUMN_WIDTH, 4.0), rows * ROW_HEIGHT + 0.8))
+    widest = max([columns - 0.45, *(x for xs, _ in paths for x in xs)]) + 0.1  # the lanes of skip connections included
+    figure = plt.figure(figsize=(max((widest + 0.55) * COLUMN_WIDTH, 4.0), rows * ROW_HEIGHT + 0.8))
     axes = figure.add_axes((0, 0, 1, 1))
-    axes.set_xlim(-0.55, columns - 0.45)
+    axes.set_xlim(-0.55, widest)
     axes.set_ylim(rows - 0.4, -1.0)
     axes.axis("off")
     axes.text((columns - 1) / 2, -0.75, f"{graph.name}: {graph.params:,} params, {si(graph.macs)} MACs",
               ha="center", va="center", fontsize=11, weight="bold")
     labels = {INPUT: f"input\n{format_shape(graph.input_shape)}"} | {node.name: _label(node) for node in graph.nodes}
-    for node in graph.nodes:
-        x1, y1 = position[node.name]
-        for source in node.inputs:
-            x0, y0 = position[source]
-            arrow = {"arrowstyle": "-|>", "color": "#607d8b", "lw": 0.8}
-            if y1 - y0 > 1 and x0 == x1:  # a skip connection: around the boxes between, on the right
-                axes.annotate("", xy=(x1 + 0.45, y1), xytext=(x0 + 0.45, y0),
-                              arrowprops=arrow | {"connectionstyle": "arc,angleA=0,angleB=0,armA=18,armB=18,rad=6"})
-            else:
-                axes.annotate("", xy=(x1, y1 - 0.33), xytext=(x0, y0 + 0.33), arrowprops=arrow)
+    arrow = {"arrowstyle": "-|>", "color": "#607d8b", "lw": 0.8}
+    for xs, ys in paths:
+        if len(xs) > 2:
+            axes.plot(xs[:-1], ys[:-1], color=arrow["color"], lw=arrow["lw"])
+        axes.annotate("", xy=(xs[-1], ys[-1]), xytext=(xs[-2], ys[-2]), arrowprops=arrow)
     for name, (x, y) in position.items():
         colour = "#e8f5e9" if name == INPUT else "#eef3fb"
         axes.add_patch(FancyBboxPatch((x - 0.45, y - 0.33), 0.9, 0.66, boxstyle="round,pad=0.02",

@@ -4,6 +4,7 @@ JSON, and messages that say the fix."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -248,3 +249,25 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
 
     walk(typer.main.get_command(app), "cnnspec")
     assert missing == []
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "resnet50"])
+def test_diagram_connections_cross_no_box(name: str) -> None:
+    """Projection shortcuts, identity skips and short Inception branches are routed
+    around the boxes between their ends (ResNet-18's shortcut used to cut through them)."""
+    from cnnspec.draw import _layout, edge_paths
+
+    graph = cnnspec.load_spec(name)
+    position = _layout(graph)
+    paths = edge_paths(graph, position)
+    ends = [(source, node.name) for node in graph.nodes for source in node.inputs]
+    assert len(paths) == len(ends)
+    for (xs, ys), (source, target) in zip(paths, ends, strict=True):
+        corners = list(zip(xs, ys, strict=True))
+        points = [(x0 + (x1 - x0) * t, y0 + (y1 - y0) * t) for (x0, y0), (x1, y1) in itertools.pairwise(corners)
+                  for t in np.linspace(0, 1, 25)]
+        for box, (bx, by) in position.items():
+            if box in (source, target):
+                continue
+            inside = [(x, y) for x, y in points if abs(x - bx) < 0.44 and abs(y - by) < 0.32]
+            assert not inside, f"{source} -> {target} crosses {box}"
