@@ -12,7 +12,7 @@ drops its 1 x 1 axes). The batch axis is dynamic ('N').
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -242,10 +242,11 @@ for _kind in _ACTIVATION_KINDS:
 
 
 def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = DEFAULT_OPSET,
-            metadata: dict[str, str] | None = None, every_layer: bool = False) -> onnx.ModelProto:
-    """The graph as an ONNX model; ``every_layer`` also makes every layer's output a graph
-    output (for layer-by-layer comparison). Raises ExportRefused before building anything
-    for a layer ONNX cannot represent."""
+            metadata: dict[str, str] | None = None, every_layer: bool = False, outputs: Sequence[str] = ()) -> onnx.ModelProto:
+    """The graph as an ONNX model. Its outputs: the network's, then the layers named in
+    ``outputs`` (an embedding layer, say), or with ``every_layer`` every layer's (for
+    layer-by-layer comparison). Raises ExportRefused before building anything for a layer
+    ONNX cannot represent, or an ``outputs`` name the graph does not have."""
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportRefused(f"opset {opset} is not supported: use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
     emitter = Emitter(weights)
@@ -256,10 +257,13 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = DEFAULT_O
         lowering(emitter, node, [source for source in node.inputs], graph)
     batch: list[int | str] = ["N"]
     inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, batch + list(graph.input_shape))]
-    names = [node.name for node in graph.nodes] if every_layer else [graph.output]
+    unknown = [name for name in outputs if name not in {node.name for node in graph.nodes}]
+    if unknown:
+        raise ExportRefused(f"'{graph.name}' has no layer {unknown[0]!r} to make an output")
+    names = [node.name for node in graph.nodes] if every_layer else list(dict.fromkeys([graph.output, *outputs]))
     shapes = {node.name: node.output_shape for node in graph.nodes}
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, batch + list(shapes[name])) for name in names]
-    body = helper.make_graph(emitter.nodes, graph.name, inputs, outputs, list(emitter.initializers.values()))
+    results = [helper.make_tensor_value_info(name, TensorProto.FLOAT, batch + list(shapes[name])) for name in names]
+    body = helper.make_graph(emitter.nodes, graph.name, inputs, results, list(emitter.initializers.values()))
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", opset)], producer_name="cnnspec")
     model.ir_version = min(model.ir_version, 10)  # what onnxruntime 1.2x reads
     for key, value in (metadata or {}).items():
@@ -287,7 +291,8 @@ def run(model: onnx.ModelProto | bytes | str, x: np.ndarray) -> dict[str, np.nda
 
 class RuntimeSession:
     """A verified ONNX file run by onnxruntime on the CPU: the inference engine behind
-    ``predict --runtime onnxruntime`` (outputs only; layer outputs stay with the backends)."""
+    ``--runtime onnxruntime``. ``predict`` gives the network's output (the file's first);
+    ``activations`` the layers the file was built to output as well."""
 
     device = "cpu (onnxruntime)"
 
@@ -299,18 +304,31 @@ class RuntimeSession:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self.outputs = [output.name for output in self._session.get_outputs()]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0])
+        return np.asarray(self._session.run(self.outputs[:1], {self._input: np.ascontiguousarray(x, np.float32)})[0])
+
+    def activations(self, x: np.ndarray, layers: Collection[str]) -> dict[str, np.ndarray]:
+        missing = [name for name in layers if name not in self.outputs]
+        if missing:
+            raise KeyError(f"this engine was not built to output layer {missing[0]!r}")
+        names = list(layers)
+        return dict(zip(names, self._session.run(names, {self._input: np.ascontiguousarray(x, np.float32)}), strict=True))
 
 
 # ---- export artifacts (see cnnspec.exporting) ----------------------------------------------
 
 
+def _outputs(values: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """What an export's ``run`` gives: the one output, or every output by name."""
+    return next(iter(values.values())) if len(values) == 1 else values
+
+
 class OnnxArtifact:
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], options: dict[str, Any]) -> None:
         opset = int(options.get("opset") or DEFAULT_OPSET)
-        self.model = to_onnx(graph, weights, opset)
+        self.model = to_onnx(graph, weights, opset, outputs=options.get("outputs", ()))
         check(self.model)
         try:  # onnxruntime may trail the onnx package's newest opset
             run(self.model, np.zeros((1, *graph.input_shape), np.float32))
@@ -323,8 +341,8 @@ class OnnxArtifact:
             reason = found.group(0) if found else str(exc).strip()[:200] or type(exc).__name__
             raise ExportRefused(f"onnxruntime {onnxruntime.__version__} cannot run opset {opset}: {reason}") from None
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return next(iter(run(self.model, x).values()))
+    def run(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        return _outputs(run(self.model, x))
 
     def save(self, path: Any, metadata: dict[str, str]) -> None:
         for key, value in metadata.items():
@@ -332,12 +350,12 @@ class OnnxArtifact:
         onnx.save(self.model, str(path))
 
 
-def load_onnx(path: Any) -> Callable[[np.ndarray], np.ndarray]:
+def load_onnx(path: Any) -> Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]]:
     model = onnx.load(str(path))
     check(model)
     source = model.SerializeToString()
-    return lambda x: next(iter(run(source, x).values()))
+    return lambda x: _outputs(run(source, x))
 
 
 EXPORTS: dict[str, Callable[[Graph, dict[str, np.ndarray], dict[str, Any]], Any]] = {"onnx": OnnxArtifact}
-LOADERS: dict[str, Callable[[Any], Callable[[np.ndarray], np.ndarray]]] = {"onnx": load_onnx}
+LOADERS: dict[str, Callable[[Any], Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]]]] = {"onnx": load_onnx}

@@ -1,8 +1,8 @@
 """Inference engines for predict, side by side in paired rounds: run by hand (`make bench`).
 
 ResNet-18 (the zoo spec, seeded weights) at 64x64 and 224x224, batch 1 and 64, through:
-eager PyTorch (the torch backend's module under inference_mode: what predict ran before),
-onnxruntime on the run's verified ONNX lowering (what `--runtime auto` picks on CPU for 64
+eager PyTorch (the torch backend's module under inference_mode, NCHW: what a hand-written
+script runs), the torch backend's session (channels-last on the CPU: `--runtime backend`), onnxruntime on the run's verified ONNX lowering (what `--runtime auto` picks on CPU for 64
 images and more, or once built), and the NumPy backend. Prints images/s per engine and
 each against eager PyTorch (median of paired rounds; these machines are shared and noisy).
 Also times building the ONNX engine once, the cost `auto` weighs.
@@ -28,7 +28,7 @@ from cnnspec.load import with_input_size
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    print(f"{'size':>5} {'batch':>5} {'engine':12} {'images/s':>10} {'vs eager':>9}")
+    print(f"{'size':>5} {'batch':>5} {'engine':14} {'images/s':>10} {'vs eager':>9}")
     for size in (64, 224):
         graph = with_input_size(cnnspec.load_spec("resnet18"), (size, size))
         weights = initial_weights(graph, 0)
@@ -41,12 +41,14 @@ def main() -> None:
             built = time.perf_counter() - start
             numpy_session = numpy_backend.open_session(graph, TrainConfig(), device="cpu")
             numpy_session.set_weights(weights)
+            torch_session = torch_backend.open_session(graph, TrainConfig(), device="cpu", precision="fp32")
+            torch_session.set_weights(weights)
 
             def eager(x: np.ndarray, module: torch.nn.Module = module) -> np.ndarray:
                 with torch.inference_mode():
                     return module(torch.from_numpy(x)).numpy()
 
-            engines = {"eager torch": eager, "onnxruntime": ort.predict, "numpy": numpy_session.predict}
+            engines = {"eager torch": eager, "torch backend": torch_session.predict, "onnxruntime": ort.predict, "numpy": numpy_session.predict}
             for batch in (1, 64):
                 x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
                 reference = eager(x)
@@ -63,7 +65,7 @@ def main() -> None:
                 base = statistics.median(seconds["eager torch"])
                 for name in engines:
                     median = statistics.median(seconds[name])
-                    print(f"{size:>5} {batch:>5} {name:12} {batch / median:10.1f} {base / median:8.2f}x", flush=True)
+                    print(f"{size:>5} {batch:>5} {name:14} {batch / median:10.1f} {base / median:8.2f}x", flush=True)
         print(f"{size:>5}       building the onnxruntime engine once: {built:.1f} s")
 
 

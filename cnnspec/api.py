@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 SpecLike = Graph | str | os.PathLike[str]
 
 
-def _opener(backend: str) -> Any:
+def lazy_opener(backend: str) -> Any:
     """The backend's ``open_session``, its module imported only when a session is opened
     (an onnxruntime engine never opens one, so never imports the framework)."""
 
@@ -114,20 +114,21 @@ def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: s
     from cnnspec.harness.run import load_run
 
     name = backend or load_run(Path(run)).info["backend"]
-    return run_evaluation(Path(run), _opener(name), data=data, device=device, runtime=runtime, said=said)
+    return run_evaluation(Path(run), lazy_opener(name), data=data, device=device, runtime=runtime, said=said)
 
 
 def features(
-    run: str | os.PathLike[str], data: str, layer: str, *, out: str | os.PathLike[str] | None = None, backend: str | None = None, device: str = "auto"
+    run: str | os.PathLike[str], data: str, layer: str, *, out: str | os.PathLike[str] | None = None, backend: str | None = None, device: str = "auto",
+    runtime: str = "backend", said: Any = None,
 ) -> Any:
     """The output of ``layer`` for every image of ``data``: a ``Features`` (values,
-    labels, classes, names); with ``out``, also saved as one safetensors file."""
-    from cnnspec.backends import load_backend
+    labels, classes, names); with ``out``, also saved as one safetensors file. ``runtime``
+    as for ``predict``."""
     from cnnspec.harness.run import features as run_features
     from cnnspec.harness.run import load_run, save_features
 
     name = backend or load_run(Path(run)).info["backend"]
-    result = run_features(Path(run), load_backend(name).open_session, data, layer, device=device)
+    result = run_features(Path(run), lazy_opener(name), data, layer, device=device, runtime=runtime, said=said)
     if out is not None:
         save_features(result, Path(out), Path(run))
     return result
@@ -136,12 +137,12 @@ def features(
 def embed(
     run: str | os.PathLike[str], data: str, *, layer: str | None = None, out: str | os.PathLike[str] | None = None, update: bool = False,
     metric: str = "cosine", dtype: str = "float32", approximate: bool | None = None, backend: str | None = None, device: str = "auto",
-    progress: Any = None,
+    progress: Any = None, runtime: str = "backend", said: Any = None,
 ) -> Any:
     """Embed every image of ``data`` with the run's network: an ``EmbedReport`` whose
     ``index`` searches (``index.search(queries, k)``); with ``out``, written atomically;
-    with ``update``, only new and changed images of ``out``'s index are embedded again."""
-    from cnnspec.backends import load_backend
+    with ``update``, only new and changed images of ``out``'s index are embedded again.
+    ``runtime`` as for ``predict``."""
     from cnnspec.harness.run import load_run
     from cnnspec.search import Index
     from cnnspec.search import embed as run_embed
@@ -149,8 +150,8 @@ def embed(
     previous = Index.load(Path(out)) if update and out is not None else None
     name = backend or load_run(Path(run)).info["backend"]
     report = run_embed(
-        Path(run), data, load_backend(name).open_session, layer=layer, metric=metric, dtype=dtype, previous=previous, device=device,
-        approximate=approximate, progress=progress,
+        Path(run), data, lazy_opener(name), layer=layer, metric=metric, dtype=dtype, previous=previous, device=device,
+        approximate=approximate, progress=progress, runtime=runtime, said=said,
     )
     if out is not None:
         report.index.save(Path(out))
@@ -162,19 +163,18 @@ def similar(
 ) -> Any:
     """For each query image: (scores, positions) of its k nearest images in the index,
     and the index (``index.paths[positions]``)."""
-    from cnnspec.backends import load_backend
     from cnnspec.harness.run import load_run
     from cnnspec.search import Index, embed_files
 
     loaded = Index.load(Path(index))
     name = backend or load_run(Path(loaded.meta["run"])).info["backend"]
-    scores, positions = loaded.search(embed_files(loaded, [Path(q) for q in queries], load_backend(name).open_session, device), k, exact=exact)
+    scores, positions = loaded.search(embed_files(loaded, [Path(q) for q in queries], lazy_opener(name), device), k, exact=exact)
     return scores, positions, loaded
 
 
 def predict(
     run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto",
-    runtime: str = "backend", said: Any = None,
+    runtime: str = "backend", said: Any = None, batch_size: int | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
     """Top-k classes per input (image files or .npy batches) and the raw outputs; ``runtime``
     auto, backend or onnxruntime (see ``harness.run.inference_engine``)."""
@@ -182,5 +182,5 @@ def predict(
     from cnnspec.harness.run import predict as run_prediction
 
     name = backend or load_run(Path(run)).info["backend"]
-    return run_prediction(Path(run), [Path(i) for i in inputs], _opener(name), top=top, device=device,
-                          runtime=runtime, said=said)
+    return run_prediction(Path(run), [Path(i) for i in inputs], lazy_opener(name), top=top, device=device,
+                          runtime=runtime, said=said, batch_size=batch_size)

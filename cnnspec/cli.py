@@ -148,6 +148,14 @@ class Engine(StrEnum):
 
 
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps")]
+def _said(line: str) -> None:
+    """A line about how the work is done (which runtime computes), on standard error."""
+    stderr.print(line, markup=False, soft_wrap=True)
+
+
+RuntimeOpt = Annotated[str, typer.Option(
+    "--runtime", help="what computes the network: backend (--backend's, checked against NumPy once), onnxruntime (the run's verified "
+    "ONNX lowering, cached in RUN/.runtime), or auto (onnxruntime where installed, on the CPU, from 64 images or once built)")]
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
@@ -217,7 +225,9 @@ def train(
     ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), bf16, fp16 or fp32")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (measured not to pay on the CPU; see the README)")] = False,
+    memory_format: Annotated[str | None, typer.Option(
+        "--memory-format", help="torch: auto (channels-last for convolutional networks, where measured faster), channels_last or contiguous (train.memory_format)")] = None,
     data: Annotated[str | None, typer.Option(help="digits, synthetic, or a path (overrides train.data.source)")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="passes over the training data (train.epochs); with --resume, the new total")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per step (train.batch_size)")] = None,
@@ -257,7 +267,8 @@ def train(
         overrides["freeze"] = [part.strip() for part in freeze.split(",") if part.strip()]
     if keep is not None:
         overrides["keep"] = keep
-    for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed)):
+    for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed),
+                       ("memory_format", memory_format and memory_format.replace("-", "_"))):
         if value is not None:
             overrides[key] = value
     from pydantic import ValidationError
@@ -378,14 +389,13 @@ def eval_(
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
-    runtime: Annotated[str, typer.Option(help="what computes the outputs: backend, onnxruntime, or auto (as predict)")] = "auto",
+    runtime: RuntimeOpt = "auto",
 ) -> None:
     """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run."""
     from cnnspec import api
 
     try:
-        said = (lambda line: stderr.print(line, markup=False, soft_wrap=True)) if format is Format.table else None
-        result = api.evaluate(run, data=data, backend=backend, device=device, runtime=runtime, said=said)
+        result = api.evaluate(run, data=data, backend=backend, device=device, runtime=runtime, said=_said if format is Format.table else None)
     except _run_errors() as exc:
         _fail_run(exc)
     if format is Format.json:
@@ -404,12 +414,13 @@ def features(
     out: Annotated[Path, typer.Option("--output", "-o", help="the safetensors file to write")] = Path("features.safetensors"),
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "auto",
 ) -> None:
     """A layer's output for every image (bottleneck features), saved with labels, class names and paths."""
     from cnnspec import api
 
     try:
-        result = api.features(run, data, layer, out=out, backend=backend, device=device)
+        result = api.features(run, data, layer, out=out, backend=backend, device=device, runtime=runtime, said=_said)
     except _run_errors() as exc:
         _fail_run(exc)
     shape = " x ".join(map(str, result.values.shape))
@@ -430,6 +441,7 @@ def embed(
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "auto",
     engine: Annotated[Engine, typer.Option(help="local, or spark: embed on Spark and write Parquet (path, embedding) to --output")] = Engine.local,
     master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[*]]")] = None,
 ) -> None:
@@ -442,7 +454,7 @@ def embed(
             chosen = layer or default_layer(load_run(run).graph)
         except _run_errors() as exc:
             _fail_run(exc)
-        _score_on_spark(run, data, out, layer=chosen, embed_only=True, master=master, backend=backend)
+        _score_on_spark(run, data, out, layer=chosen, embed_only=True, master=master, backend=backend, runtime=runtime)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -454,7 +466,7 @@ def embed(
     try:
         with bar:
             report = api.embed(run, data, layer=layer, out=out, update=update, metric=metric, dtype=dtype, approximate=approximate, backend=backend,
-                               device=device, progress=lambda done, total: bar.update(task, completed=done, total=total))
+                               device=device, progress=lambda done, total: bar.update(task, completed=done, total=total), runtime=runtime, said=_said)
     except _run_errors() as exc:
         _fail_run(exc)
     index = report.index
@@ -520,14 +532,14 @@ def similar(
 
 
 def _score_on_spark(run: Path, data: str | None, out: Path | None, *, top: int = 5, layer: str | None = None, embed_only: bool = False,
-                    master: str | None, backend: str | None) -> None:
+                    master: str | None, backend: str | None, runtime: str = "auto") -> None:
     from cnnspec.distributed.spark import SparkError, score
 
     if data is None or out is None:
         _usage("--engine spark needs --data (a folder, file or glob of images) and --output (a .parquet folder to write)")
     failures: tuple[type[BaseException], ...] = (SparkError, *_run_errors())
     try:
-        rows = score(run, data, out, top=top, layer=layer, embed_only=embed_only, master=master, backend=backend)
+        rows = score(run, data, out, top=top, layer=layer, embed_only=embed_only, master=master, backend=backend, runtime=runtime, said=_said)
     except failures as exc:
         _fail_run(exc)
     what = f"embeddings from '{layer}'" if embed_only else f"top {top} classes" + (f" and embeddings from '{layer}'" if layer else "")
@@ -543,22 +555,23 @@ def predict(
     device: DeviceOpt = "auto",
     format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="save the raw network outputs as .npy (--engine spark: the Parquet output)")] = None,
-    runtime: Annotated[str, typer.Option(help="what computes the outputs: backend (--backend's), onnxruntime (the run's verified ONNX lowering, cached), or auto (onnxruntime where installed, on CPU)")] = "auto",
+    runtime: RuntimeOpt = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per engine call [default: the run's train.batch_size]")] = None,
     engine: Annotated[Engine, typer.Option(help="local, or spark: score --data on Spark and write Parquet to --output")] = Engine.local,
     data: Annotated[str | None, typer.Option(help="--engine spark: a folder (searched recursively), file or glob of images")] = None,
     master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[*]]")] = None,
 ) -> None:
     """The top classes, with probabilities, for each input."""
     if engine is Engine.spark:
-        _score_on_spark(run, data, output, top=top, master=master, backend=backend)
+        _score_on_spark(run, data, output, top=top, master=master, backend=backend, runtime=runtime)
         return
     if not inputs:
         _usage("predict needs INPUTS (image files or .npy batches), or --engine spark --data PATH --output scores.parquet")
     from cnnspec import api
 
     try:
-        said = (lambda line: stderr.print(line, markup=False, soft_wrap=True)) if format is Format.table else None
-        results, outputs = api.predict(run, list(inputs), top=top, backend=backend, device=device, runtime=runtime, said=said)
+        results, outputs = api.predict(run, list(inputs), top=top, backend=backend, device=device, runtime=runtime,
+                                       said=_said if format is Format.table else None, batch_size=batch_size)
         if output is not None:
             import numpy as np
 

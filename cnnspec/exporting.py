@@ -77,7 +77,15 @@ def default_path(graph: Graph, fmt: str, target: str) -> Path:
     return base / f"{graph.name}{suffix or '-' + fmt}"
 
 
-def _errors(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+def _errors(got: Any, expected: np.ndarray | dict[str, np.ndarray]) -> tuple[float, float]:
+    """(largest absolute, largest relative) error; a model with several outputs is
+    compared output by output, each relative to its own largest magnitude."""
+    if isinstance(expected, dict):
+        if not isinstance(got, dict) or set(got) != set(expected):
+            raise ExportFailed(f"the exported model's outputs are {sorted(got) if isinstance(got, dict) else 'one'}, not {sorted(expected)}")
+        pairs = [_errors(got[name], value) for name, value in expected.items()]
+        return max(a for a, _ in pairs), max(r for _, r in pairs)
+    got = np.asarray(got)
     if got.shape != expected.shape:
         raise ExportFailed(f"the exported model returns shape {got.shape}, the spec {expected.shape}")
     absolute = float(np.abs(got - expected).max())
@@ -122,29 +130,39 @@ def with_preprocessing(graph: Graph, weights: dict[str, np.ndarray], norm: Norma
 
 def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *, weights_from: str,
            options: dict[str, Any] | None = None, tolerance: float = TOLERANCE, batch: int = 2, seed: int = 0,
-           extra_metadata: dict[str, str] | None = None, preprocessing: Normalization | None = None) -> ExportReport:
+           extra_metadata: dict[str, str] | None = None, preprocessing: Normalization | None = None,
+           outputs: tuple[str, ...] = ()) -> ExportReport:
     """Write ``graph`` with ``weights`` as ``fmt`` at ``out``, verified (see the module doc).
     With ``preprocessing`` (a run's), the model takes raw pixels in [0, 1] and is compared
-    with the network fed those pixels prepared as ``predict`` prepares them."""
+    with the network fed those pixels prepared as ``predict`` prepares them. ``outputs``
+    names layers the model outputs as well (ONNX only), each verified like the output."""
     from cnnspec import __version__
     from cnnspec.backends import import_module, load_backend
     from cnnspec.harness.config import TrainConfig
 
     spec = FORMATS[fmt]
+    if outputs and fmt != "onnx":
+        raise ValueError(f"layer outputs are exported to onnx only, not {fmt}")
     module: Any = import_module(spec.module, spec.extra, f"export to {fmt}")
     rng = np.random.default_rng(seed)
     session: Any = load_backend(spec.reference).open_session(graph, TrainConfig(), device="cpu", precision="fp32")
     session.set_weights(weights)
+    names = list(dict.fromkeys([graph.output, *outputs]))
+
+    def reference(x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        values: np.ndarray | dict[str, np.ndarray] = session.activations(x, names) if len(names) > 1 else session.predict(x)
+        return values
+
     if preprocessing is not None:
         x = rng.random((batch, *graph.input_shape)).astype(np.float32)  # pixels in [0, 1], as predict's .npy batches
-        expected = session.predict(preprocessing.apply(x / np.float32(preprocessing.scale)))  # predict's own path
+        expected = reference(preprocessing.apply(x / np.float32(preprocessing.scale)))  # predict's own path
         graph, weights = with_preprocessing(graph, weights, preprocessing)
     else:
         x = rng.standard_normal((batch, *graph.input_shape)).astype(np.float32)
-        expected = session.predict(x)
+        expected = reference(x)
 
-    artifact = module.EXPORTS[fmt](graph, weights, options or {})
-    absolute, relative = _errors(np.asarray(artifact.run(x)), expected)
+    artifact = module.EXPORTS[fmt](graph, weights, (options or {}) | ({"outputs": tuple(outputs)} if outputs else {}))
+    absolute, relative = _errors(artifact.run(x), expected)
     if relative > tolerance:
         raise ExportFailed(f"{fmt} export of '{graph.name}' differs from {spec.reference} by {relative:.2e} relative "
                            f"(max abs {absolute:.2e}) > {tolerance:g}; nothing was written")
@@ -163,7 +181,7 @@ def export(graph: Graph, weights: dict[str, np.ndarray], fmt: str, out: Path, *,
     temporary = staging / out.name
     try:
         artifact.save(temporary, metadata)
-        absolute_back, relative_back = _errors(np.asarray(module.LOADERS[fmt](temporary)(x)), expected)
+        absolute_back, relative_back = _errors(module.LOADERS[fmt](temporary)(x), expected)
         if relative_back > tolerance:
             raise ExportFailed(f"{fmt} export of '{graph.name}', loaded back from disk, differs from {spec.reference} by "
                                f"{relative_back:.2e} relative > {tolerance:g}; nothing was written")

@@ -268,11 +268,14 @@ def embed(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     approximate: bool | None = None,
+    runtime: str = "backend",
+    said: Callable[[str], None] | None = None,
 ) -> EmbedReport:
     """Embed every image of ``data`` with ``run``'s network at ``layer``. With
     ``previous`` (an index of the same run, layer and preprocessing), only new and changed
-    images are embedded: the rest keep their rows, and deleted files drop out."""
-    from cnnspec.harness.run import check_layer, collection, layer_outputs, load_run, open_run_session
+    images are embedded: the rest keep their rows, and deleted files drop out. ``runtime``
+    chooses what computes the layer (``harness.run.inference_engine``)."""
+    from cnnspec.harness.run import check_layer, collection, inference_engine, layer_outputs, load_run, open_run_session
 
     loaded = load_run(run)
     layer = layer or default_layer(loaded.graph)
@@ -309,7 +312,9 @@ def embed(
                 changed += 1
         removed = len(set(rows) - set(items.names))
     todo = np.array([p for p in range(len(items.names)) if p not in reuse], np.int64)
-    session = open_run_session(loaded, open_session, device)
+    session, which = inference_engine(loaded, lambda: open_run_session(loaded, open_session, device), device, runtime, len(todo), (layer,))
+    if said is not None:
+        said(f"runtime: {which}")
     done = {"n": 0}
 
     def advance(count: int) -> None:
@@ -345,21 +350,21 @@ def _safe_hash(items: Any, position: int) -> bytes:
         return bytes(16)  # unreadable: it will be reported when decoding skips it
 
 
-def embed_files(index: Index, files: list[Path], open_session: Callable[..., Any], device: str = "auto") -> np.ndarray:
+def embed_files(index: Index, files: list[Path], open_session: Callable[..., Any], device: str = "auto", runtime: str = "auto") -> np.ndarray:
     """Query images embedded exactly as the index's images were: its run's checkpoint,
-    layer and preprocessing."""
+    layer and preprocessing (on the engine ``embed`` built, where it did)."""
     from cnnspec.harness.data import load_images
-    from cnnspec.harness.run import load_run, open_run_session
+    from cnnspec.harness.run import inference_engine, load_run, open_run_session
 
     run = Path(index.meta["run"])
     checkpoint = run / "checkpoints" / index.meta["checkpoint"]
     if not checkpoint.is_dir():
         raise SearchError(f"the index was embedded by {checkpoint}, which is gone: queries cannot be embedded the same way; embed again")
     loaded = load_run(checkpoint)
-    session = open_run_session(loaded, open_session, device)
+    layer = index.meta["layer"]
+    session, _ = inference_engine(loaded, lambda: open_run_session(loaded, open_session, device), device, runtime, len(files), (layer,))
     data = loaded.config.data
     images = loaded.normalization.apply(load_images(files, loaded.graph.input_shape, data.fit, data.resize))
-    layer = index.meta["layer"]
     values = np.asarray(session.activations(images, [layer])[layer], np.float32).reshape(len(files), -1)
     return normalized(values) if index.metric == "cosine" else values
 

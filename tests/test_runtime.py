@@ -104,3 +104,146 @@ def test_many_image_files_are_streamed_to_the_same_scores(run: Path, tmp_path: P
     files[7].write_bytes(b"not an image")
     result = runner.invoke(app, ["predict", str(run), *map(str, files), "--runtime", "backend"])
     assert result.exit_code == 1 and "cannot read image" in result.output and files[7].name in result.output
+
+
+@pytest.fixture(scope="module")
+def photos(run: Path) -> Path:
+    """70 grey PNG files in two class folders: enough for `auto` to build the engine."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    root = run.parent / "photos"
+    for i in range(70):
+        folder = root / ("even" if i % 2 == 0 else "odd")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+def test_embed_and_features_run_on_onnxruntime_with_the_backends_numbers(run: Path, photos: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(run / ".runtime", ignore_errors=True)
+    said: dict[str, list[str]] = {"backend": [], "onnxruntime": [], "auto": []}
+    embedded = {runtime: cnnspec.embed(run, str(photos), layer="f6", runtime=runtime, said=said[runtime].append).index.embeddings
+                for runtime in ("backend", "onnxruntime")}
+    np.testing.assert_allclose(embedded["onnxruntime"], embedded["backend"], rtol=1e-5, atol=1e-6)
+    assert said["backend"] == ["runtime: numpy backend (cpu), the reference"]
+    engine = run / ".runtime" / "epoch-0001+f6.onnx"  # the network's output and f6's, from one file
+    assert engine.is_file() and "built and verified against numpy" in said["onnxruntime"][0]
+    from cnnspec.exporting import read_metadata
+
+    assert read_metadata(engine)["cnnspec.max_rel_error"]
+    cnnspec.embed(run, str(photos), layer="f6", runtime="auto", said=said["auto"].append)
+    assert said["auto"] == [f"runtime: onnxruntime, {engine} reused"]
+    # features at another layer: auto builds that layer's engine (70 images pay for it)
+    lines: list[str] = []
+    ours = cnnspec.features(run, str(photos), "c3", runtime="backend")
+    theirs = cnnspec.features(run, str(photos), "c3", runtime="auto", said=lines.append)
+    assert "onnxruntime" in lines[0] and (run / ".runtime" / "epoch-0001+c3.onnx").is_file()
+    assert theirs.values.shape == ours.values.shape == (70, 16, 10, 10)
+    np.testing.assert_allclose(theirs.values, ours.values, rtol=1e-5, atol=1e-5 * float(np.abs(ours.values).max()))
+
+
+def test_an_engine_with_layer_outputs_is_verified_output_by_output(run: Path, tmp_path: Path) -> None:
+    from cnnspec.backends import numpy_backend, onnx_backend
+    from cnnspec.exporting import export
+    from cnnspec.harness.config import TrainConfig
+    from cnnspec.harness.run import load_run
+    from cnnspec.harness.weights import load_arrays
+
+    loaded = load_run(run)
+    weights = load_arrays(loaded.checkpoint / "weights.safetensors")
+    report = export(loaded.graph, weights, "onnx", tmp_path / "two.onnx", weights_from="test", outputs=("s2", "f5"))
+    assert report.max_rel_error < 1e-5
+    engine = onnx_backend.RuntimeSession(str(tmp_path / "two.onnx"))
+    assert engine.outputs == [loaded.graph.output, "s2", "f5"]
+    x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    reference = numpy_backend.open_session(loaded.graph, TrainConfig(), device="cpu")
+    reference.set_weights(weights)
+    want = reference.activations(x, ["s2", "f5"])
+    got = engine.activations(x, ["f5", "s2"])
+    for name in ("s2", "f5"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(engine.predict(x), reference.predict(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match="not built to output layer 'c1'"):
+        engine.activations(x, ["c1"])
+    from cnnspec.backends.onnx_backend import ExportRefused
+
+    with pytest.raises(ExportRefused, match="has no layer 'nope'"):
+        export(loaded.graph, weights, "onnx", tmp_path / "bad.onnx", weights_from="test", outputs=("nope",))
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_backend_engine_is_checked_against_numpy_once_and_a_wrong_one_refused(run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from cnnspec.harness.run import TrainingError, _verified, load_run
+
+    record = run / ".runtime" / "verified.json"
+    record.unlink(missing_ok=True)
+    _, said = scores(run, "few.npy", "backend", tmp_path)
+    assert "runtime: numpy backend (cpu), the reference" in said and not record.exists()  # numpy is the reference itself
+    result = runner.invoke(app, ["predict", str(run), str(run.parent / "few.npy"), "--backend", "torch", "--runtime", "backend"])
+    assert result.exit_code == 0, result.output
+    assert "runtime: torch backend (cpu), verified against numpy (" in result.output
+    known = json.loads(record.read_text())
+    (key, entry), = known.items()
+    assert key == "epoch-0001|torch|cpu|fp32" and entry["max_rel_error"] < 1e-5
+    record.write_text(json.dumps({key: entry | {"max_rel_error": 0.000123}}))  # what it says next comes from the record
+    result = runner.invoke(app, ["predict", str(run), str(run.parent / "few.npy"), "--backend", "torch", "--runtime", "backend"])
+    assert "verified against numpy (1.2e-04 relative)" in result.output
+
+    class Wrong:  # a backend whose outputs are off by 1%
+        __module__ = "cnnspec.backends.broken_backend"
+        device, precision = "cpu", "fp32"
+
+        def __init__(self, right: object) -> None:
+            self.right = right
+
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return np.asarray(self.right.predict(x)) * 1.01  # type: ignore[attr-defined]
+
+    from cnnspec.backends import load_backend
+    from cnnspec.harness.run import open_run_session
+
+    loaded = load_run(run)
+    with pytest.raises(TrainingError, match=r"the broken backend \(cpu, fp32\) computes epoch-0001's outputs 1.0e-02 relative away"):
+        _verified(loaded, Wrong(open_run_session(loaded, load_backend("numpy").open_session, "cpu")))  # type: ignore[arg-type]
+
+
+def test_a_run_that_cannot_hold_its_engine_caches_it_elsewhere(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from cnnspec.harness.run import _cache_folders, load_run
+
+    shutil.rmtree(run / ".runtime", ignore_errors=True)
+    (run / ".runtime").write_text("a file where the cache folder would go")  # as a read-only run: no folder can be made
+    _, fallback = _cache_folders(load_run(run))
+    shutil.rmtree(fallback, ignore_errors=True)
+    try:
+        theirs, said = scores(run, "many.npy", "auto", tmp_path)
+        assert f"runtime: onnxruntime, {fallback / 'epoch-0001.onnx'} built" in said.replace("\n", "")
+        _, said = scores(run, "few.npy", "auto", tmp_path)
+        assert "reused" in said  # found there again
+        ours, _ = scores(run, "many.npy", "backend", tmp_path)
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
+    finally:
+        (run / ".runtime").unlink()
+        shutil.rmtree(fallback, ignore_errors=True)
+
+
+def test_batch_size_changes_how_many_go_through_at_once_not_the_scores(run: Path, tmp_path: Path) -> None:
+    from cnnspec.harness.run import Scorer
+
+    calls: list[int] = []
+    scorer = Scorer(run, lambda *a, **k: None, "cpu", batch_size=7)  # type: ignore[arg-type, return-value]
+    scorer.use_runtime("onnxruntime", 80)
+    real = scorer.engine.predict
+    scorer._engine.predict = lambda x: (calls.append(len(x)), real(x))[1]
+    x = np.load(run.parent / "many.npy") * 255
+    by_seven = scorer.outputs(x)
+    assert calls == [7] * 11 + [3]
+    ours, _ = scores(run, "many.npy", "onnxruntime", tmp_path)
+    np.testing.assert_allclose(by_seven, ours, rtol=1e-5, atol=1e-5)  # float32 sums grouped by batch
+    result = runner.invoke(app, ["predict", str(run), str(run.parent / "few.npy"), "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output

@@ -60,6 +60,8 @@ def test_scores_from_spark_equal_cnnspec_predict(workspace: Path) -> None:
     done = cli("predict", "run", "--engine", "spark", "--master", "local[2]", "--data", "images", "--output", "scores.parquet", "--top", "3", cwd=workspace)
     assert done.returncode == 0, done.stderr
     assert "scores.parquet: 25 images, top 3 classes" in done.stdout
+    engine = workspace / "run" / ".runtime" / "epoch-0001.onnx"  # a collection: auto scores on onnxruntime, built once on the driver
+    assert "runtime: onnxruntime, " in done.stderr and "epoch-0001.onnx built and verified" in done.stderr and engine.is_file(), done.stderr
     rows = _read(workspace / "scores.parquet")
     images = sorted((workspace / "images").rglob("digit*.png"))
     expected, _ = cnnspec.predict(workspace / "run", images, top=3)
@@ -79,6 +81,7 @@ def test_embeddings_from_spark_equal_the_layer_outputs(workspace: Path) -> None:
     assert done.returncode == 0, done.stderr
     rows = _read(workspace / "vectors.parquet")
     assert set(next(iter(rows.values()))) == {"path", "error", "embedding"}
+    assert (workspace / "run" / ".runtime" / "epoch-0001+f5.onnx").is_file(), done.stderr  # the engine gives f5 as well
     from cnnspec.backends import load_backend
     from cnnspec.harness.run import Scorer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,33 @@ def test_devices_that_are_not_there() -> None:
         torch_backend.open_session(cnnspec.load_spec("lenet5"), TrainConfig(), device="cpu", precision="fp16")
 
 
+def test_bf16_on_the_cpu_is_mixed_precision_close_to_fp32() -> None:
+    """`--precision bf16` on the CPU (opt-in, never auto): convolutions and dense layers in
+    bf16 under autocast, weights and outputs float32; one step lands near the fp32 one."""
+    from cnnspec.load import with_input_size
+
+    graph = with_input_size(cnnspec.load_spec("resnet18"), (32, 32))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 32, 32)).astype(np.float32), rng.integers(0, 1000, 4).astype(np.int64)
+    weights = initial_weights(graph, 0)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        session = torch_backend.open_session(graph, TrainConfig.model_validate({"optimizer": {"name": "sgd", "lr": 0.01}}), device="cpu", precision=precision)
+        assert session.precision == precision
+        session.set_weights(weights)
+        outputs = session.predict(x)
+        loss, _ = session.train_step(x, y)
+        results[precision] = (loss, outputs, session.get_weights()["fc.weight"])
+    assert torch_backend.open_session(graph, TrainConfig(), device="cpu").precision == "fp32"  # auto stays exact on the CPU
+    (loss32, out32, w32), (loss16, out16, w16) = results["fp32"], results["bf16"]
+    assert out16.dtype == np.float32 and w16.dtype == np.float32
+    assert loss16 == pytest.approx(loss32, rel=2e-2) and loss16 != loss32  # bf16 really computed
+    assert np.abs(out16 - out32).max() <= 5e-2 * np.abs(out32).max()
+    step32, step16 = w32 - weights["fc.weight"], w16 - weights["fc.weight"]
+    cosine = float((step16 * step32).sum() / (np.linalg.norm(step16) * np.linalg.norm(step32)))
+    assert cosine >= 0.98, cosine  # the step points the same way (bf16 keeps 8 bits: about 10% apart, measured)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_cuda_training_step(precision: str) -> None:
@@ -211,3 +239,19 @@ def test_channels_last_trains_to_the_same_weights_as_nchw() -> None:
     np.testing.assert_allclose(results["channels_last"][0], results["contiguous"][0], rtol=1e-5)
     for name, array in results["contiguous"][1].items():
         np.testing.assert_allclose(results["channels_last"][1][name], array, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_memory_format_on_the_command_line(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnspec.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "lenet5", "--memory-format", "contiguous", "--epochs", "1", "--set", "data.limit=64", "--out", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["train"]["memory_format"] == "contiguous"
+    result = runner.invoke(app, ["train", "lenet5", "--memory-format", "channels-first", "--epochs", "1", "--out", str(tmp_path / "bad")])
+    assert result.exit_code != 0 and "memory_format" in result.output and "channels_last" in result.output
+    assert not (tmp_path / "bad").exists()

@@ -168,29 +168,40 @@ def _score_batch(scorer: Any, contents: np.ndarray, top: int, layer: str | None)
 
 
 def scoring_udf(run: str | os.PathLike[str], *, top: int = 5, layer: str | None = None, backend: str | None = None,
-                device: str = "cpu", batch_size: int = 64) -> Callable[[Column], Column]:
+                device: str = "cpu", batch_size: int = 64, runtime: str = "auto", said: Callable[[str], None] | None = None) -> Callable[[Column], Column]:
     """A ``predict_batch_udf`` over a binary column of image files' bytes (``binaryFile``'s
     ``content``) giving a struct: ``classes`` and ``indices`` (top ``top``, best first),
     ``probabilities``, ``error`` (null, or why an image could not be read) and, with
     ``layer``, ``embedding`` (that layer's output, flattened). Each executor opens the run
-    once; images are prepared exactly as ``cnnspec predict`` prepares them."""
+    once; images are prepared exactly as ``cnnspec predict`` prepares them. ``runtime``
+    as for ``predict``, a whole collection's worth of images: ``auto`` is onnxruntime
+    where it is installed and the device is the CPU, its engine built and verified here,
+    on the driver, once, and reused by every executor; ``said`` hears which."""
     _pyspark()
     from pyspark.ml.functions import predict_batch_udf
 
-    from cnnspec.harness.run import load_run
+    from cnnspec.harness.run import AUTO_RUNTIME_IMAGES, check_layer, chosen_runtime, load_run, onnx_engine
 
     loaded = load_run(Path(run))  # here, so that a bad run fails before any task starts
     if layer is not None:
-        from cnnspec.harness.run import check_layer
-
         check_layer(loaded, layer)
+    layers = (layer,) if layer is not None else ()
+    runtime = chosen_runtime(loaded, device, runtime, AUTO_RUNTIME_IMAGES, layers)
     path, name = str(Path(run).resolve()), backend or loaded.info["backend"]
+    if runtime == "onnxruntime":
+        engine, how = onnx_engine(loaded, layers)  # built and verified once, here; the executors reuse it
+        which = f"onnxruntime, {engine} {how}"
+    else:
+        which = f"{name} backend ({device}) on each executor"
+    if said is not None:
+        said(f"runtime: {which}")
 
     def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        from cnnspec.backends import load_backend
+        from cnnspec.api import lazy_opener
         from cnnspec.harness.run import Scorer
 
-        scorer = Scorer(Path(path), load_backend(name).open_session, device)
+        scorer = Scorer(Path(path), lazy_opener(name), device)
+        scorer.use_runtime(runtime, AUTO_RUNTIME_IMAGES, layers)
         return lambda contents: _score_batch(scorer, contents, top, layer)
 
     udf: Callable[[Column], Column] = predict_batch_udf(make_predict_fn, return_type=_return_type(top, layer), batch_size=batch_size)
@@ -206,7 +217,8 @@ def read_images(spark: SparkSession, data: str) -> DataFrame:
 
 
 def score(run: str | os.PathLike[str], data: str, output: str | os.PathLike[str], *, top: int = 5, layer: str | None = None,
-          embed_only: bool = False, master: str | None = None, backend: str | None = None, batch_size: int = 64) -> int:
+          embed_only: bool = False, master: str | None = None, backend: str | None = None, batch_size: int = 64, runtime: str = "auto",
+          said: Callable[[str], None] | None = None) -> int:
     """Score (and with ``layer``, embed) every image of ``data`` on Spark and write
     ``output`` as Parquet: path, classes, indices, probabilities, error[, embedding].
     Written beside ``output`` first and moved into place when complete. Returns the rows."""
@@ -227,7 +239,7 @@ def score(run: str | os.PathLike[str], data: str, output: str | os.PathLike[str]
         cores = spark.sparkContext.defaultParallelism
         if frame.rdd.getNumPartitions() > cores:
             frame = frame.coalesce(cores)
-        scored = frame.withColumn("scored", scoring_udf(run, top=top, layer=layer, backend=backend, batch_size=batch_size)(functions.col("content")))
+        scored = frame.withColumn("scored", scoring_udf(run, top=top, layer=layer, backend=backend, batch_size=batch_size, runtime=runtime, said=said)(functions.col("content")))
         columns = ["path", "scored.error"] + (["scored.embedding"] if layer else []) + ([] if embed_only else ["scored.classes", "scored.indices", "scored.probabilities"])
         staging = out.with_name(f".{out.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)

@@ -997,39 +997,138 @@ def _gpu_may_be_used(device: str) -> bool:
     return device != "cpu" and (device != "auto" or Path("/dev/nvidiactl").exists())
 
 
-def inference_engine(loaded: LoadedRun, session: Callable[[], Session], device: str, runtime: str, images: int) -> tuple[Any, str]:
-    """(what computes the outputs, in words which) for ``runtime``: ``backend`` (the
-    session), ``onnxruntime`` (the run's ONNX lowering, built once per checkpoint into
-    RUN/.runtime/, verified against the NumPy backend as ``export`` verifies, checked by
-    its checksum when reused), or ``auto``: onnxruntime where it is installed, the backend
-    would run on the CPU, and either its engine is built already or ``images`` are enough
-    to pay for building it; else the backend. ``session`` opens the backend's session, only
-    when it is the engine (onnxruntime never imports the backend's framework)."""
+def _cache_folders(loaded: LoadedRun) -> tuple[Path, Path]:
+    """Where a run's inference engines are cached: RUN/.runtime; and, for a run this user
+    cannot write (shared, read-only), a folder of the user's own in the temp dir."""
+    import hashlib
+
+    key = hashlib.sha256(str(loaded.run.path.resolve()).encode()).hexdigest()[:16]
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return loaded.run.path / ".runtime", Path(tempfile.gettempdir()) / f"cnnspec-runtime-{user}" / key
+
+
+def runtime_folder(loaded: LoadedRun) -> Path:
+    """The run's engine cache (``_cache_folders``), created: its own if writable, else the fallback."""
+    own, fallback = _cache_folders(loaded)
+    try:
+        own.mkdir(exist_ok=True)
+        if os.access(own, os.W_OK):
+            return own
+    except OSError:
+        pass
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def _engine_file(loaded: LoadedRun, layers: tuple[str, ...]) -> str:
+    """The cached engine's file name: the checkpoint's, then '+layer' for each extra output."""
+    return loaded.checkpoint.name + "".join(f"+{layer}" for layer in dict.fromkeys(layers) if layer != loaded.graph.output) + ".onnx"
+
+
+def chosen_runtime(loaded: LoadedRun, device: str, runtime: str, images: int, layers: tuple[str, ...] = ()) -> str:
+    """``backend`` or ``onnxruntime``: what ``inference_engine`` uses for ``runtime``
+    (``auto`` decided as it says), without building or opening anything."""
     import importlib.util
 
     if runtime not in RUNTIMES:
         raise TrainingError(f"--runtime {runtime!r}: use {', '.join(RUNTIMES)}")
-    path = loaded.run.path / ".runtime" / f"{loaded.checkpoint.name}.onnx"
-    if runtime == "auto":
-        usable = importlib.util.find_spec("onnxruntime") is not None and not _gpu_may_be_used(device)
-        runtime = "onnxruntime" if usable and (path.exists() or images >= AUTO_RUNTIME_IMAGES) else "backend"
+    if runtime != "auto":
+        return runtime
+    name = _engine_file(loaded, layers)
+    usable = importlib.util.find_spec("onnxruntime") is not None and not _gpu_may_be_used(device)
+    built = usable and any((folder / name).exists() for folder in _cache_folders(loaded))
+    return "onnxruntime" if usable and (built or images >= AUTO_RUNTIME_IMAGES) else "backend"
+
+
+def inference_engine(loaded: LoadedRun, session: Callable[[], Session], device: str, runtime: str, images: int,
+                     layers: tuple[str, ...] = ()) -> tuple[Any, str]:
+    """(what computes the outputs, in words which) for ``runtime``: ``backend`` (the
+    session, its outputs checked against the NumPy backend the first time it serves a
+    checkpoint), ``onnxruntime`` (the run's ONNX lowering, built once per checkpoint and
+    set of ``layers`` into RUN/.runtime/, verified against the NumPy backend as ``export``
+    verifies, checked by its checksum when reused), or ``auto``: onnxruntime where it is
+    installed, the backend would run on the CPU, and either its engine is built already or
+    ``images`` are enough to pay for building it; else the backend. ``layers`` are the
+    layer outputs wanted besides the network's (``activations``). ``session`` opens the
+    backend's session, only when it is the engine (onnxruntime never imports its framework)."""
+    runtime = chosen_runtime(loaded, device, runtime, images, layers)
     if runtime == "backend":
         opened = session()
-        return opened, f"{loaded.info['backend']} backend ({opened.device})"
+        return opened, f"{backend_of(opened)} backend ({opened.device}), {_verified(loaded, opened)}"
     from cnnspec.backends import import_module
-    from cnnspec.exporting import check_export, export
 
     onnx_backend = import_module("onnx_backend", "onnx", "--runtime onnxruntime")
-    how = "reused"
+    path, how = onnx_engine(loaded, layers)
+    return onnx_backend.RuntimeSession(str(path)), f"onnxruntime, {path} {how}"
+
+
+def onnx_engine(loaded: LoadedRun, layers: tuple[str, ...] = ()) -> tuple[Path, str]:
+    """The run's ONNX lowering for its checkpoint, giving ``layers``' outputs besides the
+    network's: reused from the engine cache while its checksum holds, else built and
+    verified against the NumPy backend (``export``). (its path, "reused" or how it was built)"""
+    from cnnspec.exporting import check_export, export
+
+    wanted = tuple(layer for layer in dict.fromkeys(layers) if layer != loaded.graph.output)
+    path = runtime_folder(loaded) / _engine_file(loaded, layers)
     try:
         check_export(path)  # a damaged cache is rebuilt, never used
         if not path.exists():
             raise DamagedFile(f"{path}: missing")
+        return path, "reused"
     except DamagedFile:
         weights = load_arrays(loaded.checkpoint / "weights.safetensors")
-        report = export(loaded.graph, weights, "onnx", path, weights_from=str(loaded.checkpoint))
-        how = f"built and verified against {report.reference} ({report.max_rel_error:.1e} relative)"
-    return onnx_backend.RuntimeSession(str(path)), f"onnxruntime, {path} {how}"
+        report = export(loaded.graph, weights, "onnx", path, weights_from=str(loaded.checkpoint), outputs=wanted)
+        return path, f"built and verified against {report.reference} ({report.max_rel_error:.1e} relative)"
+
+
+def backend_of(session: Session) -> str:
+    """The name of the backend a session comes from ('torch' for cnnspec.backends.torch_backend)."""
+    return type(session).__module__.rsplit(".", 1)[-1].removesuffix("_backend")
+
+
+VERIFY_TOLERANCE = {"fp32": 1e-4}  # relative, as export; reduced precisions get LOW_PRECISION_TOLERANCE
+LOW_PRECISION_TOLERANCE = 3e-2
+
+
+def _verified(loaded: LoadedRun, session: Session) -> str:
+    """Check ``session``'s outputs against the NumPy backend's on a fixed batch, once per
+    checkpoint, backend, device and precision (remembered in the run's engine folder);
+    raise if they differ. Returns what was found, in words."""
+    backend, precision = backend_of(session), str(getattr(session, "precision", "fp32"))
+    if backend == "numpy" and session.device == "cpu":
+        return "the reference"
+    weights_file = loaded.checkpoint / "weights.safetensors"
+    stat = weights_file.stat()
+    key = f"{loaded.checkpoint.name}|{backend}|{session.device}|{precision}"
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    folder = runtime_folder(loaded)
+    record = folder / "verified.json"
+    try:
+        known = json.loads(record.read_text()) if record.exists() else {}
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("weights") == stamp and isinstance(entry.get("max_rel_error"), float):
+        return f"verified against numpy ({entry['max_rel_error']:.1e} relative)"
+    from cnnspec.backends import load_backend
+
+    reference = load_backend("numpy").open_session(loaded.graph, TrainConfig(), device="cpu", precision="fp32")
+    reference.set_weights(load_arrays(weights_file))
+    x = np.random.default_rng(0).standard_normal((2, *loaded.graph.input_shape)).astype(np.float32)
+    expected = np.asarray(reference.predict(x), np.float32)
+    got = np.asarray(session.predict(x), np.float32)
+    relative = float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
+    tolerance = VERIFY_TOLERANCE.get(precision, LOW_PRECISION_TOLERANCE)
+    if not relative <= tolerance:
+        raise TrainingError(f"the {backend} backend ({session.device}, {precision}) computes {loaded.checkpoint.name}'s outputs "
+                            f"{relative:.1e} relative away from the NumPy reference (> {tolerance:g}): not used; try --runtime onnxruntime or --backend numpy")
+    known[key] = {"weights": stamp, "max_rel_error": relative}
+    try:
+        write_json(record, known)
+    except OSError:
+        pass  # checked again next time
+    return f"verified against numpy ({relative:.1e} relative)"
 
 
 class Scorer:
@@ -1037,12 +1136,13 @@ class Scorer:
     prepares it (``Transform.from_file``), normalised as in training. ``predict`` and the
     Spark UDFs both score through it, so their numbers are the same."""
 
-    def __init__(self, path: Path, open_session: Callable[..., Session], device: str = "auto") -> None:
+    def __init__(self, path: Path, open_session: Callable[..., Session], device: str = "auto", batch_size: int | None = None) -> None:
         from cnnspec.data.decode import image_shape
         from cnnspec.data.transforms import Transform
 
         self.loaded = load_run(path)
         self.device = device
+        self.batch_size = batch_size or self.loaded.config.batch_size  # images per engine call
         self._open_session = open_session
         self._session: Session | None = None  # opened on first use: an onnxruntime engine never needs it
         self._engine: Any = None
@@ -1072,12 +1172,13 @@ class Scorer:
         """What computes outputs: the session, unless ``use_runtime`` chose another."""
         if self._engine is None:
             self._engine = self.session
-            self.runtime = f"{self.loaded.info['backend']} backend ({self.session.device})"
+            self.runtime = f"{backend_of(self.session)} backend ({self.session.device})"
         return self._engine
 
-    def use_runtime(self, runtime: str, images: int) -> str:
-        """Choose the engine (``inference_engine``); returns which, in words."""
-        self._engine, self.runtime = inference_engine(self.loaded, lambda: self.session, self.device, runtime, images)
+    def use_runtime(self, runtime: str, images: int, layers: tuple[str, ...] = ()) -> str:
+        """Choose the engine (``inference_engine``), one that also gives ``layers``'
+        outputs (for ``embeddings``); returns which, in words."""
+        self._engine, self.runtime = inference_engine(self.loaded, lambda: self.session, self.device, runtime, images, layers)
         return self.runtime
 
     def read_inputs(self, inputs: list[Path]) -> tuple[list[np.ndarray], list[str]]:
@@ -1090,14 +1191,15 @@ class Scorer:
         for item in inputs:
             if item.suffix == ".npy":
                 try:
-                    batch = np.load(item, allow_pickle=False).astype(np.float32)
+                    batch = np.load(item, allow_pickle=False).astype(np.float32, copy=False)
                 except (OSError, ValueError) as exc:
                     raise DataError(f"{item}: not a .npy array ({exc})") from None
                 if batch.ndim == 3:
                     batch = batch[None]
                 if tuple(batch.shape[1:]) != shape:
                     raise TrainingError(f"{item}: batch is {batch.shape}, the network takes N x {' x '.join(map(str, shape))}")
-                arrays.append(batch / np.float32(self.loaded.normalization.scale))  # back to the raw pixel scale
+                batch /= np.float32(self.loaded.normalization.scale)  # back to the raw pixel scale, in place: one copy in memory
+                arrays.append(batch)
                 names += [f"{item}[{i}]" for i in range(len(batch))]
             else:
                 try:
@@ -1109,11 +1211,12 @@ class Scorer:
         return arrays, names
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
-        """Raw pixels (N x C x H x W, uint8 or float on the 0..255 scale) -> network outputs."""
-        normalized = self.loaded.normalization.apply(x.astype(np.float32))
-        if not len(normalized):
+        """Raw pixels (N x C x H x W, uint8 or float on the 0..255 scale) -> network outputs,
+        normalised a batch at a time (memory stays one batch above the input's)."""
+        if not len(x):
             return np.zeros((0, self.loaded.graph.output_shape[0]), np.float32)
-        return np.concatenate([self.engine.predict(normalized[i]) for i in batches(len(normalized), self.loaded.config.batch_size)])
+        step = self.batch_size
+        return np.concatenate([self.engine.predict(self.loaded.normalization.apply(x[i : i + step])) for i in range(0, len(x), step)])
 
     def stream_outputs(self, files: list[Path]) -> np.ndarray:
         """Network outputs for image files, in order, decoded by the streaming loader's
@@ -1126,7 +1229,7 @@ class Scorer:
         stream = ImageStream([Sample(str(f), 0) for f in files], self._transform, workers=min(available_cores(), 4), strict=True)
         outputs, delivered = [], []
         try:
-            for index, x in stream.batches(np.arange(len(files)), self.loaded.config.batch_size, views=True):
+            for index, x in stream.batches(np.arange(len(files)), self.batch_size, views=True):
                 outputs.append(self.engine.predict(self.loaded.normalization.apply(x)))
                 delivered.append(index)
         except DataError as exc:
@@ -1141,7 +1244,7 @@ class Scorer:
 
     def embeddings(self, x: np.ndarray, layer: str) -> np.ndarray:
         """``layer``'s output for raw pixels, flattened: N x D float32."""
-        values, _ = layer_outputs(self.session, self.loaded.normalization, x, layer, self.loaded.config.batch_size)
+        values, _ = layer_outputs(self.engine, self.loaded.normalization, x, layer, self.batch_size)
         return values.reshape(len(values), -1)
 
     @staticmethod
@@ -1156,11 +1259,11 @@ STREAM_FILES = 64  # from this many image files, predict decodes them in worker 
 
 
 def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto",
-            runtime: str = "backend", said: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
+            runtime: str = "backend", said: Callable[[str], None] | None = None, batch_size: int | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
     and the raw outputs; ``said`` hears which runtime computes them. Many image files are
     decoded by the streaming loader's workers, ahead of the batch being computed."""
-    scorer = Scorer(path, open_session, device)
+    scorer = Scorer(path, open_session, device, batch_size)
     files = [item for item in inputs if item.suffix != ".npy"]
     streamed = len(files) >= STREAM_FILES and len(files) == len(inputs) and scorer._transform is not None
     arrays, names = ([], [str(item) for item in inputs]) if streamed else scorer.read_inputs(inputs)
@@ -1168,7 +1271,7 @@ def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session]
     scorer.use_runtime(runtime, count)
     if said is not None:
         said(f"runtime: {scorer.runtime}" + (f"; {count} files decoded by the streaming loader's workers" if streamed else ""))
-    outputs = scorer.stream_outputs(files) if streamed else scorer.outputs(np.concatenate(arrays))
+    outputs = scorer.stream_outputs(files) if streamed else scorer.outputs(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
     indices, probabilities = scorer.ranked(outputs, top)
     results = []
     for name, best, chances in zip(names, indices, probabilities, strict=True):
@@ -1247,7 +1350,7 @@ def check_layer(loaded: LoadedRun, layer: str) -> None:
 
 
 def _layer_outputs_on_disk(
-    folder: Path, session: Session, norm: Normalization, images: np.ndarray | ImageStream, layer: str, shape: tuple[int, ...], batch_size: int,
+    folder: Path, session: Any, norm: Normalization, images: np.ndarray | ImageStream, layer: str, shape: tuple[int, ...], batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``layer_outputs`` written batch by batch into a memory-mapped .npy in ``folder``
     (the file unlinked once mapped), in the order delivered; and the positions delivered."""
@@ -1266,11 +1369,12 @@ def _layer_outputs_on_disk(
 
 
 def layer_outputs(
-    session: Session, norm: Normalization, images: np.ndarray | ImageStream, layer: str, batch_size: int, positions: np.ndarray | None = None,
+    session: Any, norm: Normalization, images: np.ndarray | ImageStream, layer: str, batch_size: int, positions: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``layer``'s output (float32) for the images at ``positions`` (default: all), and
-    the positions delivered (an unreadable file is left out)."""
+    the positions delivered (an unreadable file is left out); ``session`` is a backend's
+    session or an inference engine built to give that layer (``inference_engine``)."""
     order = np.arange(len(images)) if positions is None else positions
     outputs, kept = [], []
     for index, x in image_batches(images, order, batch_size, views=True):
@@ -1283,15 +1387,18 @@ def layer_outputs(
     return np.concatenate(outputs), np.concatenate(kept)
 
 
-def features(path: Path, open_session: Callable[..., Session], data: str, layer: str, *, device: str = "auto", batch_size: int | None = None) -> Features:
+def features(path: Path, open_session: Callable[..., Session], data: str, layer: str, *, device: str = "auto", batch_size: int | None = None,
+             runtime: str = "backend", said: Callable[[str], None] | None = None) -> Features:
     """The output of ``layer`` for every image of ``data`` (both splits, in the source's
     order), each image prepared as evaluation prepares it: bottleneck features for a
-    classifier of your own, or for similarity search."""
+    classifier of your own, or for similarity search. ``runtime`` as for ``predict``."""
     loaded = load_run(path)
     check_layer(loaded, layer)
     items = collection(loaded, data)
-    session = open_run_session(loaded, open_session, device)
-    values, delivered = layer_outputs(session, loaded.normalization, items.images, layer, batch_size or loaded.config.batch_size)
+    engine, which = inference_engine(loaded, lambda: open_run_session(loaded, open_session, device), device, runtime, len(items.names), (layer,))
+    if said is not None:
+        said(f"runtime: {which}")
+    values, delivered = layer_outputs(engine, loaded.normalization, items.images, layer, batch_size or loaded.config.batch_size)
     if not len(delivered):
         raise TrainingError(f"no image of {data} could be read")
     return Features(values, items.labels[delivered], items.classes, [items.names[i] for i in delivered], layer)
