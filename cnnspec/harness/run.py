@@ -1020,9 +1020,14 @@ def runtime_folder(loaded: LoadedRun) -> Path:
     return fallback
 
 
+def _extra_outputs(loaded: LoadedRun, layers: tuple[str, ...]) -> tuple[str, ...]:
+    """``layers`` an engine outputs besides the network's own output, each once, in order."""
+    return tuple(layer for layer in dict.fromkeys(layers) if layer != loaded.graph.output)
+
+
 def _engine_file(loaded: LoadedRun, layers: tuple[str, ...]) -> str:
     """The cached engine's file name: the checkpoint's, then '+layer' for each extra output."""
-    return loaded.checkpoint.name + "".join(f"+{layer}" for layer in dict.fromkeys(layers) if layer != loaded.graph.output) + ".onnx"
+    return loaded.checkpoint.name + "".join(f"+{layer}" for layer in _extra_outputs(loaded, layers)) + ".onnx"
 
 
 def chosen_runtime(loaded: LoadedRun, device: str, runtime: str, images: int, layers: tuple[str, ...] = ()) -> str:
@@ -1068,7 +1073,6 @@ def onnx_engine(loaded: LoadedRun, layers: tuple[str, ...] = ()) -> tuple[Path, 
     verified against the NumPy backend (``export``). (its path, "reused" or how it was built)"""
     from cnnspec.exporting import check_export, export
 
-    wanted = tuple(layer for layer in dict.fromkeys(layers) if layer != loaded.graph.output)
     path = runtime_folder(loaded) / _engine_file(loaded, layers)
     try:
         check_export(path)  # a damaged cache is rebuilt, never used
@@ -1077,7 +1081,7 @@ def onnx_engine(loaded: LoadedRun, layers: tuple[str, ...] = ()) -> tuple[Path, 
         return path, "reused"
     except DamagedFile:
         weights = load_arrays(loaded.checkpoint / "weights.safetensors")
-        report = export(loaded.graph, weights, "onnx", path, weights_from=str(loaded.checkpoint), outputs=wanted)
+        report = export(loaded.graph, weights, "onnx", path, weights_from=str(loaded.checkpoint), outputs=_extra_outputs(loaded, layers))
         return path, f"built and verified against {report.reference} ({report.max_rel_error:.1e} relative)"
 
 
