@@ -1,3 +1,3 @@
-from cnnspec.cli import main
+from cnnspec.launch import main
 
 main()

@@ -71,11 +71,9 @@ class Rounding(StrEnum):
 
 
 def _fail(diagnostics: list[Diagnostic]) -> NoReturn:
-    for diagnostic in diagnostics:
-        stderr.print(str(diagnostic), markup=False, soft_wrap=True)
-    errors = sum(d.severity == "error" for d in diagnostics)
-    stderr.print(f"{errors} error{'s' * (errors != 1)}", markup=False)
-    raise typer.Exit(1)
+    from cnnspec.report import report_diagnostics
+
+    raise typer.Exit(report_diagnostics(diagnostics))
 
 
 def _usage(message: str) -> NoReturn:
@@ -92,24 +90,11 @@ def check(
     format: Annotated[Format, typer.Option("--format", "-f", help="table or json")] = Format.table,
 ) -> None:
     """Validate a spec and show every layer's output shape, parameters and MACs."""
-    try:
-        graph = load_spec(spec)
-    except SpecNotFound as exc:
-        _usage(str(exc))
-    except SpecError as exc:
-        _fail(exc.diagnostics)
-    except OSError as exc:
-        _fail([Diagnostic.at_file(spec, f"cannot read: {exc.strerror or exc}")])
-    for warning in graph.warnings:
-        stderr.print(str(warning), markup=False, soft_wrap=True)
-    if format is Format.json:
-        from cnnspec.report import check_json
+    from cnnspec.report import run_check
 
-        sys.stdout.write(strict_json(check_json(graph), indent=2) + "\n")
-    else:
-        from cnnspec.report import render_check
-
-        render_check(graph, stdout)
+    status = run_check(spec, format.value)  # also what `cnnspec check` runs without Typer (cnnspec.launch)
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
@@ -887,14 +872,8 @@ def _invoked_only(argv: list[str]) -> typer.Typer:
 
 
 def main() -> None:
-    """Entry point: known failures exit 1 or 2 with a message, never a traceback."""
-    try:
-        _invoked_only(sys.argv[1:])()
-    except KeyboardInterrupt:
-        stderr.print("interrupted", markup=False)
-        sys.exit(130)
-    except Exception as exc:  # a bug in cnnspec itself: say so plainly
-        if os.environ.get("CNNSPEC_DEBUG"):
-            raise
-        stderr.print(f"cnnspec: internal error: {type(exc).__name__}: {exc} (set CNNSPEC_DEBUG=1 for a traceback)", markup=False)
-        sys.exit(3)
+    """The Typer app, for every command line (``cnnspec.launch.main`` runs the plain
+    forms of ``check`` without it)."""
+    from cnnspec.launch import guarded
+
+    guarded(_invoked_only(sys.argv[1:]))

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Literal
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from cnnspec.graph import Graph
 from cnnspec.layers import format_shape
 from cnnspec.spec import INPUT
+from cnnspec.textable import Terminal, table_lines
+
+if TYPE_CHECKING:  # rich is imported by the commands that print its tables, not by `check`
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnspec.diagnostics import Diagnostic
 
 
 def check_json(graph: Graph) -> dict[str, Any]:
@@ -45,9 +50,12 @@ def check_json(graph: Graph) -> dict[str, Any]:
     }
 
 
-def check_table(graph: Graph) -> Table:
+def check_table(graph: Graph, width: int | None = None) -> list[str]:
+    """The layer table's lines. A network that is not a plain stack gets an Inputs column,
+    filled where a layer reads something other than the layer above; it is the only
+    column that wraps, and only when ``width`` is given (a terminal)."""
     dag = not graph.is_sequential
-    rows = [["input", "input", format_shape(graph.input_shape), "", ""]]
+    rows = [["input", "input", format_shape(graph.input_shape), "", "", *([""] if dag else [])]]
     previous = INPUT
     for node in graph.nodes:
         row = [node.name, node.kind, format_shape(node.output_shape), f"{node.params:,}", f"{node.macs:,}"]
@@ -56,26 +64,10 @@ def check_table(graph: Graph) -> Table:
         rows.append(row)
         previous = node.name
     footer = ["Total", "", format_shape(graph.output_shape), f"{graph.params:,}", f"{graph.macs:,}"]
-    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False)
-    # Names and numbers are never cut: each column is at least as wide as its widest
-    # cell. Only the inputs column wraps on a narrow terminal.
-    for index, (header, justify) in enumerate(_COLUMNS):
-        widest = max(len(header), len(footer[index]), *(len(row[index]) for row in rows))
-        table.add_column(header, footer=footer[index], justify=justify, no_wrap=True, min_width=widest)
+    headers, justify = ["Layer", "Kind", "Output shape", "Params", "MACs"], ["left", "left", "left", "right", "right"]
     if dag:
-        table.add_column("Inputs", overflow="fold")
-    for row in rows:
-        table.add_row(*row, *([""] if dag and len(row) == 5 else []))
-    return table
-
-
-_COLUMNS: list[tuple[str, Literal["left", "right"]]] = [
-    ("Layer", "left"),
-    ("Kind", "left"),
-    ("Output shape", "left"),
-    ("Params", "right"),
-    ("MACs", "right"),
-]
+        headers, justify, footer = [*headers, "Inputs"], [*justify, "left"], [*footer, ""]
+    return table_lines(headers, justify, rows, footer, wrap_last=dag, width=width)  # type: ignore[arg-type]
 
 
 def check_totals(graph: Graph) -> list[str]:
@@ -96,30 +88,67 @@ def check_totals(graph: Graph) -> list[str]:
     return lines
 
 
-def render_check(graph: Graph, console: Console) -> None:
-    title = f"{graph.name}: {format_shape(graph.input_shape)} -> {format_shape(graph.output_shape)}"
-    console.print(title, style="bold", markup=False, highlight=False)
+def render_check(graph: Graph, out: Terminal) -> None:
+    out.write(f"{graph.name}: {format_shape(graph.input_shape)} -> {format_shape(graph.output_shape)}", style="bold")
     if graph.description:
-        console.print(graph.description, style="dim", markup=False, highlight=False)
-    print_table(console, check_table(graph))
+        out.write(graph.description, style="dim", wrap=True)
+    for line in check_table(graph, width=out.width if out.is_terminal else None):
+        out.write(line)
     for line in check_totals(graph):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def print_table(console: Console, table: Table) -> None:
-    """Print without cutting a name or a digit: a file or pipe gets the table's natural
-    width, and a narrow terminal wraps long rows rather than cropping them."""
-    if not console.is_terminal:
-        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
-        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False, emoji=False)
-    console.print(table, crop=False)
+        out.write(line)
 
 
 def check_text(graph: Graph, width: int = 120) -> str:
     """Plain-text rendering, as stored in tests/golden/."""
     buffer = io.StringIO()
-    render_check(graph, Console(file=buffer, width=width, color_system=None, force_terminal=False, emoji=False))
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+    render_check(graph, Terminal(buffer, width=width))
+    return buffer.getvalue()
+
+
+def run_check(spec: str, format: Literal["table", "json"] = "table") -> int:
+    """``cnnspec check SPEC``: the table (or JSON) on standard output, problems on
+    standard error; returns the exit status (1 a problem in the spec, 2 no such spec)."""
+    from cnnspec.diagnostics import Diagnostic, SpecError
+    from cnnspec.load import SpecNotFound, load_spec
+
+    try:
+        graph = load_spec(spec)
+    except SpecNotFound as exc:
+        sys.stderr.write(f"cnnspec: error: {exc}\n")
+        return 2
+    except SpecError as exc:
+        return report_diagnostics(exc.diagnostics)
+    except OSError as exc:
+        return report_diagnostics([Diagnostic.at_file(spec, f"cannot read: {exc.strerror or exc}")])
+    for warning in graph.warnings:
+        sys.stderr.write(f"{warning}\n")
+    if format == "json":
+        from cnnspec.strictjson import strict_json
+
+        sys.stdout.write(strict_json(check_json(graph), indent=2) + "\n")
+    else:
+        render_check(graph, Terminal())
+    return 0
+
+
+def report_diagnostics(diagnostics: Sequence[Diagnostic]) -> int:
+    """Each ``PATH:LINE:COL: error: ...`` on standard error, then the count; returns 1."""
+    for diagnostic in diagnostics:
+        sys.stderr.write(f"{diagnostic}\n")
+    errors = sum(d.severity == "error" for d in diagnostics)
+    sys.stderr.write(f"{errors} error{'s' * (errors != 1)}\n")
+    return 1
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print without cutting a name or a digit: a file or pipe gets the table's natural
+    width, and a narrow terminal wraps long rows rather than cropping them."""
+    from rich.console import Console
+
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(file=console.file, width=max(console.width, natural), color_system=None, highlight=False, emoji=False)
+    console.print(table, crop=False)
 
 
 def si(value: int) -> str:
@@ -146,6 +175,9 @@ def render_evaluation(result: dict[str, Any], console: Console) -> None:
     console.print(
         f"loss {result['loss']:.4f}   accuracy {result['accuracy']:.4f}   {top_key} {result[top_key]:.4f}", markup=False, highlight=False
     )
+    from rich import box
+    from rich.table import Table
+
     classes = result["classes"]
     matrix = result["confusion_matrix"]
     table = Table(title="confusion matrix (rows: true, columns: predicted)", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -169,6 +201,9 @@ def render_verification(result: Any, console: Console) -> None:
         f"reference {result.reference}, tolerance {result.tolerance:g} relative",
         markup=False, highlight=False, soft_wrap=True,
     )
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Layer", no_wrap=True)
     table.add_column("Kind", no_wrap=True)

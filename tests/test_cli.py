@@ -127,11 +127,12 @@ def test_calc_pool_defaults_stride_to_kernel_and_ceil() -> None:
 
 def test_internal_errors_say_so_without_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import cnnspec.cli as cli
+    import cnnspec.load
 
     def broken(_: str) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "load_spec", broken)
+    monkeypatch.setattr(cnnspec.load, "load_spec", broken)
     monkeypatch.setattr(sys, "argv", ["cnnspec", "check", "lenet5"])
     monkeypatch.delenv("CNNSPEC_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:
@@ -153,6 +154,7 @@ def test_no_framework_on_the_check_path() -> None:
     imported = {name.split(".")[0] for name in modules}
     assert "cnnspec" in imported and "pydantic" in imported  # the probe sees real imports
     assert not imported & {"torch", "tensorflow", "keras", "jax", "onnx", "onnxruntime", "numpy", "PIL", "faiss"}
+    assert not imported & {"typer", "click", "rich"}  # the CLI framework costs more than the check
     # vgg16 has no train: section, so the training models are neither imported nor built
     assert "cnnspec.layers.conv" in modules and not modules & {"cnnspec.harness.config", "cnnspec.harness.tuning"}
 
@@ -166,6 +168,53 @@ def test_piped_output_never_cuts_names_or_numbers() -> None:
     assert "…" not in result.stdout
     assert "global_avgpool2d" in result.stdout and "1,498,376,192" in result.stdout
     assert "inception3a.branch4.1.relu_1" in result.stdout
+
+
+TYPER_PATH = "import sys; sys.argv[0] = 'cnnspec'; from cnnspec.cli import main; main()"
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "lenet5"],
+    ["check", "googlenet"],
+    ["check", "resnet18", "--format", "json"],
+    ["check", "-f", "json", "lenet5.yaml"],
+    ["check", "--format=table", "vgg16"],
+    ["check", "net.yaml"],  # a spec error: exit 1, diagnostics on stderr
+    ["check", "resnet19"],  # no such spec: exit 2 with a suggestion
+    ["check", "nothing/here.yaml"],
+])
+def test_check_without_typer_is_the_typer_command(argv: list[str], tmp_path: Path) -> None:
+    """`cnnspec check` runs without Typer (cnnspec.launch); the Typer command must give the
+    same output, errors and exit status."""
+    (tmp_path / "net.yaml").write_text("name: net\ninput: {shape: [3, 7, 7]}\nlayers:\n  - conv2d: {filters: 8, kernel: 9}\n")
+    env = {**os.environ, "COLUMNS": "100"}
+    plain = subprocess.run([sys.executable, "-m", "cnnspec", *argv], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    typer = subprocess.run([sys.executable, "-c", TYPER_PATH, *argv], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (typer.returncode, typer.stdout, typer.stderr)
+    assert plain.returncode == {"net.yaml": 1, "resnet19": 2, "nothing/here.yaml": 2}.get(argv[-1], 0), plain.stderr
+    if plain.returncode == 1:
+        assert "net.yaml:4:" in plain.stderr and plain.stderr.endswith("1 error\n")
+
+
+def test_plain_check_takes_only_what_it_can_run_alone() -> None:
+    from cnnspec.launch import plain_check
+
+    assert plain_check(["check", "vgg16"]) == ("vgg16", "table")
+    assert plain_check(["check", "-f", "json", "a.yaml"]) == ("a.yaml", "json")
+    assert plain_check(["check", "a.yaml", "--format=json"]) == ("a.yaml", "json")
+    for argv in (["check"], ["check", "--help"], ["check", "a", "b"], ["check", "--format", "yaml", "a"], ["check", "-f"],
+                 ["check", "a", "--verbose"], ["zoo"], ["--version"], [], ["calc", "check"]):
+        assert plain_check(argv) is None, argv  # Typer parses it, and explains any mistake
+
+
+def test_a_closed_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
+    # 3,000 rows: far more than a pipe holds, so the writer meets the closed pipe for sure
+    layers = "".join("  - relu: {}\n" for _ in range(3000))
+    (tmp_path / "deep.yaml").write_text(f"name: deep\ninput: {{shape: [4, 8, 8]}}\nlayers:\n{layers}")
+    shell = f"{sys.executable} -m cnnspec check deep.yaml | head -n 1; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.stdout == "deep: 4x8x8 -> 4x8x8\n"
+    assert result.stderr == "" and result.returncode == 1
 
 
 def test_only_the_invoked_command_is_built_and_it_behaves_the_same() -> None:
