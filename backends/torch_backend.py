@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnspec.graph import Graph
-from cnnspec.harness.config import OptimizerConfig, TrainConfig
+from cnnspec.harness.config import TrainConfig
 from cnnspec.harness.protocol import BackendError
 from cnnspec.harness.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
@@ -334,14 +334,19 @@ def build(graph: Graph) -> GraphModule:
 
 # ---- training ----------------------------------------------------------------------------
 
-OPTIMIZERS: dict[str, Callable[[Any, OptimizerConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay),
-    "adagrad": lambda p, c: torch.optim.Adagrad(p, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps),
-    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay, momentum=c.momentum),
-    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda p, c, **fast: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay, **fast),
+    "adagrad": lambda p, c, **fast: torch.optim.Adagrad(p, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps, **fast),
+    "rmsprop": lambda p, c, **fast: torch.optim.RMSprop(p, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay, momentum=c.momentum),
+    "adadelta": lambda p, c, **fast: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
+    "adam": lambda p, c, **fast: torch.optim.Adam(p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **fast),
+    "adamw": lambda p, c, **fast: torch.optim.AdamW(p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **fast),
 }
+# Optimizers with one fused kernel for the whole update on CPU and CUDA: the same
+# arithmetic as the per-parameter loop a hand-written script gets by default, in one pass
+# over memory. On 2 cores, one step for the 11.7M weights of ResNet-18: SGD 5.7 -> 3.8 ms,
+# Adam 29.5 -> 5.5 ms (benchmarks/bench_memory_format.py measures whole training steps).
+FUSED = frozenset({"sgd", "adagrad", "adam", "adamw"})
 
 
 def _one_hot_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -385,9 +390,10 @@ def resolve_device(device: str) -> torch.device:
 
 def channels_last_pays(graph: Graph) -> bool:
     """Whether channels-last trains faster on the CPU: for every convolutional network
-    measured (benchmarks/bench_memory_format.py, 2 cores: LeNet-5 1.17x, ResNet-18 at
-    64x64 1.03x, VGG-16 at 64x64 1.08x the hand-written NCHW loop, against 0.89-1.00x
-    in NCHW), so for any network with a 2-d convolution on an image input."""
+    measured (benchmarks/bench_memory_format.py, 2 cores, Adam, against the hand-written
+    NCHW loop: LeNet-5 1.65x, ResNet-18 at 64x64 1.05x, VGG-16 at 64x64 1.12x, against
+    1.02-1.05x in NCHW with the same fused optimizer), so for any network with a 2-d
+    convolution on an image input."""
     return len(graph.input_shape) == 3 and any(isinstance(node.layer, Conv2d) for node in graph.nodes)
 
 
@@ -443,7 +449,9 @@ class TorchSession:
             {"params": [parameters[n] for n in names], "lr": c.lr * lr_mult, "weight_decay": c.weight_decay * decay_mult, "lr_mult": lr_mult}
             for (lr_mult, decay_mult), names in groups.items()
         ]
-        return OPTIMIZERS[c.name](param_groups, c), [n for names in groups.values() for n in names]
+        devices = {parameter.device.type for parameter in parameters.values()}
+        fast = {"fused": True} if c.name in FUSED and devices <= {"cpu", "cuda"} else {}
+        return OPTIMIZERS[c.name](param_groups, c, **fast), [n for names in groups.values() for n in names]
 
     @property
     def model(self) -> nn.Module:
@@ -583,10 +591,15 @@ class TorchSession:
 
     def load_optimizer_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         index = {name: i for i, name in enumerate(self._names)}
+        parameters = dict(self._module.named_parameters())
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, array in arrays.items():
             name, slot = key.split("::")
             tensor = torch.from_numpy(np.array(array))
+            if slot != "step" and tensor.shape == parameters[name].shape:
+                # in the weight's own layout (channels-last for a convolution here): a fused
+                # update walks weight, gradient and state as one flat buffer each
+                tensor = torch.empty_like(parameters[name], dtype=tensor.dtype).copy_(tensor)
             state.setdefault(index[name], {})[slot] = tensor if slot == "step" else tensor.to(self._device)
         groups = self.optimizer.state_dict()["param_groups"]
         for group, saved in zip(groups, meta["param_groups"], strict=True):

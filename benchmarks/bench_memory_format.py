@@ -13,7 +13,16 @@ channels-last under `torch.compile` (`cnnspec train --compile`), its one-off com
 printed apart. With `--accuracy`, LeNet-5 trained on the real MNIST test set (8,000
 images, 2,000 held out, 3 epochs) in fp32 and in bf16: the accuracy each reaches.
 
-    python benchmarks/bench_memory_format.py [ROUNDS] [--compile] [--accuracy]
+The optimizer is cnnspec's default, Adam (`--sgd`: SGD with momentum). The hand-written
+loop constructs it as a script does, `torch.optim.Adam(module.parameters())`; cnnspec
+uses the fused kernel (one pass over the weights; see FUSED in backends/torch_backend.py).
+
+Last, the ceiling: this CPU's fp32 and bf16 matrix-multiply rate (a 2048 x 2048 GEMM, the
+best case for its vector units) against the rate the hand-written loop already reaches
+(3 x the forward FLOPs per training image). A 1.3x faster fp32 step would need the whole
+step to run faster than that GEMM; bf16 has more than twice the room.
+
+    python benchmarks/bench_memory_format.py [ROUNDS] [--sgd] [--compile] [--accuracy]
 """
 
 from __future__ import annotations
@@ -35,6 +44,28 @@ from cnnspec.load import with_input_size
 CASES = {"lenet5": (None, 64), "resnet18": ((64, 64), 32), "vgg16": ((64, 64), 32)}
 
 
+OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.9} if "--sgd" in sys.argv else {"name": "adam", "lr": 1e-3}
+
+
+def hand_optimizer(parameters: object) -> torch.optim.Optimizer:
+    """The optimizer as a hand-written script makes it (PyTorch's defaults otherwise)."""
+    if OPTIMIZER["name"] == "sgd":
+        return torch.optim.SGD(parameters, lr=0.01, momentum=0.9)  # type: ignore[arg-type]
+    return torch.optim.Adam(parameters, lr=1e-3)  # type: ignore[arg-type]
+
+
+def gemm_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
 def measure(name: str, size: tuple[int, int] | None, batch: int, rounds: int, steps: int = 4, compiled: bool = False) -> dict[str, float]:
     """Images/s per way of training ``name``: hand-written NCHW, and cnnspec per layout."""
     graph = cnnspec.load_spec(name)
@@ -46,11 +77,11 @@ def measure(name: str, size: tuple[int, int] | None, batch: int, rounds: int, st
     weights = initial_weights(graph, 0)
     sessions = {}
     for key, layout, precision in (("contiguous", "contiguous", "fp32"), ("channels_last", "channels_last", "fp32"), ("bf16", "channels_last", "bf16")):
-        config = TrainConfig.model_validate({"memory_format": layout, "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}})
+        config = TrainConfig.model_validate({"memory_format": layout, "optimizer": OPTIMIZER})
         sessions[key] = torch_backend.open_session(graph, config, device="cpu", precision=precision)
         sessions[key].set_weights(weights)
     module = torch_backend._eval_module(graph, weights).train()
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+    optimizer = hand_optimizer(module.parameters())
     loss_fn = nn.CrossEntropyLoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
@@ -65,7 +96,7 @@ def measure(name: str, size: tuple[int, int] | None, batch: int, rounds: int, st
             "channels_last": lambda: sessions["channels_last"].train_step(x, y), "bf16": lambda: sessions["bf16"].train_step(x, y)}
     compile_seconds = 0.0
     if compiled:
-        config = TrainConfig.model_validate({"memory_format": "channels_last", "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}})
+        config = TrainConfig.model_validate({"memory_format": "channels_last", "optimizer": OPTIMIZER})
         sessions["compiled"] = torch_backend.open_session(graph, config, device="cpu", precision="fp32", compile=True)
         sessions["compiled"].set_weights(weights)
         runs["compiled"] = lambda: sessions["compiled"].train_step(x, y)
@@ -81,21 +112,30 @@ def measure(name: str, size: tuple[int, int] | None, batch: int, rounds: int, st
             for _ in range(steps):
                 runs[key]()
             seconds[key].append((time.perf_counter() - start) / steps)
-    return {key: batch / statistics.median(values) for key, values in seconds.items()} | {"compile_seconds": compile_seconds}
+    return {key: batch / statistics.median(values) for key, values in seconds.items()} | {
+        "compile_seconds": compile_seconds, "train_gflop": 3 * graph.flops / 1e9}
 
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rounds = int(args[0]) if args else 5
     compiled = "--compile" in sys.argv
+    print(f"optimizer: {OPTIMIZER['name']}")
     print(f"{'model':9} {'hand NCHW':>10} {'contiguous':>11} {'channels_last':>14} {'CL/hand':>8} {'contig/hand':>12} {'bf16/hand':>10}"
           + ("  compiled  compiled/hand  compile s" if compiled else "") + "  images/s")
+    ceiling: list[tuple[str, float]] = []
     for name, (size, batch) in CASES.items():
         speed = measure(name, size, batch, rounds, compiled=compiled)
         extra = f"  {speed['compiled']:8.0f}  {speed['compiled'] / speed['hand']:12.2f}x  {speed['compile_seconds']:9.1f}" if compiled else ""
         print(f"{name:9} {speed['hand']:10.0f} {speed['contiguous']:11.0f} {speed['channels_last']:14.0f} "
               f"{speed['channels_last'] / speed['hand']:7.2f}x {speed['contiguous'] / speed['hand']:11.2f}x {speed['bf16'] / speed['hand']:9.2f}x{extra}",
               flush=True)
+        ceiling.append((name, speed["hand"] * speed["train_gflop"]))
+    fp32, bf16 = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
+    print(f"\nceiling: a 2048 x 2048 GEMM runs at {fp32:.0f} GFLOP/s in fp32, {bf16:.0f} GFLOP/s in bf16")
+    for name, rate in ceiling:
+        print(f"{name:9} the hand-written loop reaches {rate:.0f} GFLOP/s ({rate / fp32:.0%} of the fp32 GEMM); "
+              f"1.3x would need {1.3 * rate / fp32:.0%} of it, {1.3 * rate / bf16:.0%} of bf16's")
     if "--accuracy" in sys.argv:
         accuracy()
 

@@ -144,7 +144,10 @@ def test_optimizer_state_round_trip_continues_identically(optimizer: str) -> Non
     first.train_step(x, y)
     second = torch_backend.open_session(graph, config, device="cpu")
     second.set_weights(first.get_weights())
-    second.load_optimizer_state(*first.optimizer_state())
+    arrays, meta = first.optimizer_state()
+    # as a checkpoint file gives them back: C-ordered, whatever the weights' layout (a
+    # fused update given channels-last weights and NCHW state mixes up their elements)
+    second.load_optimizer_state({name: np.ascontiguousarray(array) for name, array in arrays.items()}, meta)
     first.train_step(x, y)
     second.train_step(x, y)
     a, b = first.get_weights(), second.get_weights()
@@ -239,6 +242,38 @@ def test_channels_last_trains_to_the_same_weights_as_nchw() -> None:
     np.testing.assert_allclose(results["channels_last"][0], results["contiguous"][0], rtol=1e-5)
     for name, array in results["contiguous"][1].items():
         np.testing.assert_allclose(results["channels_last"][1][name], array, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "adamw", "rmsprop"])
+def test_fused_optimizers_step_as_a_hand_written_loop_does(optimizer: str) -> None:
+    """On the CPU, cnnspec takes PyTorch's fused update where there is one; three steps
+    (momentum, weight decay, Adam's moments) land where the per-parameter loop of a
+    hand-written script does."""
+    import torch
+
+    graph = cnnspec.load_spec("lenet5")
+    settings = {"name": optimizer, "lr": 0.01, "weight_decay": 1e-3, "nesterov": optimizer == "sgd"}
+    config = TrainConfig.model_validate({"optimizer": settings, "memory_format": "contiguous"})  # the hand loop's layout: only the update differs
+    session = torch_backend.open_session(graph, config, device="cpu", precision="fp32")
+    assert session.optimizer.defaults.get("fused", None) is (True if optimizer in torch_backend.FUSED else None)
+    weights = initial_weights(graph, 0)
+    session.set_weights(weights)
+    module = torch_backend._eval_module(graph, weights).train()
+    kwargs = {"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else {"eps": 1e-8, **({"momentum": 0.9} if optimizer == "rmsprop" else {})}
+    hand = getattr(torch.optim, {"sgd": "SGD", "adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}[optimizer])(
+        module.parameters(), lr=0.01, weight_decay=1e-3, **kwargs)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x, y = rng.standard_normal((8, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 8)
+        session.train_step(x, y)
+        loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(x)), torch.from_numpy(y))
+        hand.zero_grad()
+        loss.backward()
+        hand.step()
+    expected = {name: value.detach().numpy() for name, value in module.state_dict().items()}
+    for name, array in session.get_weights().items():
+        np.testing.assert_allclose(array, expected[name], rtol=1e-5, atol=1e-5, err_msg=name)  # 0.1% of one 0.01 step
+    assert not np.allclose(session.get_weights()["c1.weight"], weights["c1.weight"])
 
 
 def test_memory_format_on_the_command_line(tmp_path: Path) -> None:
