@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from cnnspec.graph import Graph
 from cnnspec.layers import format_shape
 from cnnspec.spec import INPUT
-from cnnspec.textable import Terminal, table_lines
+from cnnspec.textable import Justify, Terminal, table_lines
 
 if TYPE_CHECKING:  # rich is imported by the commands that print its tables, not by `check`
     from rich.console import Console
@@ -50,10 +50,16 @@ def check_json(graph: Graph) -> dict[str, Any]:
     }
 
 
-def check_table(graph: Graph, width: int | None = None) -> list[str]:
-    """The layer table's lines. A network that is not a plain stack gets an Inputs column,
-    filled where a layer reads something other than the layer above; it is the only
-    column that wraps, and only when ``width`` is given (a terminal)."""
+class CheckCells(NamedTuple):
+    headers: list[str]
+    justify: list[Justify]
+    rows: list[list[str]]
+    footer: list[str]
+
+
+def check_cells(graph: Graph) -> CheckCells:
+    """What the layer table holds. A network that is not a plain stack gets an Inputs
+    column, filled where a layer reads something other than the layer above."""
     dag = not graph.is_sequential
     rows = [["input", "input", format_shape(graph.input_shape), "", "", *([""] if dag else [])]]
     previous = INPUT
@@ -67,7 +73,14 @@ def check_table(graph: Graph, width: int | None = None) -> list[str]:
     headers, justify = ["Layer", "Kind", "Output shape", "Params", "MACs"], ["left", "left", "left", "right", "right"]
     if dag:
         headers, justify, footer = [*headers, "Inputs"], [*justify, "left"], [*footer, ""]
-    return table_lines(headers, justify, rows, footer, wrap_last=dag, width=width)  # type: ignore[arg-type]
+    return CheckCells(headers, justify, rows, footer)  # type: ignore[arg-type]
+
+
+def check_table(graph: Graph, width: int | None = None) -> list[str]:
+    """The layer table's lines; the Inputs column is the only one that wraps, and only
+    when ``width`` is given (a terminal)."""
+    cells = check_cells(graph)
+    return table_lines(*cells, wrap_last=not graph.is_sequential, width=width)
 
 
 def check_totals(graph: Graph) -> list[str]:
