@@ -1,16 +1,26 @@
 """Does transfer beat scratch? LeNet-5 pretrained on MNIST digits 0-4, then digits 5-9
-from 20 images per class (run by hand: `python benchmarks/bench_transfer.py [--epochs N]`).
+from 20 images per class (run by hand: `python benchmarks/bench_transfer.py [--draws N]`).
 
-Reads the shared MNIST test set in place (``../shared/data/mnist``): images 0-7,999 give
-the pretraining set (digits 0-4) and the 100 training images (digits 5-9); 8,000-9,999
-validate. Every variant trains the same network (a new 5-way head) for the same epochs
-on the same 100 images:
+Reads the shared MNIST test set in place (``../shared/data/mnist``). Every digit 0-4 but
+the last 500 pretrains LeNet-5 (10 epochs, random 2-pixel shifts; the 500 validate it).
+Each draw then picks 20 images of every digit 5-9 (seeded by the draw) and validates on all
+the other 5-9 images (about 4,760). Every variant trains the same network with a new
+5-way output layer on the same 100 images for 20 epochs (Adam, batch 20), and is read after
+every epoch (the schedule is constant, so a run's accuracy after epoch k is a k-epoch
+run's):
 
-- scratch: everything from its random initialisation (Adam, lr 1e-3 and 3e-3);
-- head only: the pretrained body frozen, the head trained (lr 0.03);
-- random body: the same, but the frozen body left at its random initialisation;
-- fine-tuned: the pretrained body at a tenth of the head's learning rate (lr_mult 0.1);
-- logistic regression on the pretrained body's f6 features (scikit-learn), for reference.
+- scratch: everything from its random initialisation (lr 1e-3 and 3e-3; 1e-2 diverges);
+- head, conv body frozen: c1-s4 pretrained and frozen, f5 f6 (pretrained) and the new
+  output layer trained (lr 3e-3), the talks' "keep the convolutional body, train the head";
+- classifier only (`--head-only`): everything but the new output layer frozen (lr 0.03);
+- fine-tuned: the pretrained conv body at a tenth of the head's rate (lr 3e-3 and 0.01,
+  lr_mult 0.1);
+- random conv body frozen: the head variant on the seeded random body (scratch with c1-s4
+  frozen), a control: how much of the head's lead is the pretraining, how much the freezing.
+
+The runs start from the pretraining run (``init=RUN``), so they normalise inputs as it did.
+A plot of accuracy against epochs (mean over draws, min-max band) goes to
+build/bench-transfer/transfer.png.
 
 `--speed`: ResNet-18 at 64x64 on CPU over 2,000 generated JPEGs (10 classes): seconds per
 epoch after the first of head-only training on cached bottleneck features, against full
@@ -30,12 +40,46 @@ from pathlib import Path
 import numpy as np
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
+OUT = Path(__file__).resolve().parent.parent / "build" / "bench-transfer"
+EPOCHS = 20
+READ_AT = (1, 2, 3, 5, 10, 20)
+VARIANTS: dict[str, tuple[dict[str, object], bool]] = {  # label: (settings, starts from the pretrained run)
+    "scratch, lr 1e-3": ({"optimizer.lr": 1e-3}, False),
+    "scratch, lr 3e-3": ({"optimizer.lr": 3e-3}, False),
+    "head, conv body frozen": ({"optimizer.lr": 3e-3, "freeze": ["before:f5"]}, True),
+    "classifier only (--head-only)": ({"optimizer.lr": 0.03, "freeze": ["before:output"]}, True),
+    "fine-tuned, lr 3e-3, body x0.1": ({"optimizer.lr": 3e-3, "lr_mult": {"before:f5": 0.1}}, True),
+    "fine-tuned, lr 1e-2, body x0.1": ({"optimizer.lr": 0.01, "lr_mult": {"before:f5": 0.1}}, True),
+    "random conv body frozen": ({"optimizer.lr": 3e-3, "freeze": ["before:f5"]}, False),
+}
+MARGINS = {"head, conv body frozen": "head", "fine-tuned, lr 3e-3, body x0.1": "fine-tuned, lr 3e-3", "fine-tuned, lr 1e-2, body x0.1": "fine-tuned, lr 1e-2", "classifier only (--head-only)": "classifier only",
+           "random conv body frozen": "random body (control)"}
 
 
 def _idx(path: Path) -> np.ndarray:
     raw = gzip.decompress(path.read_bytes())
     dims = struct.unpack(f">{raw[3]}I", raw[4 : 4 + 4 * raw[3]])
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
+
+
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    return _idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+
+
+def pretraining_set(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
+    """Digits 0-4: all but the last 500 train, those 500 validate."""
+    low = np.where(y < 5)[0]
+    np.savez(path, x_train=x[low[:-500]], y_train=y[low[:-500]], x_test=x[low[-500:]], y_test=y[low[-500:]])
+    return path
+
+
+def few_shot_set(x: np.ndarray, y: np.ndarray, draw: int, path: Path, per_class: int = 20) -> Path:
+    """``per_class`` images of each digit 5-9 (labels 0-4) to train on, every other 5-9 image to validate."""
+    rng = np.random.default_rng(draw)
+    few = np.concatenate([rng.choice(np.where(y == digit)[0], per_class, replace=False) for digit in range(5, 10)])
+    rest = np.setdiff1d(np.where(y >= 5)[0], few)
+    np.savez(path, x_train=x[few], y_train=y[few] - 5, x_test=x[rest], y_test=y[rest] - 5)
+    return path
 
 
 def speed(epochs: int) -> None:
@@ -79,55 +123,79 @@ def speed(epochs: int) -> None:
 
 def main() -> None:
     import cnnspec
-    from cnnspec.backends import load_backend
-    from cnnspec.harness.run import load_run
-    from cnnspec.harness.weights import load_arrays
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--draws", type=int, default=5, help="few-shot sets drawn (seeds 0..N-1)")
     parser.add_argument("--speed", action="store_true", help="the bottleneck cache's speed instead")
     args = parser.parse_args()
     if args.speed:
         speed(3)
         return
-    x, y = _idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    x, y = mnist()
     work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
-    low, val = np.where(y[:8000] < 5)[0], np.where(y[8000:] >= 5)[0] + 8000
-    np.savez(work / "low.npz", x_train=x[low], y_train=y[low], x_test=x[8000:][y[8000:] < 5], y_test=y[8000:][y[8000:] < 5])
-    rng = np.random.default_rng(0)
-    few = np.concatenate([rng.choice(np.where(y[:8000] == digit)[0], 20, replace=False) for digit in range(5, 10)])
-    np.savez(work / "high.npz", x_train=x[few], y_train=y[few] - 5, x_test=x[val], y_test=y[val] - 5)
-    pre = cnnspec.train("lenet5", "torch", out=work / "pre", quiet=True, epochs=3, **{"data.source": str(work / "low.npz")})
-    checkpoint = work / "pre" / "checkpoints" / "epoch-0003" / "weights.safetensors"
-    print(f"pretrained on digits 0-4 ({len(low):,} images, 3 epochs): val accuracy {pre.final['val_accuracy']:.3f}")
-    print(f"digits 5-9 from 100 images, validated on {len(val):,}:")
-    common = {"data.source": str(work / "high.npz"), "classes": "auto", "batch_size": 20}
-    variants = {
-        "scratch, lr 1e-3": ({"optimizer.lr": 1e-3}, None),
-        "scratch, lr 3e-3": ({"optimizer.lr": 3e-3}, None),
-        "head only (pretrained body frozen)": ({"optimizer.lr": 0.03, "freeze": ["before:output"]}, checkpoint),
-        "head only on a random frozen body": ({"optimizer.lr": 0.03, "freeze": ["before:output"]}, None),
-        "fine-tuned (body at lr_mult 0.1)": ({"optimizer.lr": 0.01, "lr_mult": {"before:output": 0.1}}, checkpoint),
-    }
-    for epochs in args.epochs:
-        for label, (extra, init) in variants.items():
-            out = work / f"{label.split()[0]}-{len(list(work.iterdir()))}"
-            result = cnnspec.train("lenet5", "torch", out=out, quiet=True, epochs=epochs, init=init, **common, **extra)  # type: ignore[arg-type]
-            print(f"  {epochs:>2} epochs  {label:<38} {result.final['val_accuracy']:.3f}")
-    loaded = load_run(work / "pre")
-    session = load_backend("torch").open_session(loaded.graph, loaded.config, device="cpu")
-    session.set_weights(load_arrays(checkpoint))
-    data = np.load(work / "high.npz")
+    low = pretraining_set(x, y, work / "low.npz")
+    pre = cnnspec.train("lenet5", "torch", out=work / "pre", quiet=True, epochs=10, classes="auto",
+                        **{"data.source": str(low), "data.augment.random_crop": 2})
+    print(f"pretrained on digits 0-4 ({int((y < 5).sum()) - 500:,} images, 10 epochs): val accuracy {pre.final['val_accuracy']:.3f}")
+    curves: dict[str, list[list[float]]] = {label: [] for label in VARIANTS}
+    for draw in range(args.draws):
+        data = few_shot_set(x, y, draw, work / f"few-{draw}.npz")
+        for label, (settings, pretrained) in VARIANTS.items():
+            init = work / "pre" if pretrained else None
+            result = cnnspec.train("lenet5", "torch", out=work / f"run-{draw}-{len(list(work.iterdir()))}", quiet=True, epochs=EPOCHS, init=init,
+                                   classes="auto", batch_size=20, seed=draw, **{"data.source": str(data)}, **settings)  # type: ignore[arg-type]
+            curves[label].append([row["val_accuracy"] for row in result.history])
+        print(f"  draw {draw + 1}/{args.draws} done", file=sys.stderr)
+    rest = int((y >= 5).sum()) - 100
+    print(f"digits 5-9 from 100 images, validated on the other {rest:,}; mean val accuracy of {args.draws} draws (min-max below):")
+    print(f"  {'epochs':<31}" + "".join(f"{k:>11}" for k in READ_AT))
+    for label, runs in curves.items():
+        table = np.asarray(runs)
+        print(f"  {label:<31}" + "".join(f"{table[:, k - 1].mean():>11.3f}" for k in READ_AT))
+        print(f"  {'':<31}" + "".join(f"{table[:, k - 1].min():.2f}-{table[:, k - 1].max():.2f}".rjust(11) for k in READ_AT))
+    best_scratch = np.maximum(*(np.asarray(curves[label]) for label in ("scratch, lr 1e-3", "scratch, lr 3e-3")))
+    print("  points above the better scratch run of each draw (mean, and the smallest of the draws):")
+    for label, short in MARGINS.items():
+        margin = 100 * (np.asarray(curves[label]) - best_scratch)
+        print(f"  {short:<31}" + "".join(f"{margin[:, k - 1].mean():>+6.1f} ({margin[:, k - 1].min():>+3.0f})" for k in READ_AT))
+    _plot(curves, rest)
+    _probe(work, x, y)
 
-    def features(images: np.ndarray) -> np.ndarray:
-        padded = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))  # 28 -> 32, as fit: auto pads
-        return session.activations(loaded.normalization.apply(padded))["f6"]
 
+def _plot(curves: dict[str, list[list[float]]], validated: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    epochs = np.arange(1, EPOCHS + 1)
+    for label, runs in curves.items():
+        table = np.asarray(runs)
+        line, = axes.plot(epochs, table.mean(axis=0), marker="o", markersize=3, label=label)
+        axes.fill_between(epochs, table.min(axis=0), table.max(axis=0), color=line.get_color(), alpha=0.15)
+    axes.set(xlabel="epochs (5 steps of 20 images each)", ylabel=f"val accuracy ({validated:,} images)", ylim=(0.2, 1.0), xticks=[1, *range(5, EPOCHS + 1, 5)],
+             title="MNIST 5-9 from 100 images: LeNet-5 pretrained on 0-4 vs scratch")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    OUT.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(OUT / "transfer.png")
+    print(f"plot: {OUT / 'transfer.png'}")
+
+
+def _probe(work: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """A logistic regression on the pretrained body's features (draw 0), for reference."""
     from sklearn.linear_model import LogisticRegression
 
-    classifier = LogisticRegression(max_iter=2000).fit(features(data["x_train"]), data["y_train"])
-    print(f"  logistic regression on the pretrained f6 features: {classifier.score(features(data['x_test']), data['y_test']):.3f}")
+    import cnnspec
 
+    data = few_shot_set(x, y, 0, work / "few-0.npz")
+    for layer in ("s4", "f6"):
+        features = cnnspec.features(work / "pre", str(data), layer)  # both splits, the 100 training images first
+        values = features.values.reshape(len(features.values), -1)
+        fit = LogisticRegression(max_iter=3000).fit(values[:100], features.labels[:100])
+        print(f"  logistic regression on the pretrained {layer} features (draw 0): {fit.score(values[100:], features.labels[100:]):.3f}")
 
 if __name__ == "__main__":
     main()

@@ -72,7 +72,9 @@ def train(
 ) -> TrainResult:
     """Train and write a run directory. Keyword overrides use dotted names as
     ``{'optimizer.lr': 0.01}`` or plain ones: ``train("lenet5", epochs=3)``. ``init``, a
-    checkpoint (.safetensors), starts from its arrays wherever names and shapes fit."""
+    checkpoint (.safetensors) or a run (its folder, ``RUN@best`` or a checkpoint folder),
+    starts from its arrays wherever names and shapes fit; from a run, inputs are normalised
+    as that run's were unless ``data.normalize`` is set."""
     from cnnspec.backends import load_backend
     from cnnspec.distributed import joined, membership
     from cnnspec.harness.run import train as run_training

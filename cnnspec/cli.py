@@ -19,6 +19,8 @@ import typer
 
 if TYPE_CHECKING:
     import pydantic
+
+    from cnnspec.graph import Graph
 from rich.console import Console
 from rich.table import Table
 
@@ -79,6 +81,15 @@ def _fail(diagnostics: list[Diagnostic]) -> NoReturn:
 def _usage(message: str) -> NoReturn:
     stderr.print(f"cnnspec: error: {message}", markup=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _classifier(graph: Graph) -> str:
+    from cnnspec.load import classifier_name
+
+    try:
+        return classifier_name(graph)
+    except ValueError as exc:
+        _usage(f"--head-only: {exc}")
 
 
 SpecArg = Annotated[str, typer.Argument(help="a spec file, or the name of a zoo spec (see 'cnnspec zoo')")]
@@ -222,11 +233,12 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="any train: field, KEY=VALUE, repeatable (schedule.name=cosine)")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/NAME-TIMESTAMP)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run from its last checkpoint")] = None,
-    init: Annotated[Path | None, typer.Option(help="start from a checkpoint's weights where names and shapes fit (transfer learning)")] = None,
+    init: Annotated[Path | None, typer.Option(help="start from a checkpoint's weights (a .safetensors file, a run, RUN@best) where names and shapes fit: transfer learning")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="an unreadable image or missing file is an error (default: skipped and counted)")] = False,
     workers: Annotated[int | None, typer.Option(min=0, help="processes decoding image files (train.data.workers) [default: the cores available]")] = None,
     classes: Annotated[str | None, typer.Option(help="the output layer's width: auto (the data's class count), N, or spec (train.classes)")] = None,
     freeze: Annotated[str | None, typer.Option(help="layers that do not train, comma-separated: names, groups, globs (layer1.*) or before:NAME (train.freeze)")] = None,
+    head_only: Annotated[bool, typer.Option("--head-only", help="train only the classifier (the last dense layer) on the frozen body's cached features: --freeze before:CLASSIFIER")] = False,
     keep: Annotated[int | None, typer.Option(min=1, help="keep only the N newest epoch checkpoints, and the best (train.keep)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes (torchrun on this host; with --engine spark, Spark tasks)")] = None,
@@ -248,6 +260,8 @@ def train(
         overrides["data.strict"] = True
     if classes is not None:
         overrides["classes"] = int(classes) if classes.isdigit() else classes
+    if head_only and (freeze is not None or resume is not None):
+        _usage("--head-only freezes every layer before the classifier: give it without " + ("--freeze" if freeze is not None else "--resume (a resumed run keeps its own freezing)"))
     if freeze is not None:
         overrides["freeze"] = [part.strip() for part in freeze.split(",") if part.strip()]
     if keep is not None:
@@ -267,6 +281,8 @@ def train(
             if spec is None:
                 _usage("train needs a SPEC (or --resume RUN_DIR)")
             graph = load_spec(spec)
+            if head_only:
+                overrides["freeze"] = [f"before:{_classifier(graph)}"]
             result = api.train(graph, backend or "torch", device=device, precision=precision, compile=compile, out=out,
                                init=init, quiet=quiet, **overrides)
     except SpecNotFound as exc:

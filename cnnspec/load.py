@@ -193,6 +193,17 @@ def with_output_width(graph: Graph, width: int) -> Graph:
     return resized
 
 
+def classifier_name(graph: Graph) -> str:
+    """The classifier's node: the last top-level dense layer, the one ``with_output_width``
+    resizes and ``--head-only`` trains."""
+    from cnnspec.layers.core import Dense
+
+    for node in reversed(graph.nodes):
+        if node.kind == Dense.kind and "." not in node.name:
+            return node.name
+    raise ValueError(f"'{graph.name}' has no top-level {Dense.kind} layer to serve as the classifier; name the layers to train with --freeze before:NAME")
+
+
 def _without_expectations(graph: Graph) -> dict[str, Any]:
     import yaml
 

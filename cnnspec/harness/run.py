@@ -37,7 +37,7 @@ from cnnspec.diagnostics import plural
 from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, local_order, steps
 from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, plots, tuning
-from cnnspec.harness.config import TrainConfig, phase_plan
+from cnnspec.harness.config import Normalize, TrainConfig, phase_plan
 from cnnspec.harness.data import Dataset, load_dataset
 from cnnspec.harness.events import EventLog
 from cnnspec.harness.protocol import Backend, Session
@@ -390,7 +390,7 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
     weights = initial_weights(graph, seed)
     if init is None:
         return weights
-    if init.is_dir():  # a run or one of its checkpoints: its weights, checked as eval checks them
+    if _names_a_run(init):  # a run, RUN@best, or one of its checkpoints: its weights, checked as eval checks them
         _, checkpoint = RunDir.find(init)
         problem = checkpoint_problem(checkpoint)
         if problem is not None:
@@ -408,6 +408,33 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
     for line in _init_report(weights, loaded, set(taken)):
         progress.message(f"  {line}")
     return weights
+
+
+def _names_a_run(init: Path) -> bool:
+    """``--init`` names a run, one of its checkpoint folders, or ``RUN@best`` / ``RUN@latest``
+    (not a weights file)."""
+    base, at, which = str(init).rpartition("@")
+    return init.is_dir() or bool(at and which in ("best", "latest") and Path(base).is_dir())
+
+
+def _normalised_as_pretrained(data: Dataset, init: Path, progress: Progress) -> Dataset:
+    """A run started from another run's weights normalises its inputs as that run did, unless
+    ``data.normalize`` is set (or a preset set it): its body's first layer learnt that scale,
+    and statistics measured on a few new images would shift every input it sees."""
+    chosen = data.config
+    if not _names_a_run(init) or chosen.normalize != "standard" or "normalize" in chosen.model_fields_set:
+        return data
+    run, _ = RunDir.find(init)
+    try:
+        stored = json.loads((run.path / "run.json").read_text())["normalization"]
+        mean, std = [float(v) for v in stored["mean"]], [float(v) for v in stored["std"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return data  # an older or damaged run: the data's own statistics, as without --init
+    if len(mean) != data.x_train.shape[1] or len(std) != len(mean) or min(std) <= 0:
+        return data
+    shown = ", ".join(f"{m:.3f}" for m in mean), ", ".join(f"{v:.3f}" for v in std)
+    progress.message(f"normalisation: {run.path}'s (mean {shown[0]}, std {shown[1]}), as its weights were trained; data.normalize chooses another")
+    return dataclasses.replace(data, config=chosen.model_copy(update={"normalize": Normalize(mean=mean, std=std)}))
 
 
 def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], taken: set[str]) -> list[str]:
@@ -471,6 +498,8 @@ def train(
     synthetic = config.data.source == "synthetic"  # made to fit the network: as many classes as it outputs
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0] if synthetic and not sized_by_data else None, config.seed)
     graph, data = _sized_to_data(graph, data, config.classes) if sized_by_data else (graph, _fits_the_spec(graph, data))
+    if init is not None and resume is None:
+        data = _normalised_as_pretrained(data, init, progress)
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     plan = [(first, end, c.model_copy(update={"data": data.config})) for first, end, c in plan]
     _report_skipped(progress, list(data.skipped))
