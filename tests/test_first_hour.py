@@ -96,7 +96,7 @@ def test_init_takes_a_run_directory_or_a_checkpoint_folder(mnist_run: Path, tmp_
         assert f"initialised 10 of 10 arrays from {checkpoint / 'weights.safetensors'}" in result.output
     result = runner.invoke(app, ["train", "lenet5", "--backend", "numpy", "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1
-    assert f"{tmp_path / 'nowhere'}: no such file; --init takes a checkpoint (.safetensors), a run directory or a checkpoint folder" in result.output
+    assert f"{tmp_path / 'nowhere'}: no such file; --init takes a checkpoint (.safetensors), a run directory, RUN@best or a checkpoint folder" in result.output
 
 
 def test_check_takes_a_run_directory_or_a_checkpoint_folder(mnist_run: Path) -> None:

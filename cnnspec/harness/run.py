@@ -397,7 +397,7 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
             raise DamagedFile(problem)
         init = checkpoint / "weights.safetensors"
     elif not init.exists():
-        raise TrainingError(f"{init}: no such file; --init takes a checkpoint (.safetensors), a run directory or a checkpoint folder")
+        raise TrainingError(f"{init}: no such file; --init takes a checkpoint (.safetensors), a run directory, RUN@best or a checkpoint folder")
     loaded = load_arrays(init)
     taken = [name for name, array in loaded.items() if name in weights and array.shape == weights[name].shape]
     if not taken:
