@@ -243,13 +243,19 @@ class RunDir:
         return None, damaged
 
     @staticmethod
+    def pinned(path: Path) -> tuple[Path, str]:
+        """``RUN@best`` -> (RUN, "best"); ``RUN@latest`` likewise; any other path -> (path, "")."""
+        base, at, which = str(path).rpartition("@")
+        return (Path(base), which) if at and which in ("best", "latest") else (path, "")
+
+    @staticmethod
     def find(path: Path) -> tuple[RunDir, Path]:
         """A run directory (its latest checkpoint), ``RUN@best`` or ``RUN@latest``, or one of
         its checkpoint folders -> (run, checkpoint folder)."""
         path = Path(path)
-        base, at, which = str(path).rpartition("@")
-        if at and which in ("best", "latest") and (Path(base) / "run.json").exists():
-            run = RunDir(Path(base))
+        base, which = RunDir.pinned(path)
+        if which and (base / "run.json").exists():
+            run = RunDir(base)
             chosen = run.best() if which == "best" else run.latest()
             if chosen is None:
                 raise TrainingError(f"{path}: the run has no {which} checkpoint yet")
@@ -413,8 +419,8 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
 def _names_a_run(init: Path) -> bool:
     """``--init`` names a run, one of its checkpoint folders, or ``RUN@best`` / ``RUN@latest``
     (not a weights file)."""
-    base, at, which = str(init).rpartition("@")
-    return init.is_dir() or bool(at and which in ("best", "latest") and Path(base).is_dir())
+    base, which = RunDir.pinned(init)
+    return init.is_dir() or bool(which and base.is_dir())
 
 
 def _normalised_as_pretrained(data: Dataset, init: Path, progress: Progress) -> Dataset:
