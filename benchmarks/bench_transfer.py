@@ -31,8 +31,6 @@ latency for a single image.
 from __future__ import annotations
 
 import argparse
-import gzip
-import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -56,14 +54,10 @@ MARGINS = {"head, conv body frozen": "head", "fine-tuned, lr 3e-3, body x0.1": "
            "random conv body frozen": "random body (control)"}
 
 
-def _idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes())
-    dims = struct.unpack(f">{raw[3]}I", raw[4 : 4 + 4 * raw[3]])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
-
-
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    return _idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    from cnnspec.harness.data import _read_idx  # the IDX reader the `--data DIR` source uses
+
+    return _read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _read_idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
 
 
 def pretraining_set(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
@@ -159,7 +153,7 @@ def main() -> None:
         margin = 100 * (np.asarray(curves[label]) - best_scratch)
         print(f"  {short:<31}" + "".join(f"{margin[:, k - 1].mean():>+6.1f} ({margin[:, k - 1].min():>+3.0f})" for k in READ_AT))
     _plot(curves, rest)
-    _probe(work, x, y)
+    _probe(work / "pre", work / "few-0.npz")
 
 
 def _plot(curves: dict[str, list[list[float]]], validated: int) -> None:
@@ -184,18 +178,18 @@ def _plot(curves: dict[str, list[list[float]]], validated: int) -> None:
     print(f"plot: {OUT / 'transfer.png'}")
 
 
-def _probe(work: Path, x: np.ndarray, y: np.ndarray) -> None:
-    """A logistic regression on the pretrained body's features (draw 0), for reference."""
+def _probe(run: Path, data: Path) -> None:
+    """A logistic regression on the pretrained body's features (draw 0's set), for reference."""
     from sklearn.linear_model import LogisticRegression
 
     import cnnspec
 
-    data = few_shot_set(x, y, 0, work / "few-0.npz")
     for layer in ("s4", "f6"):
-        features = cnnspec.features(work / "pre", str(data), layer)  # both splits, the 100 training images first
+        features = cnnspec.features(run, str(data), layer)  # both splits, the 100 training images first
         values = features.values.reshape(len(features.values), -1)
         fit = LogisticRegression(max_iter=3000).fit(values[:100], features.labels[:100])
         print(f"  logistic regression on the pretrained {layer} features (draw 0): {fit.score(values[100:], features.labels[100:]):.3f}")
+
 
 if __name__ == "__main__":
     main()
