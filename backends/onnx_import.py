@@ -2,10 +2,11 @@
 
 Two stages, so that the rules stay small:
 
-1. ``normalise``: the model made plain with the onnx package's own tools. Initializers
-   leave the graph inputs (opset 8 and older list them there); the batch axis is fixed to
-   1 and the rest of the input must be fixed; the opset is raised to 13 when older
-   (``version_converter``); shapes are inferred (``shape_inference``, with data
+1. ``normalise``: the model made plain with the onnx package's own tools. The opset is
+   raised to 13 when older (``version_converter``, from any opset it reaches);
+   initializers leave the graph inputs (opset 8 and older list them there), and so do
+   inputs no node reads; the batch axis is fixed (to the file's own batch, or 1 where it
+   is symbolic) and the rest of the input must be fixed; shapes are inferred (``shape_inference``, with data
    propagation); and every node whose inputs are all known is computed once with the
    reference evaluator (``onnx.reference``): weights built by ``Constant``,
    ``ConstantOfShape`` or ``Unsqueeze``, ``Shape`` of a fixed shape and the arithmetic
@@ -15,7 +16,8 @@ Two stages, so that the rules stay small:
    one spec layer. A node no rule takes is refused, naming the operator, the node and
    the patterns that operator is supported in.
 
-Shapes below include the batch axis (fixed to 1); a spec's shapes do not.
+Shapes below include the batch axis (the file's fixed batch, or 1 where it is symbolic); a
+spec's shapes do not.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Max
 from cnnspec.spec import INPUT
 
 TARGET_OPSET = 13  # Softmax over one axis; older models are converted up to it
-OLDEST_OPSET = 7
+ORT_OLDEST_OPSET = 7  # onnxruntime has no kernels for older versions of AveragePool, Gemm, BatchNormalization, PRelu
 # Never computed ahead, even with known inputs: random, or state that training changes.
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
 Shape = tuple[int, ...]
@@ -59,44 +61,85 @@ class Plain:
     input: str
     output: str
     producer: str
+    batch: int | None  # the batch size the file fixes; None where it is symbolic
+    notes: list[str]  # what normalising dropped, for the user
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _fixed_input(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose only graph input is the image, its batch axis 1."""
+def _unused_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that are neither weights nor read by any node (old exporters leave
+    them): not inputs of the model."""
+    initialized = {i.name for i in model.graph.initializer}
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    return [i.name for i in model.graph.input if i.name not in initialized and i.name not in read]
+
+
+def without_unused_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or a copy without its unused graph inputs (onnxruntime asks a
+    value for every input, read or not)."""
+    unused = set(_unused_inputs(model))
+    if not unused:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    kept = [i for i in model.graph.input if i.name not in unused]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return model
+
+
+def _fixed_input(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None, list[str]]:
+    """(a copy whose only graph input is the image, its batch axis fixed: the file's own
+    batch, or 1 where it is symbolic; that batch or None; notes on what was dropped)."""
+    unused = _unused_inputs(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     initialized = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initialized]
+    inputs = [i for i in model.graph.input if i.name not in initialized and i.name not in unused]
+    notes = [f"dropped graph input(s) that no node reads: {', '.join(unused)}"] if unused else []
     if len(inputs) != 1:
         raise ImportRefused(f"the model has {len(inputs)} inputs besides its weights ({', '.join(i.name for i in inputs)}); a spec has one")
     dims = inputs[0].type.tensor_type.shape.dim
     if len(dims) < 2 or any(d.dim_value <= 0 for d in dims[1:]):
         shown = ["?" if d.dim_value <= 0 else str(d.dim_value) for d in dims[1:]]
         raise ImportRefused(f"the input '{inputs[0].name}' needs a fixed shape after the batch axis, got [{', '.join(shown)}]")
+    if len(dims) > 4:
+        reader = next(node for node in model.graph.node if inputs[0].name in node.input)
+        raise ImportRefused(f"{_where(reader)}: ONNX {reader.op_type} on a {len(dims)}-d input (a volume, or a sequence of images) "
+                            "has no cnnspec layer kind: a spec's input is C x H x W at most")
+    batch = int(dims[0].dim_value) if dims[0].dim_value > 0 else None
     dims[0].ClearField("dim_param")
-    dims[0].dim_value = 1
+    dims[0].dim_value = batch or 1  # a fixed batch stays: the file's reshapes may spell it out
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     if len(model.graph.output) != 1:
         raise ImportRefused(f"the model has {len(model.graph.output)} outputs; a spec has one")
-    return model
+    return model, batch, notes
 
 
-def _upgraded(model: onnx.ModelProto) -> onnx.ModelProto:
-    opset = _opset(model)
-    if opset < OLDEST_OPSET:
-        raise ImportRefused(f"opset {opset} is older than {OLDEST_OPSET}, the oldest import reads")
-    if opset >= TARGET_OPSET:
+def upgraded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` at TARGET_OPSET, through the onnx package's version converter."""
+    version = opset(model)
+    if version >= TARGET_OPSET:
         return model
     from onnx import version_converter
 
     try:
         return version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:  # the converter raises RuntimeError and friends, with its reason
-        raise ImportRefused(f"cannot convert opset {opset} to {TARGET_OPSET}: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise ImportRefused(f"cannot convert opset {version} to {TARGET_OPSET}: {str(exc).strip().splitlines()[0][:200]}") from None
+
+
+def evaluate(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """``model``'s first output on ``x`` through onnx's reference evaluator, which runs
+    every operator version as the standard defines it (onnxruntime no longer runs
+    opsets before 7): the reference for old files."""
+    from onnx.reference import ReferenceEvaluator
+
+    initialized = {i.name for i in model.graph.initializer}
+    image = next(i.name for i in model.graph.input if i.name not in initialized)
+    return np.asarray(ReferenceEvaluator(model).run(None, {image: x})[0])
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
@@ -120,7 +163,7 @@ def _evaluate(node: Any, feeds: dict[str, np.ndarray], opset: int) -> list[np.nd
     try:
         return list(ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds))
     except Exception as exc:  # the evaluator's own errors: the node is malformed
-        raise ImportRefused(f"node '{node.name or node.output[0]}': {node.op_type} on constant inputs fails: {str(exc).strip()[:200]}") from None
+        raise ImportRefused(f"{_where(node)}: {node.op_type} on constant inputs fails: {str(exc).strip()[:200]}") from None
 
 
 def _skeleton(model: onnx.ModelProto, nodes: list[Any], constants: dict[str, np.ndarray], output: str) -> onnx.ModelProto:
@@ -168,23 +211,33 @@ def _fold(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, 
 
 def normalise(model: onnx.ModelProto) -> Plain:
     """The model made plain (see the module's docstring); refuses what no spec can be."""
-    model = _upgraded(_fixed_input(model))
-    opset = _opset(model)
+    model, batch, notes = _fixed_input(upgraded(model))
+    version = opset(model)
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes, output = list(model.graph.node), model.graph.output[0].name
     while True:  # folding a Shape can give the next pass more shapes, and so on (each pass folds some, or stops)
         shapes = _inferred_shapes(_skeleton(model, nodes, constants, output))
-        kept, alias = _fold(nodes, constants, shapes, opset)
+        kept, alias = _fold(nodes, constants, shapes, version)
         output = alias.get(output, output)  # the output came through an identity: the producer's tensor is the output now
         if len(kept) == len(nodes):  # nothing folded: these shapes are the final ones
             break
         nodes = kept
     if output in constants:
         raise ImportRefused("the model's output does not depend on its input")
-    return Plain(nodes, constants, shapes, model.graph.input[0].name, output, model.producer_name)
+    return Plain(nodes, constants, shapes, model.graph.input[0].name, output, model.producer_name, batch, notes)
 
 
 # ---- 2. read ---------------------------------------------------------------------------------
+
+
+def _where(node: Any) -> str:
+    return f"node '{node.name or node.output[0]}'"
+
+
+# The input ranks whose forms of an operator have a cnnspec kind: images (N x C x H x W),
+# and feature vectors (N x F) for batchnorm; 1-d and 3-d forms have none.
+_RANKS = {op: (4,) for op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "LRN")}
+_RANKS["BatchNormalization"] = (2, 4)
 
 
 def _attributes(node: Any) -> dict[str, Any]:
@@ -193,7 +246,7 @@ def _attributes(node: Any) -> dict[str, Any]:
 
 def _explicit(node: Any, a: dict[str, Any]) -> None:
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise ImportRefused(f"node '{node.name or node.output[0]}': {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
+        raise ImportRefused(f"{_where(node)}: {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
 
 
 @dataclasses.dataclass
@@ -251,7 +304,7 @@ class Reader:
         try:
             inputs = [self.producer[tensor] for tensor in reads]
         except KeyError as missing:
-            raise ImportRefused(f"node '{node.name or node.output[0]}' reads '{missing.args[0]}', which no supported node computes") from None
+            raise ImportRefused(f"{_where(node)} reads '{missing.args[0]}', which no supported node computes") from None
         layer = {"kind": kind, "args": args, "name": name, "inputs": inputs}
         self.layers.append(layer)
         self.by_name[name] = layer
@@ -262,6 +315,10 @@ class Reader:
         for node in self.plain.nodes:
             if id(node) in self.done:
                 continue
+            shape = self.plain.shapes.get(node.input[0]) if node.input else None
+            if shape is not None and len(shape) not in _RANKS.get(node.op_type, (len(shape),)):
+                raise ImportRefused(f"{_where(node)}: ONNX {node.op_type} on a {len(shape)}-d tensor ({'x'.join(map(str, shape))}) "
+                                    f"has no cnnspec layer kind (they read images, N x C x H x W{', or vectors' if 2 in _RANKS[node.op_type] else ''})")
             for rule in RULES_BY_OP.get(node.op_type, []):
                 taken = rule.read(self, node)
                 if taken is not None:
@@ -283,7 +340,7 @@ class Rule:
 
 
 def _unsupported(node: Any, reader: Reader) -> str:
-    where = f"node '{node.name or node.output[0]}'"
+    where = _where(node)
     shapes = ", ".join("x".join(map(str, reader.plain.shapes[name])) for name in reader.variables(node) if name in reader.plain.shapes)
     rules = RULES_BY_OP.get(node.op_type, [])
     if rules:
@@ -301,7 +358,7 @@ def _conv(r: Reader, node: Any) -> list[Any]:
     _explicit(node, a)
     weight = r.constant(node, 1)
     if weight is None or weight.ndim != 4:
-        raise ImportRefused(f"node '{node.name}': Conv needs a known 4-d weight (a 2-d convolution)")
+        raise ImportRefused(f"{_where(node)}: Conv needs a known 4-d weight (a 2-d convolution)")
     kernel = list(a.get("kernel_shape", weight.shape[2:]))
     stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
     pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
@@ -431,9 +488,9 @@ def _concat(r: Reader, node: Any) -> list[Any] | None:
 
 
 def _flattens(r: Reader, node: Any) -> bool:
-    """Whether ``node`` turns 1 x C x H x W into 1 x CHW (channels-first order)."""
+    """Whether ``node`` turns N x C x H x W into N x CHW (channels-first order)."""
     shape = r.shape(node.input[0])
-    return len(shape) == 4 and r.plain.shapes.get(node.output[0]) == (1, shape[1] * shape[2] * shape[3])
+    return len(shape) == 4 and r.plain.shapes.get(node.output[0]) == (shape[0], shape[1] * shape[2] * shape[3])
 
 
 def _flatten(r: Reader, node: Any) -> list[Any] | None:
@@ -558,9 +615,9 @@ def _pool(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
         a = _attributes(node)
         _explicit(node, a)
         if len(node.output) > 1 and node.output[1]:
-            raise ImportRefused(f"node '{node.name}': MaxPool with an indices output is not supported")
+            raise ImportRefused(f"{_where(node)}: MaxPool with an indices output is not supported")
         if list(a.get("dilations", [1, 1])) != [1, 1]:
-            raise ImportRefused(f"node '{node.name}': {node.op_type} with dilations is not supported")
+            raise ImportRefused(f"{_where(node)}: {node.op_type} with dilations is not supported")
         kernel = list(a["kernel_shape"])
         stride = list(a.get("strides", [1, 1]))
         pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
@@ -658,7 +715,7 @@ def _lrn(r: Reader, node: Any) -> list[Any] | None:
     a = _attributes(node)
     size = int(a["size"])
     if size % 2 == 0:
-        raise ImportRefused(f"node '{node.name}': LRN of even size {size} centres its window differently from cnnspec's")
+        raise ImportRefused(f"{_where(node)}: LRN of even size {size} centres its window differently from cnnspec's")
     args = {"size": size, "alpha": decimal(float(a.get("alpha", 1e-4))), "beta": decimal(float(a.get("beta", 0.75))),
             "k": decimal(float(a.get("bias", 1.0)))}
     r.add(node, LRN.kind, args, [node.input[0]])
@@ -706,8 +763,19 @@ for _rule in RULES:
     RULES_BY_OP.setdefault(_rule.pattern[0], []).append(_rule)
 
 
-def import_onnx(model: onnx.ModelProto, name: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
-    """(spec YAML text, canonical weights) of an ONNX model."""
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """An ONNX model as a spec: its text, canonical weights, the batch size the file fixes
+    (None where symbolic: the spec itself is batch-free) and notes for the user."""
+
+    text: str
+    weights: dict[str, np.ndarray]
+    batch: int | None
+    notes: list[str]
+
+
+def import_onnx(model: onnx.ModelProto, name: str | None = None) -> Imported:
+    """The spec and canonical weights of an ONNX model."""
     plain = normalise(model)
     reader = Reader(plain)
     reader.read()
@@ -716,4 +784,4 @@ def import_onnx(model: onnx.ModelProto, name: str | None = None) -> tuple[str, d
         raise ImportRefused(f"the model's output comes from '{output}', not from its last node; a spec ends at its output")
     description = f"imported from ONNX ({model.producer_name or 'unknown producer'}) by cnnspec import"
     text = spec_text(name or model.graph.name or "imported", description, list(plain.shapes[plain.input][1:]), reader.layers)
-    return text, reader.weights
+    return Imported(text, reader.weights, plain.batch, plain.notes)

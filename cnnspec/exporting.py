@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnnspec.agreement import TOLERANCE, agreement
 from cnnspec.graph import Graph
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ FORMATS: dict[str, Format] = {
     "tflite": Format(".tflite", "tensorflow_backend", "tensorflow", "tensorflow", "no metadata (the format has no room for it)"),
 }
 DIAGRAMS = {"dot": ".dot", "svg": ".svg", "png": ".png"}
-TOLERANCE = 1e-4  # relative to the reference output's largest magnitude
 
 
 class ExportFailed(RuntimeError):
@@ -88,8 +88,7 @@ def _errors(got: Any, expected: np.ndarray | dict[str, np.ndarray]) -> tuple[flo
     got = np.asarray(got)
     if got.shape != expected.shape:
         raise ExportFailed(f"the exported model returns shape {got.shape}, the spec {expected.shape}")
-    absolute = float(np.abs(got - expected).max())
-    return absolute, absolute / max(float(np.abs(expected).max()), 1e-12)
+    return agreement(got, expected)
 
 
 def _size(path: Path) -> int:

@@ -183,10 +183,16 @@ def _import_onnx(model: Path, out: Path) -> list[str]:
     # cnnspec's own exports carry the spec's name; other exporters' graph names are generic
     ours = loaded.producer_name == "cnnspec" and NAME_PATTERN.match(loaded.graph.name or "")
     try:
-        text, weights = onnx_import.import_onnx(loaded, name=loaded.graph.name if ours else spec_name(_stem(model)))
+        imported = onnx_import.import_onnx(loaded, name=loaded.graph.name if ours else spec_name(_stem(model)))
     except ImportRefused as exc:
         raise ImportFailed(f"{model}: {exc}") from None
-    return _checked_and_written(model, out, text, weights, "onnxruntime", lambda x: next(iter(onnx_backend.run(loaded, x).values())))
+    source, notes = onnx_import.without_unused_inputs(loaded), list(imported.notes)
+    if onnx_import.opset(source) >= onnx_import.ORT_OLDEST_OPSET:
+        engine, theirs = "onnxruntime", lambda x: next(iter(onnx_backend.run(source, x).values()))
+    else:  # onnxruntime has dropped these operator versions; onnx's own evaluator still runs them as written
+        engine, theirs = "onnx's reference evaluator", lambda x: onnx_import.evaluate(source, x)
+        notes.append(f"opset {onnx_import.opset(source)} is older than onnxruntime runs: checked with onnx's reference evaluator")
+    return _checked_and_written(model, out, imported.text, imported.weights, engine, theirs, imported.batch, notes)
 
 
 def _import_keras(model: Path, out: Path) -> list[str]:
@@ -204,30 +210,61 @@ def _import_keras(model: Path, out: Path) -> list[str]:
 
 
 def _checked_and_written(model: Path, out: Path, text: str, weights: dict[str, np.ndarray], engine: str,
-                         theirs: Callable[[np.ndarray], np.ndarray]) -> list[str]:
+                         theirs: Callable[[np.ndarray], np.ndarray], batch: int | None = None, notes: list[str] | None = None) -> list[str]:
     """Validate the imported spec, prove it computes what ``engine`` computes from the
-    source file (NumPy backend against ``theirs``, on the same random input), then write
-    the spec and its checkpoint; nothing is written when either fails."""
+    source file (NumPy backend against ``theirs`` on the same random inputs, at the batch
+    size the file fixes, or 2 where it does not), then write the spec and its checkpoint;
+    nothing is written when either fails. A source whose outputs hardly change from one
+    input to the next makes the comparison prove little: the result says so."""
+    from cnnspec.agreement import TOLERANCE, agreement, spread
     from cnnspec.backends import load_backend
+    from cnnspec.diagnostics import SpecError
     from cnnspec.harness.config import TrainConfig
     from cnnspec.load import parse_spec
 
-    graph = parse_spec(text, str(out))
+    try:
+        graph = parse_spec(text, str(out))
+    except SpecError as exc:  # the importer wrote what the language cannot hold: refuse, not crash
+        raise ImportFailed(f"{model}: the imported network is no valid spec: {str(exc).splitlines()[0]}") from None
     check_weights(graph, weights, str(model))
-    x = np.random.default_rng(0).standard_normal((2, *graph.input_shape)).astype(np.float32)
     session = load_backend("numpy").open_session(graph, TrainConfig())
     session.set_weights(weights)
-    ours, expected = session.predict(x), theirs(x)
-    error = float(np.abs(ours - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
-    if not error <= 1e-4:  # NaN included
+    rng = np.random.default_rng(0)
+    size = batch or 2
+    ours, expected = [], []
+    for _ in range(1 if size > 1 else 2):  # at least two inputs, to see whether the outputs follow them
+        x = rng.standard_normal((size, *graph.input_shape)).astype(np.float32)
+        try:
+            given = np.asarray(theirs(x), np.float32)
+        except Exception as exc:  # the engine's own errors (onnxruntime's InvalidArgument, Keras's ValueError)
+            raise ImportFailed(f"{model}: {engine} cannot run the source file on a batch of {size}: "
+                               f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
+        mine = session.predict(x)
+        ours.append(mine)
+        expected.append(given.reshape(mine.shape) if given.size == mine.size else given)
+    _, error = agreement(np.concatenate(ours), np.concatenate(expected))
+    if not error <= TOLERANCE:  # NaN included
         raise ImportFailed(f"{model}: the imported spec computes differently from {engine} on the source "
                            f"(relative error {error:.2e}); nothing was written")
+    varies = spread(np.concatenate(expected))
     checkpoint = out.with_suffix(".safetensors")
     write_text(out, text)
     save_arrays(checkpoint, weights, {"spec": graph.name, "source": str(model)})
-    return [f"wrote {out}: spec '{graph.name}', {len(graph.nodes)} layers, {graph.params:,} params",
-            f"wrote {checkpoint}: {len(weights)} arrays; outputs match {engine}'s to {error:.1e} relative",
-            f"next: cnnspec check {out}; cnnspec verify {out} --weights {checkpoint}"]
+    count = sum(len(o) for o in ours)
+    lines = [f"wrote {out}: spec '{graph.name}', {len(graph.nodes)} layers, {graph.params:,} params",
+             f"wrote {checkpoint}: {len(weights)} arrays; outputs agree with {engine} to {error:.1e} relative on {count} random inputs"]
+    if not varies > INFORMATIVE_SPREAD:
+        lines.append(f"note: that check proves little: {engine} gives the same outputs for every input (they differ by "
+                     f"{varies:.0e} of their size), as an untrained network or one whose output saturates does; "
+                     f"compare on your own images with cnnspec verify")
+    lines += [f"note: {note}" for note in notes or []]
+    lines.append(f"next: cnnspec check {out}; cnnspec verify {out} --weights {checkpoint}")
+    return lines
+
+
+# Outputs that vary across inputs by less than this (relative to their size) make an
+# output comparison at TOLERANCE uninformative: a constant function would pass it.
+INFORMATIVE_SPREAD = 1e-3
 
 
 def _stem(model: Path) -> str:

@@ -62,15 +62,12 @@ class Evaluation:
 def _evaluate(run: Path, backend: str | None, device: str, data: str | None) -> tuple[Any, Evaluation, np.ndarray | Any]:
     from cnnspec.backends import load_backend
     from cnnspec.data.loader import batches
-    from cnnspec.harness.data import load_dataset
-    from cnnspec.harness.run import Scorer, load_run
+    from cnnspec.harness.run import Scorer, evaluation_data, load_run
 
     loaded = load_run(run)
     scorer = Scorer(run, load_backend(backend or loaded.info["backend"]).open_session, device)
     config = loaded.config
-    if data is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
-    dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
+    dataset = evaluation_data(loaded, data)
     start = time.perf_counter()
     outputs = [scorer.outputs(np.asarray(x)) for _, x in batches(dataset.x_val, np.arange(len(dataset.x_val)), config.batch_size)]
     seconds = time.perf_counter() - start

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.agreement import TOLERANCE, agreement
 from cnnspec.graph import Graph
 from cnnspec.harness.config import TrainConfig
-
-TOLERANCE = 1e-4  # relative to the largest magnitude of the reference's output, float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +96,10 @@ def verify(
     layers = []
     for node in graph.nodes:
         expected = results[reference][node.name]
-        scale = max(float(np.abs(expected).max()), 1e-12)
         errors = {}
         for name in backends[1:]:
             got = results[name][node.name]
-            if got.shape != expected.shape:
-                errors[name] = (float("inf"), float("inf"))
-                continue
-            absolute = float(np.abs(got - expected).max()) if got.size else 0.0
-            errors[name] = (absolute, absolute / scale)
+            errors[name] = agreement(got, expected) if got.shape == expected.shape else (float("inf"), float("inf"))
         layers.append(LayerError(node.name, node.kind, node.output_shape, errors))
     return Verification(graph, reference, backends, devices, layers, tolerance, weights_from)
 

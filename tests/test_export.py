@@ -112,7 +112,8 @@ def test_every_layer_kind_in_onnx_matches_numpy_and_round_trips(name: str) -> No
     session.set_weights(weights)
     for layer, expected in session.activations(x).items():  # every layer, not just the output
         assert relative_error(outputs[layer], expected) < 1e-5 if np.abs(expected).max() else True, layer
-    text, back = onnx_import.import_onnx(onnx_backend.to_onnx(graph, weights))
+    imported = onnx_import.import_onnx(onnx_backend.to_onnx(graph, weights))
+    text, back = imported.text, imported.weights
     assert resolved(cnnspec.parse_spec(text, "back.yaml")) == resolved(graph)
     assert all(np.array_equal(back[k], weights[k]) for k in weights)
 

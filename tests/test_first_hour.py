@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 import cnnspec
+from cnnspec.agreement import assert_agrees
 from cnnspec.backends import load_backend
 from cnnspec.cli import app
 from cnnspec.harness.data import load_dataset
@@ -50,7 +51,7 @@ def test_predict_on_image_files_equals_eval_on_the_same_images(mnist_run: Path, 
     evaluated = scorer.outputs(x_val)
     _, predicted = predict(mnist_run, files, load_backend("numpy").open_session, top=1, device="cpu")
     assert np.array_equal(evaluated.argmax(1), predicted.argmax(1))
-    np.testing.assert_allclose(predicted, evaluated, rtol=0, atol=1e-6)
+    assert_agrees(predicted, evaluated)
 
 
 def shapes(root: Path) -> Path:

@@ -39,7 +39,8 @@ def file_weights(model: onnx.ModelProto) -> int:
 
 
 def imported_error(model: onnx.ModelProto, shape: tuple[int, ...]) -> tuple[cnnspec.Graph, float]:
-    text, weights = onnx_import.import_onnx(model, name="imported")
+    imported = onnx_import.import_onnx(model, name="imported")
+    text, weights = imported.text, imported.weights
     graph = cnnspec.parse_spec(text, "imported.yaml")
     session = numpy_backend.open_session(graph, TrainConfig())
     session.set_weights(weights)
@@ -98,7 +99,7 @@ def test_import_and_verify_a_shufflenet_from_the_command_line(tmp_path: Path) ->
     runner = CliRunner()
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "shufflenet.yaml")])
     assert result.exit_code == 0, result.output
-    assert "outputs match onnxruntime's" in result.output
+    assert "outputs agree with onnxruntime" in result.output
     checked = runner.invoke(app, ["check", str(tmp_path / "shufflenet.yaml")])
     assert checked.exit_code == 0 and "channel_shuffle" in checked.output
     verified = runner.invoke(app, ["verify", str(tmp_path / "shufflenet.yaml"), "--weights", str(tmp_path / "shufflenet.safetensors"),

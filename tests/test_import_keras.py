@@ -15,6 +15,7 @@ pytest.importorskip("tensorflow")
 from typer.testing import CliRunner
 
 import cnnspec
+from cnnspec.agreement import assert_agrees
 from cnnspec.backends import keras_import, numpy_backend
 from cnnspec.backends.import_common import ImportRefused
 from cnnspec.backends.tf_quiet import keras
@@ -107,7 +108,7 @@ def test_a_functional_model_with_every_layer_imports_with_its_outputs(tmp_path: 
     assert imported.output_perm is not None  # the output is a vector in Keras' (h, w, c) order
     theirs_canonical = np.empty_like(theirs)
     theirs_canonical[:, imported.output_perm] = theirs
-    assert np.abs(ours - theirs_canonical).max() / np.abs(theirs).max() < 1e-5
+    assert_agrees(ours, theirs_canonical)
     assert graph.input_shape == (3, 17, 15)
     # Rescaling, and Normalization given its statistics, have no weights in Keras; the spec's affine holds 2 per channel.
     affine = sum(2 * 3 for node in graph.nodes if node.layer.kind == "affine")
@@ -124,7 +125,7 @@ def test_a_nested_frozen_base_stays_frozen_and_counts_match_keras(tmp_path: Path
     runner = CliRunner()
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "classifier.yaml")])
     assert result.exit_code == 0, result.output
-    assert "outputs match Keras's" in result.output
+    assert "outputs agree with Keras" in result.output
     graph = cnnspec.load_spec(str(tmp_path / "classifier.yaml"))
     assert graph.params + graph.non_trainable == source.count_params()
     # the base's layers with weights are frozen by the spec's train: section; the head trains
@@ -134,7 +135,7 @@ def test_a_nested_frozen_base_stays_frozen_and_counts_match_keras(tmp_path: Path
     np.testing.assert_array_equal(weights["conv1.weight"], kernel.transpose(3, 2, 0, 1))
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     _, ours = our_output(keras_import.import_keras(source, "classifier"), x)
-    np.testing.assert_allclose(ours, np.asarray(source(x.transpose(0, 2, 3, 1))), rtol=1e-4, atol=1e-5)
+    assert_agrees(ours, np.asarray(source(x.transpose(0, 2, 3, 1))))
 
 
 def test_an_imported_keras_model_verifies_across_backends(tmp_path: Path) -> None:

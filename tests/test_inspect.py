@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import cnnspec
 from cnnspec import inspection
+from cnnspec.agreement import assert_agrees
 from cnnspec.backends import installed_backends, load_backend
 from cnnspec.cli import app
 from cnnspec.harness.config import TrainConfig
@@ -84,7 +85,7 @@ def test_the_top_classes_are_what_predict_says(run: Path) -> None:
     theirs = json.loads(predicted.output)[0]["top"]
     ours = inspection.figures(page)["images"][0]["top"]
     assert [t["class"] for t in ours] == [t["class"] for t in theirs]
-    np.testing.assert_allclose([t["probability"] for t in ours], [t["probability"] for t in theirs], rtol=1e-5)
+    assert_agrees([t["probability"] for t in ours], [t["probability"] for t in theirs])
 
 
 def test_the_statistics_are_the_activations_every_backend_computes(run: Path) -> None:

@@ -20,6 +20,7 @@ from cnnspec.harness.weights import initial_weights
 from cnnspec.load import with_input_size
 
 torch = pytest.importorskip("torch")
+from cnnspec.agreement import FLOAT64_TOLERANCE, TOLERANCE, assert_agrees  # noqa: E402
 from cnnspec.backends import torch_backend  # noqa: E402
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
@@ -52,9 +53,7 @@ def compare(graph: Graph, batch: int, training: bool, tolerance: float, seed: in
     (out_t * torch.from_numpy(probe)).sum().backward()
 
     def close(ours: np.ndarray, theirs: torch.Tensor, what: str) -> None:
-        reference = theirs.detach().numpy()
-        scale = max(float(np.abs(reference).max()), 1e-6)
-        assert float(np.abs(ours - reference).max()) / scale < tolerance, what
+        assert_agrees(ours, theirs.detach().numpy(), tolerance, what)
 
     close(out, out_t, "output")
     if outputs_only:
@@ -77,7 +76,7 @@ MODES = [(name, training) for name in sorted(KINDS) for training in (True, False
 
 @pytest.mark.parametrize(("name", "training"), MODES)
 def test_layer_kind_matches_torch_autograd(name: str, training: bool) -> None:
-    compare(kind_graph(name), batch=3, training=training, tolerance=1e-5)
+    compare(kind_graph(name), batch=3, training=training, tolerance=TOLERANCE)
 
 
 def test_every_layer_kind_is_covered() -> None:
@@ -137,11 +136,11 @@ def test_zoo_model_matches_torch(name: str) -> None:
     # Training mode where there is no dropout (the two backends draw different masks).
     training = not any(node.kind == "dropout" for node in graph)
     # float64: outputs and every gradient agree to rounding (about 1e-13 measured).
-    compare(graph, batch=2, training=training, tolerance=1e-9, dtype=np.float64)
+    compare(graph, batch=2, training=training, tolerance=FLOAT64_TOLERANCE, dtype=np.float64)
     # float32: outputs within 1e-4. Gradients of deep ResNets differ more (up to ~1% of
     # the largest input gradient in ResNet-50): float32 rounding flips ReLU masks near
     # zero, and 50 layers compound it; the float64 comparison above is the proof.
-    compare(graph, batch=2, training=training, tolerance=1e-4, outputs_only=True)
+    compare(graph, batch=2, training=training, tolerance=TOLERANCE, outputs_only=True)
 
 
 def test_dropout_statistics() -> None:
@@ -172,11 +171,11 @@ def test_optimizer_gives_pytorchs_update_from_the_same_state(settings: dict[str,
         ours.step(ours_weights, {"w": grad.copy()}, ["w"])
         param.grad = torch.from_numpy(grad.copy())
         theirs.step()
-    assert np.allclose(ours_weights["w"], param.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert_agrees(ours_weights["w"], param.detach().numpy(), FLOAT64_TOLERANCE)
     torch_state = theirs.state[param]
     assert set(ours.state["w"]) == set(torch_state)  # the same slot names
     for slot, value in torch_state.items():
-        assert np.allclose(np.asarray(ours.state["w"][slot]), torch.as_tensor(value).numpy(), rtol=1e-12), slot
+        assert_agrees(np.asarray(ours.state["w"][slot]), torch.as_tensor(value).numpy(), FLOAT64_TOLERANCE, slot)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -190,7 +189,7 @@ def test_training_steps_match_torch_end_to_end(optimizer: str) -> None:
     for session in (ours, theirs):
         session.set_weights(initial_weights(graph, 0))
     for _ in range(3):
-        assert ours.train_step(x, y)[0] == pytest.approx(theirs.train_step(x, y)[0], rel=1e-4)
+        assert_agrees(ours.train_step(x, y)[0], theirs.train_step(x, y)[0])
     a, b = ours.get_weights(), theirs.get_weights()
     for name in a:
         assert np.abs(a[name] - b[name]).max() <= 1e-3 * max(np.abs(b[name]).max(), 1e-3), name
@@ -211,8 +210,8 @@ def test_losses_match_pytorch() -> None:
         o = torch.from_numpy(outputs).requires_grad_(True)
         expected = reference(o, torch.from_numpy(targets))
         expected.backward()
-        assert value == pytest.approx(float(expected.detach()), rel=1e-10), name
-        assert np.allclose(grad, o.grad.numpy(), rtol=1e-10), name
+        assert_agrees(value, float(expected.detach()), FLOAT64_TOLERANCE, name)
+        assert_agrees(grad, o.grad.numpy(), FLOAT64_TOLERANCE, name)
 
 
 def test_checkpoints_move_between_backends(tmp_path: Path) -> None:
@@ -222,7 +221,7 @@ def test_checkpoints_move_between_backends(tmp_path: Path) -> None:
     for run, trained in ((tmp_path / "t", by_torch), (tmp_path / "n", by_numpy)):
         for backend in ("numpy", "torch"):
             report = cnnspec.evaluate(run, backend=backend)
-            assert report["loss"] == pytest.approx(trained.final["val_loss"], abs=1e-4)
+            assert_agrees(report["loss"], trained.final["val_loss"])
             assert report["accuracy"] == pytest.approx(trained.final["val_accuracy"], abs=1e-9)
     # and the two backends trained to the same numbers from the same seed
     assert by_numpy.final["val_loss"] == pytest.approx(by_torch.final["val_loss"], rel=1e-3)

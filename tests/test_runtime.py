@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cnnspec
+from cnnspec.agreement import TOLERANCE, assert_agrees
 from cnnspec.cli import app
 
 pytest.importorskip("onnxruntime")
@@ -39,7 +40,7 @@ def test_onnxruntime_computes_what_the_backend_computes_and_is_built_once(run: P
     assert "runtime: numpy backend" in said
     theirs, said = scores(run, "many.npy", "onnxruntime", tmp_path)
     assert "built and verified against numpy" in said
-    np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
+    assert_agrees(theirs, ours)
     cache = run / ".runtime" / "epoch-0001.onnx"
     assert cache.is_file() and (run / ".runtime" / "epoch-0001.onnx.sha256").is_file()
     _, said = scores(run, "few.npy", "onnxruntime", tmp_path)
@@ -55,7 +56,7 @@ def test_a_damaged_engine_is_rebuilt_not_used(run: Path, tmp_path: Path) -> None
     theirs, said = scores(run, "few.npy", "onnxruntime", tmp_path)
     assert "built and verified" in said
     ours, _ = scores(run, "few.npy", "backend", tmp_path)
-    np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
+    assert_agrees(theirs, ours)
 
 
 def test_auto_builds_the_engine_only_when_the_images_pay_for_it(run: Path, tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_embed_and_features_run_on_onnxruntime_with_the_backends_numbers(run: Pa
     said: dict[str, list[str]] = {"backend": [], "onnxruntime": [], "auto": []}
     embedded = {runtime: cnnspec.embed(run, str(photos), layer="f6", runtime=runtime, said=said[runtime].append).index.embeddings
                 for runtime in ("backend", "onnxruntime")}
-    np.testing.assert_allclose(embedded["onnxruntime"], embedded["backend"], rtol=1e-5, atol=1e-6)
+    assert_agrees(embedded["onnxruntime"], embedded["backend"])
     assert said["backend"] == ["runtime: numpy backend (cpu), the reference"]
     engine = run / ".runtime" / "epoch-0001+f6.onnx"  # the network's output and f6's, from one file
     assert engine.is_file() and "built and verified against numpy" in said["onnxruntime"][0]
@@ -142,7 +143,7 @@ def test_embed_and_features_run_on_onnxruntime_with_the_backends_numbers(run: Pa
     theirs = cnnspec.features(run, str(photos), "c3", runtime="auto", said=lines.append)
     assert "onnxruntime" in lines[0] and (run / ".runtime" / "epoch-0001+c3.onnx").is_file()
     assert theirs.values.shape == ours.values.shape == (70, 16, 10, 10)
-    np.testing.assert_allclose(theirs.values, ours.values, rtol=1e-5, atol=1e-5 * float(np.abs(ours.values).max()))
+    assert_agrees(theirs.values, ours.values)
 
 
 def test_an_engine_with_layer_outputs_is_verified_output_by_output(run: Path, tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ def test_an_engine_with_layer_outputs_is_verified_output_by_output(run: Path, tm
     loaded = load_run(run)
     weights = load_arrays(loaded.checkpoint / "weights.safetensors")
     report = export(loaded.graph, weights, "onnx", tmp_path / "two.onnx", weights_from="test", outputs=("s2", "f5"))
-    assert report.max_rel_error < 1e-5
+    assert report.max_rel_error <= TOLERANCE
     engine = onnx_backend.RuntimeSession(str(tmp_path / "two.onnx"))
     assert engine.outputs == [loaded.graph.output, "s2", "f5"]
     x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
@@ -164,8 +165,8 @@ def test_an_engine_with_layer_outputs_is_verified_output_by_output(run: Path, tm
     want = reference.activations(x, ["s2", "f5"])
     got = engine.activations(x, ["f5", "s2"])
     for name in ("s2", "f5"):
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(engine.predict(x), reference.predict(x), rtol=1e-5, atol=1e-6)
+        assert_agrees(got[name], want[name], what=name)
+    assert_agrees(engine.predict(x), reference.predict(x))
     with pytest.raises(KeyError, match="not built to output layer 'c1'"):
         engine.activations(x, ["c1"])
     from cnnspec.backends.onnx_backend import ExportRefused
@@ -188,7 +189,7 @@ def test_a_backend_engine_is_checked_against_numpy_once_and_a_wrong_one_refused(
     assert "runtime: torch backend (cpu), verified against numpy (" in result.output
     known = json.loads(record.read_text())
     (key, entry), = known.items()
-    assert key == "epoch-0001|torch|cpu|fp32" and entry["max_rel_error"] < 1e-5
+    assert key == "epoch-0001|torch|cpu|fp32" and entry["max_rel_error"] <= TOLERANCE
     record.write_text(json.dumps({key: entry | {"max_rel_error": 0.000123}}))  # what it says next comes from the record
     result = runner.invoke(app, ["predict", str(run), str(run.parent / "few.npy"), "--backend", "torch", "--runtime", "backend"])
     assert "verified against numpy (1.2e-04 relative)" in result.output
@@ -226,7 +227,7 @@ def test_a_run_that_cannot_hold_its_engine_caches_it_elsewhere(run: Path, tmp_pa
         _, said = scores(run, "few.npy", "auto", tmp_path)
         assert "reused" in said  # found there again
         ours, _ = scores(run, "many.npy", "backend", tmp_path)
-        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
+        assert_agrees(theirs, ours)
     finally:
         (run / ".runtime").unlink()
         shutil.rmtree(fallback, ignore_errors=True)
@@ -244,6 +245,6 @@ def test_batch_size_changes_how_many_go_through_at_once_not_the_scores(run: Path
     by_seven = scorer.outputs(x)
     assert calls == [7] * 11 + [3]
     ours, _ = scores(run, "many.npy", "onnxruntime", tmp_path)
-    np.testing.assert_allclose(by_seven, ours, rtol=1e-5, atol=1e-5)  # float32 sums grouped by batch
+    assert_agrees(by_seven, ours)  # float32 sums grouped by batch
     result = runner.invoke(app, ["predict", str(run), str(run.parent / "few.npy"), "--batch-size", "0"])
     assert result.exit_code == 2 and "--batch-size" in result.output

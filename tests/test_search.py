@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import cnnspec
+from cnnspec.agreement import assert_agrees
 from cnnspec.search import Index, SearchError, normalized
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
@@ -32,11 +33,11 @@ def test_exact_search_matches_brute_force_in_chunks(monkeypatch: pytest.MonkeyPa
         if metric == "cosine":
             full = normalized(queries) @ stored.T
             expected = np.argsort(-full, axis=1)[:, :5]
-            np.testing.assert_allclose(scores, np.take_along_axis(full, expected, axis=1), rtol=1e-5)
+            assert_agrees(scores, np.take_along_axis(full, expected, axis=1))
         else:
             full = ((queries[:, None] - stored[None]) ** 2).sum(-1)
             expected = np.argsort(full, axis=1)[:, :5]
-            np.testing.assert_allclose(scores, np.take_along_axis(full, expected, axis=1), rtol=1e-4)
+            assert_agrees(scores, np.take_along_axis(full, expected, axis=1))
         np.testing.assert_array_equal(rows, expected)
     _, own = index.search(vectors[:5], 1, exclude_self=True)
     assert (own[:, 0] != np.arange(5)).all()
@@ -85,7 +86,7 @@ def test_update_embeds_only_what_changed_and_an_interrupted_write_keeps_the_old_
     assert (update.embedded, update.added, update.changed, update.removed, update.kept) == (2, 1, 1, 1, 10)
     fresh = cnnspec.embed(tmp_path / "run", str(photos)).index
     assert update.index.paths == fresh.paths
-    np.testing.assert_allclose(update.index.embeddings, fresh.embeddings, rtol=1e-5, atol=1e-6)
+    assert_agrees(update.index.embeddings, fresh.embeddings)
     before = (tmp_path / "x.index").read_bytes()
 
     import safetensors.numpy

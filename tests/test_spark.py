@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import cnnspec
+from cnnspec.agreement import assert_agrees
 from cnnspec.distributed.spark import java_problem
 
 pytest.importorskip("pyspark", reason="pip install 'cnnspec[spark]' (make setup installs it)")
@@ -70,7 +70,7 @@ def test_scores_from_spark_equal_cnnspec_predict(workspace: Path) -> None:
         assert row["error"] is None
         assert row["classes"] == [entry["class"] for entry in want["top"]]
         assert row["indices"] == [entry["index"] for entry in want["top"]]
-        np.testing.assert_allclose(row["probabilities"], [entry["probability"] for entry in want["top"]], rtol=1e-5, atol=1e-7)
+        assert_agrees(row["probabilities"], [entry["probability"] for entry in want["top"]])
     broken = rows[str(workspace / "images" / "part0" / "broken.png")]
     assert "cannot read image" in str(broken["error"])
     assert not any(path.endswith(".txt") for path in rows)
@@ -88,7 +88,7 @@ def test_embeddings_from_spark_equal_the_layer_outputs(workspace: Path) -> None:
     scorer = Scorer(workspace / "run", load_backend("torch").open_session)
     for path in sorted((workspace / "images" / "part1").glob("*.png")):
         want = scorer.embeddings(scorer.prepare(path.read_bytes())[None], "f5")[0]
-        np.testing.assert_allclose(rows[str(path)]["embedding"], want, rtol=1e-5, atol=1e-6)
+        assert_agrees(rows[str(path)]["embedding"], want)
 
 
 def test_the_udf_serves_a_dataframe_of_ones_own(workspace: Path) -> None:
@@ -115,9 +115,9 @@ def test_training_on_spark_matches_torchrun(workspace: Path) -> None:
     a = load_file(str(workspace / "one" / "checkpoints" / "epoch-0001" / "weights.safetensors"))
     b = load_file(str(workspace / "on-spark" / "checkpoints" / "epoch-0001" / "weights.safetensors"))
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-5, err_msg=name)
+        assert_agrees(a[name], b[name], what=name)
     assert json.loads((workspace / "on-spark" / "run.json").read_text())["processes"] == 2
-    assert json.loads((workspace / "on-spark" / "final.json").read_text())["val_loss"] == pytest.approx(one.final["val_loss"], rel=1e-5)
+    assert_agrees(json.loads((workspace / "on-spark" / "final.json").read_text())["val_loss"], one.final["val_loss"])
 
 
 def test_spark_refusals(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,4 +189,4 @@ def test_train_and_score_through_a_standalone_cluster(workspace: Path, cluster: 
     images = sorted((workspace / "images" / "part1").glob("*.png"))
     expected, _ = cnnspec.predict(workspace / "cluster-run", images)
     for path, want in zip(images, expected, strict=True):
-        np.testing.assert_allclose(rows[str(path)]["probabilities"], [e["probability"] for e in want["top"]], rtol=1e-5, atol=1e-7)
+        assert_agrees(rows[str(path)]["probabilities"], [e["probability"] for e in want["top"]])

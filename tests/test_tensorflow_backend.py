@@ -23,6 +23,7 @@ from cnnspec.harness.config import OptimizerConfig, TrainConfig
 from cnnspec.harness.weights import initial_weights
 
 tf = pytest.importorskip("tensorflow")
+from cnnspec.agreement import TOLERANCE, assert_agrees  # noqa: E402
 from cnnspec.backends import tensorflow_backend  # noqa: E402
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
@@ -63,9 +64,7 @@ def compare(graph: Graph, training: bool, tolerance: float, batch: int = 3) -> N
     grads = tape.gradient(objective, [xt, *variables])
 
     def close(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
-        assert ours.shape == theirs.shape, what
-        scale = max(float(np.abs(theirs).max()), 1e-6)
-        assert float(np.abs(ours - theirs).max()) / scale < tolerance, what
+        assert_agrees(ours, theirs, tolerance, what)
 
     close(out.numpy(), expected, "output")
     close(grads[0].numpy(), expected_grad_x, "input gradient")
@@ -83,7 +82,7 @@ MODES = [(name, training) for name in sorted(KINDS) for training in (True, False
 
 @pytest.mark.parametrize(("name", "training"), MODES)
 def test_layer_kind_matches_numpy(name: str, training: bool) -> None:
-    compare(kind_graph(name), training, tolerance=1e-5)
+    compare(kind_graph(name), training, tolerance=TOLERANCE)
 
 
 def test_every_layer_kind_has_a_lowering() -> None:
@@ -157,10 +156,10 @@ def test_optimizer_gives_the_references_update(settings: dict[str, object]) -> N
         grad = rng.standard_normal((5, 3)).astype(np.float32)
         ours.apply([tf.constant(grad)])
         reference.step(reference_weights, {"w": grad.astype(np.float64)}, ["w"])
-    assert np.allclose(variable.numpy(), reference_weights["w"], rtol=1e-5, atol=1e-6)
+    assert_agrees(variable.numpy(), reference_weights["w"])
     for slot, value in reference.state["w"].items():
         if slot != "step":
-            assert np.allclose(ours.slots["w"][slot].numpy(), value, rtol=1e-5, atol=1e-7), slot
+            assert_agrees(ours.slots["w"][slot].numpy(), value, what=slot)
     assert set(reference.state["w"]) - {"step"} == set(ours.slots["w"])
 
 
@@ -173,7 +172,7 @@ def test_losses_match_the_reference() -> None:
             config = TrainConfig.model_validate({"loss": name, "label_smoothing": smoothing})
             expected, _ = numpy_backend.LOSSES[name](outputs.astype(np.float64), targets, smoothing)
             ours = float(tensorflow_backend.LOSSES[name](config)(tf.constant(outputs), tf.constant(targets)))
-            assert ours == pytest.approx(expected, rel=1e-5), (name, smoothing)
+            assert_agrees(ours, expected, what=f"{name}, smoothing {smoothing}")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -189,7 +188,8 @@ def test_training_steps_match_numpy(optimizer: str) -> None:
     for _ in range(3):
         loss, correct = ours.train_step(x, y)
         expected_loss, expected_correct = reference.train_step(x, y)
-        assert loss == pytest.approx(expected_loss, rel=1e-4) and correct == expected_correct
+        assert_agrees(loss, expected_loss)
+        assert correct == expected_correct
     a, b = ours.get_weights(), reference.get_weights()
     for name in a:
         assert np.abs(a[name] - b[name]).max() <= 1e-3 * max(np.abs(b[name]).max(), 1e-3), name
@@ -229,7 +229,7 @@ def test_checkpoints_run_on_every_backend(tmp_path: Path) -> None:
     for run, trained in ((tmp_path / "tf", by_tf), (tmp_path / "np", by_numpy), (tmp_path / "pt", by_torch)):
         for backend in ("numpy", "torch", "tensorflow"):
             report = cnnspec.evaluate(run, backend=backend)
-            assert report["loss"] == pytest.approx(trained.final["val_loss"], abs=1e-4), backend
+            assert_agrees(report["loss"], trained.final["val_loss"], what=backend)
             assert report["accuracy"] == pytest.approx(trained.final["val_accuracy"], abs=1e-9), backend
     # From the same seed and data, the two backends train to the same numbers.
     assert by_tf.final["val_loss"] == pytest.approx(by_numpy.final["val_loss"], rel=1e-3)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import cnnspec
+from cnnspec.agreement import assert_agrees
 from cnnspec.harness.config import TrainConfig
 from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers, multipliers, parameter_summary
 
@@ -105,7 +106,7 @@ def test_learning_rate_multipliers_agree_across_backends(backend: str) -> None:
     _, reference, _ = _step_everything("torch", config)
     _, ours, _ = _step_everything(backend, config)
     for name in reference:
-        np.testing.assert_allclose(ours[name], reference[name], rtol=2e-4, atol=2e-5, err_msg=name)
+        assert_agrees(ours[name], reference[name], what=name)
     _, unscaled, _ = _step_everything("torch", config.model_copy(update={"lr_mult": {}}))
     assert not np.allclose(unscaled["layer1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
 
@@ -233,7 +234,7 @@ def test_features_are_the_layer_outputs_of_every_image_with_labels_and_paths(tmp
     loaded = load_run(tmp_path / "run")
     session = open_run_session(loaded, load_backend("torch").open_session, "cpu")
     images = loaded.normalization.apply(load_images([Path(p) for p in paths], loaded.graph.input_shape))
-    np.testing.assert_allclose(values, session.activations(images, ["f6"])["f6"], rtol=1e-5, atol=1e-6)
+    assert_agrees(values, session.activations(images, ["f6"])["f6"])
     wrong = subprocess.run(
         [sys.executable, "-m", "cnnspec", "features", "run", "--data", str(photos), "--layer", "f66"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,

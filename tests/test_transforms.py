@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import cnnspec
+from cnnspec.agreement import assert_agrees
 from cnnspec.data import Transform, decode
 from cnnspec.data.loader import ImageStream, batches
 from cnnspec.data.transforms import color_jitter, random_resized_box, sample_generator
@@ -249,7 +250,7 @@ def test_a_photo_run_uses_the_imagenet_recipe_and_predicts_with_its_centre_crop(
     session = result.session
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     direct = session.predict(((expected / np.float32(255) - mean[:, None, None]) / std[:, None, None]).astype(np.float32))
-    np.testing.assert_allclose(outputs, direct, rtol=1e-5, atol=1e-5)
+    assert_agrees(outputs, direct)
     assert math.isfinite(result.final["val_loss"])
 
 

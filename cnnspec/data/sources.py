@@ -93,6 +93,9 @@ def _class_folders(path: Path) -> Listing:
         )
     listed: list[list[Sample]] = []
     skipped: list[str] = []
+    if split:  # a validation class that training lacks: said, not dropped silently
+        extra = sorted(p.name for p in val_root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
+        skipped += [f"{val_root / name}: train/ has no class '{name}': its images are not validated" for name in extra]
     for root in roots:
         samples: list[Sample] = []
         for label, name in enumerate(classes):
@@ -139,8 +142,8 @@ def _manifest(path: Path) -> Listing:
             skipped.append(f"{path}:{line}: {target}: no such file")
             continue
         (val if split == "val" else train).append(Sample(target, index[label]))
-    if not train:
-        raise DataError(f"{path}: none of the manifest's training images exists (first: {skipped[0] if skipped else '-'})")
+    if not train and not val:
+        raise DataError(f"{path}: none of the manifest's images exists (first: {skipped[0] if skipped else '-'})")
     return Listing(f"manifest:{path.name}", classes, train, val if has_val else None, skipped)
 
 

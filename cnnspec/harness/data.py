@@ -104,9 +104,13 @@ class Dataset:
         return [*self.skipped, *(entry for stream in streams for entry in stream.skipped)]
 
 
-def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int | None, seed: int) -> Dataset:
+def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int | None, seed: int, whole: bool = False) -> Dataset:
     """The data ``config.source`` names, fitted to ``shape``, checked against the
-    network's ``num_classes`` (None: the caller sizes the network to the data)."""
+    network's ``num_classes`` (None: the caller sizes the network to the data).
+
+    ``whole``: a test set, all of it in the validation arrays (training ones empty): its
+    own validation or test part where it has one (``val/`` beside ``train/``, a
+    manifest's ``split: val`` rows, MNIST's t10k files), else every sample."""
     source = config.source
     if source == "digits":
         config = resolve_preset(config, shape, image_files=False)
@@ -125,9 +129,11 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int | 
                 "image class folders, a manifest (.csv or .jsonl), tar shards, CIFAR-10 python batches or an .npz file "
                 "(nothing is downloaded)"
             )
+        if whole:
+            path = test_part(path)
         kind = source_kind(path)
         config = resolve_preset(config, shape, image_files=kind == "files")
-        raw = _from_path(path, kind, shape, config, seed)
+        raw = _from_path(path, kind, shape, config, seed, whole)
     dataset = replace(_fit(raw, shape, config), config=config)
     if config.limit is not None:
         head = dataset.x_train.head(config.limit) if isinstance(dataset.x_train, ImageStream) else dataset.x_train[: config.limit]
@@ -142,6 +148,43 @@ def load_dataset(config: DataConfig, shape: tuple[int, ...], num_classes: int | 
         )
     classes = dataset.classes + [str(i) for i in range(len(dataset.classes), num_classes)]
     return replace(dataset, classes=classes[:num_classes])
+
+
+def absolute_source(source: str) -> str:
+    """``source`` as a run records it: an existing path made absolute, so that the run's
+    data is found from any working directory; names (digits, synthetic) as they are."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if source not in ("digits", "synthetic") and path.exists() else source
+
+
+def recorded_source(source: str, run: Path) -> str:
+    """The data a run at ``run`` recorded, found again: as recorded, else (older runs
+    recorded the path as typed) relative to the run folder; a path found nowhere is an
+    error that says where it came from and how to point elsewhere."""
+    path = Path(source).expanduser()
+    if source in ("digits", "synthetic") or path.exists() or source.lower().replace("_", "-") in WELL_KNOWN:
+        return source
+    beside = run / path
+    if not path.is_absolute() and beside.exists():
+        return str(beside)
+    raise DataError(f"data '{source}' (recorded in {run / 'run.json'} when the run was trained) is not found from "
+                    f"{Path.cwd()}: pass --data PATH to evaluate on it where it is now")
+
+
+def by_class_name(dataset: Dataset, classes: list[str]) -> Dataset:
+    """``dataset``'s validation labels as indices into ``classes`` (a run's), matched by
+    name: a test folder may hold any subset of the classes, in any order. A class with
+    images that ``classes`` does not know is an error that names it."""
+    present = sorted({dataset.classes[i] if i < len(dataset.classes) else str(i) for i in np.unique(dataset.y_val).tolist()})
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in present if name not in index]
+    if unknown:
+        shown = ", ".join(classes[:12]) + (" ..." if len(classes) > 12 else "")
+        raise DataError(f"data '{dataset.name}' has class(es) the run was not trained on: {', '.join(unknown)}; "
+                        f"the run's classes are {shown} (labels are matched by class name)")
+    names = list(dataset.classes) + [str(i) for i in range(len(dataset.classes), int(dataset.y_val.max(initial=-1)) + 1)]
+    mapping = np.array([index.get(name, -1) for name in names], np.int64)
+    return replace(dataset, y_val=mapping[dataset.y_val], classes=list(classes))
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,16 +244,36 @@ def source_kind(path: Path) -> str:
     return "files"
 
 
-def _from_path(path: Path, kind: str, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
+def test_part(path: Path) -> Path:
+    """The folder of ``path`` that a test set's evaluation reads: ``val/`` (or ``test/``)
+    where it holds class folders beside ``train/`` or alone, else ``path`` itself."""
+    if not path.is_dir():
+        return path
+    for name in ("val", "test"):
+        part = path / name
+        if part.is_dir() and any(child.is_dir() and not child.name.startswith(".") for child in part.iterdir()):
+            return part
+    return path
+
+
+def _from_path(path: Path, kind: str, shape: tuple[int, ...], config: DataConfig, seed: int, whole: bool = False) -> Dataset:
+    if kind == "idx":
+        return _idx(path, config, seed, whole)
     if kind != "files":
-        return {"npz": _npz, "idx": _idx, "cifar10": _cifar10}[kind](path, config, seed)
+        dataset: Dataset = {"npz": _npz, "cifar10": _cifar10}[kind](path, config, seed)
+        return _all_validated(dataset) if whole else dataset
     listing = list_source(path)
     if listing is None:
         raise DataError(
             f"{path}: a data file is an .npz (x_train, y_train, x_test, y_test), a manifest (.csv or .jsonl with "
             "path,label) or a tar shard (.tar)"
         )
-    return _listed(listing, shape, config, seed)
+    return _listed(listing, shape, config, seed, whole)
+
+
+def _all_validated(dataset: Dataset) -> Dataset:
+    """A data set with its own test part: that part, nothing to train on."""
+    return replace(dataset, x_train=dataset.x_train[:0], y_train=dataset.y_train[:0])
 
 
 # ---- IDX (MNIST) ----------------------------------------------------------------------
@@ -239,7 +302,7 @@ def _find(path: Path, prefix: str, kind: str) -> Path | None:
     return None
 
 
-def _idx(path: Path, config: DataConfig, seed: int) -> Dataset:
+def _idx(path: Path, config: DataConfig, seed: int, whole: bool = False) -> Dataset:
     pairs = {}
     for prefix in ("train", "t10k"):
         images, labels = _find(path, prefix, "images"), _find(path, prefix, "labels")
@@ -252,11 +315,12 @@ def _idx(path: Path, config: DataConfig, seed: int) -> Dataset:
         # Only one split (the MNIST test set alone, say): the last part validates, in
         # file order, so "first 8,000 train, last 2,000 validate" is reproducible.
         x, y = next(iter(pairs.values()))
-        cut = len(x) - round(len(x) * config.validation)
+        cut = 0 if whole else len(x) - round(len(x) * config.validation)
         x_train, y_train, x_val, y_val = x[:cut], y[:cut], x[cut:], y[cut:]
     else:
         raise DataError(f"{path}: no matching IDX image and label files (train-images-idx3-ubyte[.gz], ...)")
-    return Dataset(f"idx:{path.name}", x_train, y_train, x_val, y_val, classes)
+    dataset = Dataset(f"idx:{path.name}", x_train, y_train, x_val, y_val, classes)
+    return _all_validated(dataset) if whole else dataset
 
 
 # ---- CIFAR-10 python batches -----------------------------------------------------------
@@ -334,7 +398,7 @@ def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:
 # ---- image files (class folders, manifests, tar shards): decoded into memory -------------------
 
 
-def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: int) -> Dataset:
+def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: int, whole: bool = False) -> Dataset:
     """The samples of ``listing`` at ``shape``: decoded once into memory (in parallel) when
     they fit ``IN_MEMORY_LIMIT``, else streamed. Training images are streamed whatever
     their size when random resized crops are cut from them, since those need each file at
@@ -346,7 +410,12 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
     if config.strict and skipped:
         raise DataError(f"{skipped[0]} (strict: turn it off to skip and count such samples)")
     samples, val = listing.train, listing.val
-    if val is None:  # each class in proportion: a small folder's rare class still gets validated
+    if whole:  # a test set: its own validation part, else every sample
+        samples, val = [], (val if val else samples)
+    elif not samples:
+        raise DataError(f"{listing.name}: no training images (every sample is marked for validation); "
+                        "eval --data reads such a test set whole")
+    elif val is None:  # each class in proportion: a small folder's rare class still gets validated
         train_index, val_index = stratified_split(np.array([s.label for s in samples], dtype=np.int64), config.validation, seed)
         samples, val = [samples[i] for i in train_index], [samples[i] for i in val_index]
     samples = samples[: config.limit]  # before decoding: a smoke test decodes only what it uses
@@ -362,13 +431,15 @@ def _listed(listing: Listing, shape: tuple[int, ...], config: DataConfig, seed: 
     held = [in_memory and not (split == 0 and train_transform.crop_scale is not None and config.stream != "never") for split in (0, 1)]
     x: list[np.ndarray | ImageStream] = list(streams)
     for split, name in enumerate(("training", "validation")):
-        if not held[split]:
+        if not held[split] or not len(labels[split]):
             continue
         kept, x[split] = streams[split].load()
         skipped += streams[split].skipped
         labels[split] = labels[split][kept]
         if not len(kept):
             raise DataError(f"{listing.name}: none of the {name} images can be read ({len(skipped)} skipped; first: {skipped[0]})")
+    if not len(labels[0]):  # a test set read whole: nothing to train on
+        x[0] = np.zeros((0, *shape), np.uint8)
     return Dataset(listing.name, x[0], labels[0], x[1], labels[1], listing.classes, tuple(skipped), config)
 
 

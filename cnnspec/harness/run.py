@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,7 +39,7 @@ from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, lo
 from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, plots, tuning
 from cnnspec.harness.config import Normalize, TrainConfig, phase_plan
-from cnnspec.harness.data import Dataset, load_dataset
+from cnnspec.harness.data import Dataset, absolute_source, by_class_name, load_dataset, recorded_source, test_part
 from cnnspec.harness.events import EventLog
 from cnnspec.harness.protocol import Backend, Session
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
@@ -562,7 +563,7 @@ def train(
                 "classes": data.classes,
                 "skipped": list(data.skipped[:100]),
                 "normalization": dataclasses.asdict(norm),
-                "train": config.model_dump(mode="json"),
+                "train": _recorded(config).model_dump(mode="json"),
                 "init": None if init is None else str(init),
                 "processes": group.size,
                 "created": datetime.now().isoformat(timespec="seconds"),
@@ -925,6 +926,18 @@ class LoadedRun:
     normalization: Normalization
 
 
+def _recorded(config: TrainConfig) -> TrainConfig:
+    """``config`` as run.json keeps it: the data's path absolute (found from anywhere)."""
+    return config.model_copy(update={"data": config.data.model_copy(update={"source": absolute_source(config.data.source)})})
+
+
+def _evaluation_file(run: Path, data_name: str, suffix: str) -> Path:
+    """Where an evaluation on other data than the run's writes: its own file, named after
+    the data, never over the run's own confusion.png."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", data_name).strip("-") or "data"
+    return run / "evaluations" / f"confusion-{slug}{suffix}"
+
+
 def load_run(path: Path, *, checked: bool = True) -> LoadedRun:
     """A run, and its latest checkpoint (or the one ``path`` names), refused when a file of
     that checkpoint is not as written (``checked``; resuming chooses its own checkpoint)."""
@@ -981,15 +994,30 @@ class _EngineSession:
         return float(loss) * len(x), logits
 
 
+def evaluation_data(loaded: LoadedRun, data: str | None, said: Callable[[str], None] | None = None) -> Dataset:
+    """What ``eval`` and ``report`` evaluate: the run's validation split, or ``data`` (a
+    test set of one's own) read whole, its labels matched to the run's classes by name."""
+    config = loaded.config.data
+    if data is None:
+        config = config.model_copy(update={"source": recorded_source(config.source, loaded.run.path)})
+        return load_dataset(config, loaded.graph.input_shape, loaded.graph.output_shape[0], loaded.config.seed)
+    config = config.model_copy(update={"source": data})
+    dataset = by_class_name(load_dataset(config, loaded.graph.input_shape, None, loaded.config.seed, whole=True), loaded.info["classes"])
+    if said is not None:
+        part = test_part(Path(data))
+        said(f"data: {dataset.name} read whole ({len(dataset.y_val):,} images{f', its {part.name}/ part' if part != Path(data) else ''}); "
+             "labels matched to the run's classes by name")
+    return dataset
+
+
 def evaluate(
     path: Path, open_session: Callable[..., Session], *, data: str | None = None, device: str = "auto", confusion_png: Path | None = None,
     runtime: str = "backend", said: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     loaded = load_run(path)
     config = loaded.config
-    if data is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(update={"source": data})})
-    dataset = load_dataset(config.data, loaded.graph.input_shape, loaded.graph.output_shape[0], config.seed)
+    classes = loaded.info["classes"]
+    dataset = evaluation_data(loaded, data, said)
     opened: list[Session] = []
 
     def session() -> Session:
@@ -1002,8 +1030,7 @@ def evaluate(
     evaluator: Any = engine if opened else _EngineSession(engine, config)
     width = loaded.graph.output_shape[0]
     result = _evaluate_arrays(evaluator, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
-    classes = loaded.info["classes"]
-    png = confusion_png or loaded.run.path / "confusion.png"
+    png = confusion_png or (loaded.run.path / "confusion.png" if data is None else _evaluation_file(loaded.run.path, dataset.name, ".png"))
     plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({result['images']} images)")
     return {
         "run": str(loaded.run.path),
@@ -1149,15 +1176,15 @@ def _verified(loaded: LoadedRun, session: Session) -> str:
     entry = known.get(key)
     if isinstance(entry, dict) and entry.get("weights") == stamp and isinstance(entry.get("max_rel_error"), float):
         return f"verified against numpy ({entry['max_rel_error']:.1e} relative)"
+    from cnnspec.agreement import TOLERANCE, agreement
     from cnnspec.backends import load_backend
-    from cnnspec.exporting import TOLERANCE
 
     reference = load_backend("numpy").open_session(loaded.graph, TrainConfig(), device="cpu", precision="fp32")
     reference.set_weights(load_arrays(weights_file))
     x = np.random.default_rng(0).standard_normal((2, *loaded.graph.input_shape)).astype(np.float32)
     expected = np.asarray(reference.predict(x), np.float32)
     got = np.asarray(session.predict(x), np.float32)
-    relative = float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
+    _, relative = agreement(got, expected)
     tolerance = TOLERANCE if precision == "fp32" else LOW_PRECISION_TOLERANCE
     if not relative <= tolerance:
         raise TrainingError(f"the {backend} backend ({session.device}, {precision}) computes {loaded.checkpoint.name}'s outputs "

@@ -214,5 +214,13 @@ def feature_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
+def channels_of(shape: Shape) -> int:
+    """The channels of a C x H x W feature map or the length of a feature vector: what a
+    per-channel layer (batchnorm, affine) normalises. A C x L input is neither."""
+    if len(shape) not in (1, 3):
+        raise ShapeError(f"needs a C x H x W feature map or a vector of features, got shape {format_shape(shape)}")
+    return shape[0]
+
+
 def format_shape(shape: Shape) -> str:
     return "x".join(str(d) for d in shape)

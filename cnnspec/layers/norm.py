@@ -17,6 +17,7 @@ from cnnspec.layers.base import (
     PositiveNumber,
     Shape,
     WeightSpec,
+    channels_of,
     feature_map,
     register,
 )
@@ -35,7 +36,7 @@ class BatchNorm(Layer):
     momentum: Momentum = 0.1
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
-        learned, state = batchnorm_params(inputs[0][0])
+        learned, state = batchnorm_params(channels_of(inputs[0]))
         return LayerInfo(output_shape=inputs[0], params=learned, non_trainable=state)
 
     def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
@@ -78,7 +79,7 @@ class Affine(Layer):
     bias: StrictBool = True
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
-        return LayerInfo(output_shape=inputs[0], params=affine_params(inputs[0][0], self.bias))
+        return LayerInfo(output_shape=inputs[0], params=affine_params(channels_of(inputs[0]), self.bias))
 
     def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
         channels = (inputs[0][0],)
