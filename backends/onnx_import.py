@@ -139,7 +139,8 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
     initialized = {i.name for i in model.graph.initializer}
     image = next(i.name for i in model.graph.input if i.name not in initialized)
-    return np.asarray(ReferenceEvaluator(model).run(None, {image: x})[0])
+    feeds: dict[str, Any] = {image: x}
+    return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
@@ -236,7 +237,7 @@ def _where(node: Any) -> str:
 
 # The input ranks whose forms of an operator have a cnnspec kind: images (N x C x H x W),
 # and feature vectors (N x F) for batchnorm; 1-d and 3-d forms have none.
-_RANKS = {op: (4,) for op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "LRN")}
+_RANKS: dict[str, tuple[int, ...]] = {op: (4,) for op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "LRN")}
 _RANKS["BatchNormalization"] = (2, 4)
 
 

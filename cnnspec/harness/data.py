@@ -273,7 +273,7 @@ def _from_path(path: Path, kind: str, shape: tuple[int, ...], config: DataConfig
 
 def _all_validated(dataset: Dataset) -> Dataset:
     """A data set with its own test part: that part, nothing to train on."""
-    return replace(dataset, x_train=dataset.x_train[:0], y_train=dataset.y_train[:0])
+    return replace(dataset, x_train=np.asarray(dataset.x_train)[:0], y_train=dataset.y_train[:0])
 
 
 # ---- IDX (MNIST) ----------------------------------------------------------------------
