@@ -139,8 +139,8 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
     initialized = {i.name for i in model.graph.initializer}
     image = next(i.name for i in model.graph.input if i.name not in initialized)
-    feeds: dict[str, Any] = {image: x}
-    return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+    outputs: Any = ReferenceEvaluator(model).run(None, {image: x})  # a list of the outputs
+    return np.asarray(outputs[0])
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
