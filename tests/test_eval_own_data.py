@@ -127,3 +127,20 @@ def test_the_runs_relative_data_path_resolves_from_any_folder_and_a_moved_one_sa
         assert "pass --data PATH" in lost.output
     finally:
         shutil.move(moved, trained / "png")
+
+
+def test_integer_labels_are_read_as_indices_and_one_past_the_run_is_refused(trained: Path, tmp_path: Path) -> None:
+    # an .npz has no class names: its labels index the run's classes (one, seven, zero)
+    rng = np.random.default_rng(3)
+    x = np.stack([np.clip(np.array(COLOURS[name]) + rng.integers(-30, 30, (16, 16, 3)), 0, 255) for name in ("one", "seven", "zero") * 4]).astype(np.uint8)
+    y = np.tile(np.arange(3), 4)
+    np.savez(tmp_path / "ok.npz", x_train=x, y_train=y)
+    said = runner.invoke(app, ["eval", str(trained / "run"), "--data", str(tmp_path / "ok.npz")])
+    assert said.exit_code == 0, said.output
+    assert "bare integers, read as indices" in said.output
+    assert "(12 images)" in said.output  # no test part: every sample, none held back for training
+    assert float(said.output.split("accuracy ")[1].split()[0]) > 0.9
+    np.savez(tmp_path / "past.npz", x_train=x, y_train=np.tile(np.arange(1, 4), 4))
+    refused = runner.invoke(app, ["eval", str(trained / "run"), "--data", str(tmp_path / "past.npz")])
+    assert refused.exit_code == 1
+    assert "has label 3 but the run has 3 classes" in refused.output

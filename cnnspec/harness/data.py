@@ -67,6 +67,7 @@ class Dataset:
     classes: list[str]
     skipped: tuple[str, ...] = ()  # "file: reason" for each sample left out while loading
     config: DataConfig = _DEFAULT_CONFIG  # as used: its preset applied (``resolve_preset``)
+    named: bool = True  # False: the labels are bare integers (IDX, .npz), the class names made up from them
 
     @property
     def residence(self) -> str:
@@ -174,7 +175,15 @@ def recorded_source(source: str, run: Path) -> str:
 def by_class_name(dataset: Dataset, classes: list[str]) -> Dataset:
     """``dataset``'s validation labels as indices into ``classes`` (a run's), matched by
     name: a test folder may hold any subset of the classes, in any order. A class with
-    images that ``classes`` does not know is an error that names it."""
+    images that ``classes`` does not know is an error that names it. Data whose labels are
+    bare integers (IDX, .npz: no names to match) keep them as indices into ``classes``;
+    a label past the run's last class is an error."""
+    if not dataset.named:
+        top = int(dataset.y_val.max(initial=-1))
+        if top >= len(classes):
+            raise DataError(f"data '{dataset.name}' has label {top} but the run has {len(classes)} classes "
+                            f"(its labels are bare integers, read as indices into the run's classes)")
+        return replace(dataset, classes=list(classes))
     present = sorted({dataset.classes[i] if i < len(dataset.classes) else str(i) for i in np.unique(dataset.y_val).tolist()})
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in present if name not in index]
@@ -228,7 +237,7 @@ def _synthetic(shape: tuple[int, ...], num_classes: int, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(1024 + 256, *shape), dtype=np.uint8)
     y = rng.integers(0, num_classes, size=len(x)).astype(np.int64)
-    return Dataset("synthetic", x[:1024], y[:1024], x[1024:], y[1024:], [str(i) for i in range(num_classes)])
+    return Dataset("synthetic", x[:1024], y[:1024], x[1024:], y[1024:], [str(i) for i in range(num_classes)], named=False)
 
 
 def source_kind(path: Path) -> str:
@@ -260,8 +269,7 @@ def _from_path(path: Path, kind: str, shape: tuple[int, ...], config: DataConfig
     if kind == "idx":
         return _idx(path, config, seed, whole)
     if kind != "files":
-        dataset: Dataset = {"npz": _npz, "cifar10": _cifar10}[kind](path, config, seed)
-        return _all_validated(dataset) if whole else dataset
+        return {"npz": _npz, "cifar10": _cifar10}[kind](path, config, seed, whole)
     listing = list_source(path)
     if listing is None:
         raise DataError(
@@ -319,7 +327,7 @@ def _idx(path: Path, config: DataConfig, seed: int, whole: bool = False) -> Data
         x_train, y_train, x_val, y_val = x[:cut], y[:cut], x[cut:], y[cut:]
     else:
         raise DataError(f"{path}: no matching IDX image and label files (train-images-idx3-ubyte[.gz], ...)")
-    dataset = Dataset(f"idx:{path.name}", x_train, y_train, x_val, y_val, classes)
+    dataset = Dataset(f"idx:{path.name}", x_train, y_train, x_val, y_val, classes, named=False)
     return _all_validated(dataset) if whole else dataset
 
 
@@ -349,7 +357,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(batch[b"labels"], dtype=np.int64)
 
 
-def _cifar10(path: Path, config: DataConfig, seed: int) -> Dataset:
+def _cifar10(path: Path, config: DataConfig, seed: int, whole: bool = False) -> Dataset:
     train = [_load_batch(p) for p in sorted(path.glob("data_batch_*"))]
     classes = [str(i) for i in range(10)]
     meta = path / "batches.meta"
@@ -361,14 +369,15 @@ def _cifar10(path: Path, config: DataConfig, seed: int) -> Dataset:
         x_train, y_train = np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])
     else:
         x, y = train[0] if train else _load_batch(path / "test_batch")
-        x_train, y_train, x_val, y_val = _split(x, y, config.validation, seed)
-    return Dataset(f"cifar10:{path.name}", x_train, y_train, x_val, y_val, classes)
+        x_train, y_train, x_val, y_val = _split(x, y, config.validation, seed) if not whole else (x[:0], y[:0], x, y)
+    dataset = Dataset(f"cifar10:{path.name}", x_train, y_train, x_val, y_val, classes, named=meta.exists())
+    return _all_validated(dataset) if whole else dataset
 
 
 # ---- .npz -------------------------------------------------------------------------------
 
 
-def _npz(path: Path, config: DataConfig, seed: int) -> Dataset:
+def _npz(path: Path, config: DataConfig, seed: int, whole: bool = False) -> Dataset:
     with np.load(path, allow_pickle=False) as archive:
         missing = {"x_train", "y_train"} - set(archive.files)
         if missing:
@@ -376,10 +385,13 @@ def _npz(path: Path, config: DataConfig, seed: int) -> Dataset:
         x_train, y_train = archive["x_train"], archive["y_train"].astype(np.int64).reshape(-1)
         if "x_test" in archive.files and "y_test" in archive.files:
             x_val, y_val = archive["x_test"], archive["y_test"].astype(np.int64).reshape(-1)
+        elif whole:  # a test set with no test part: all of it
+            x_train, y_train, x_val, y_val = x_train[:0], y_train[:0], x_train, y_train
         else:
             x_train, y_train, x_val, y_val = _split(x_train, y_train, config.validation, seed)
-    classes = [str(i) for i in range(int(max(y_train.max(), y_val.max())) + 1)]
-    return Dataset(f"npz:{path.name}", _channels_first(x_train, path), y_train, _channels_first(x_val, path), y_val, classes)
+    classes = [str(i) for i in range(int(max(y_train.max(initial=0), y_val.max(initial=0))) + 1)]
+    dataset = Dataset(f"npz:{path.name}", _channels_first(x_train, path), y_train, _channels_first(x_val, path), y_val, classes, named=False)
+    return _all_validated(dataset) if whole else dataset
 
 
 def _channels_first(x: np.ndarray, path: Path) -> np.ndarray:

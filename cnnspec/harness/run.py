@@ -1006,7 +1006,7 @@ def evaluation_data(loaded: LoadedRun, data: str | None, said: Callable[[str], N
     if said is not None:
         part = test_part(Path(data))
         said(f"data: {dataset.name} read whole ({len(dataset.y_val):,} images{f', its {part.name}/ part' if part != Path(data) else ''}); "
-             "labels matched to the run's classes by name")
+             + ("labels matched to the run's classes by name" if dataset.named else "its labels are bare integers, read as indices into the run's classes"))
     return dataset
 
 
