@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -391,7 +392,7 @@ class KerasNetwork:
                 raise BackendError(f"the tensorflow backend has no lowering for layer kind '{node.kind}'")
             values[node.name] = lowering(builder, node, [values[source] for source in node.inputs])
         self.values = {name: value for name, value in values.items() if name != INPUT}
-        self.model = keras.Model(inputs, self._canonical(graph.output), name=graph.name)
+        self.model = keras.Model(inputs, self._canonical(graph.output), name=re.sub(r"[^A-Za-z0-9_.>-]", "_", graph.name))  # Keras' scope-name rule
         self.bindings = builder.bindings
         specs = graph.weights()
         missing = set(specs) - set(self.bindings)

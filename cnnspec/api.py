@@ -67,6 +67,8 @@ def train(
     compile: bool = False,
     out: str | os.PathLike[str] | None = None,
     init: str | os.PathLike[str] | None = None,
+    head_only: bool = False,
+    keep_head: bool = False,
     quiet: bool = True,
     **overrides: Any,
 ) -> TrainResult:
@@ -74,18 +76,25 @@ def train(
     ``{'optimizer.lr': 0.01}`` or plain ones: ``train("lenet5", epochs=3)``. ``init``, a
     checkpoint (.safetensors) or a run (its folder, ``RUN@best`` or a checkpoint folder),
     starts from its arrays wherever names and shapes fit; from a run, inputs are normalised
-    as that run's were unless ``data.normalize`` is set."""
+    as that run's were unless ``data.normalize`` is set; its classifier is kept only when
+    the data's class names are the run's, in order (``keep_head``: whenever it fits).
+    ``head_only`` trains the classifier alone, solved on the frozen body's features
+    (``train.solve``)."""
     from cnnspec.backends import load_backend
     from cnnspec.distributed import joined, membership
+    from cnnspec.harness.config import ClassifierSolve
     from cnnspec.harness.run import train as run_training
+    from cnnspec.load import classifier_name
 
     graph = _graph(spec)
     config = train_config(graph, _dotted(overrides))
+    if head_only:
+        config = config.model_copy(update={"freeze": [f"before:{classifier_name(graph)}"], "solve": config.solve or ClassifierSolve()})
     module, group, device = joined(backend, load_backend(backend), device)
     with membership(group):
         return run_training(
             graph, config, module, backend, device=device, precision=precision, compile=compile,
-            out=Path(out) if out is not None else None, init=Path(init) if init is not None else None, quiet=quiet, group=group,
+            out=Path(out) if out is not None else None, init=Path(init) if init is not None else None, keep_head=keep_head, quiet=quiet, group=group,
         )
 
 

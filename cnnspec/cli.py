@@ -238,7 +238,8 @@ def train(
     workers: Annotated[int | None, typer.Option(min=0, help="processes decoding image files (train.data.workers) [default: the cores available]")] = None,
     classes: Annotated[str | None, typer.Option(help="the output layer's width: auto (the data's class count), N, or spec (train.classes)")] = None,
     freeze: Annotated[str | None, typer.Option(help="layers that do not train, comma-separated: names, groups, globs (layer1.*) or before:NAME (train.freeze)")] = None,
-    head_only: Annotated[bool, typer.Option("--head-only", help="train only the classifier (the last dense layer) on the frozen body's cached features: --freeze before:CLASSIFIER")] = False,
+    head_only: Annotated[bool, typer.Option("--head-only", help="train only the classifier (the last dense layer), solved to convergence on the frozen body's cached features (--freeze before:CLASSIFIER, train.solve)")] = False,
+    keep_head: Annotated[bool, typer.Option("--keep-head", help="with --init: keep its classifier whenever the shape fits (default: only when the data's class names are the init run's)")] = False,
     keep: Annotated[int | None, typer.Option(min=1, help="keep only the N newest epoch checkpoints, and the best (train.keep)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes (torchrun on this host; with --engine spark, Spark tasks)")] = None,
@@ -282,9 +283,9 @@ def train(
                 _usage("train needs a SPEC (or --resume RUN_DIR)")
             graph = load_spec(spec)
             if head_only:
-                overrides["freeze"] = [f"before:{_classifier(graph)}"]
+                _classifier(graph)  # a spec without one is a usage error
             result = api.train(graph, backend or "torch", device=device, precision=precision, compile=compile, out=out,
-                               init=init, quiet=quiet, **overrides)
+                               init=init, head_only=head_only, keep_head=keep_head, quiet=quiet, **overrides)
     except SpecNotFound as exc:
         _usage(str(exc))
     except SpecError as exc:

@@ -185,6 +185,16 @@ class DistributedConfig(_Section):
     )
 
 
+class ClassifierSolve(_Section):
+    """Training the classifier alone (``--head-only``) as the convex problem it is:
+    multinomial logistic regression with an L2 penalty on the frozen body's features,
+    solved by L-BFGS to convergence (scikit-learn's ``LogisticRegression``)."""
+
+    c: PositiveNumber = Field(default=1.0, description="inverse penalty strength, as scikit-learn's C: the loss is the mean cross-entropy plus |W|^2 / (2 C N)")
+    max_iterations: PositiveInt = Field(default=1000, description="L-BFGS iterations at most")
+    tolerance: PositiveNumber = Field(default=1e-6, description="stop when no gradient component is larger")
+
+
 class TrainConfig(_Section):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = Field(default=64, description="images per step; in a distributed run, over all processes together (each takes its share)")
@@ -218,6 +228,9 @@ class TrainConfig(_Section):
         default=True, description="when the frozen layers end in one layer's output and nothing changes the images between epochs, compute it once and train the head on it"
     )
     distributed: DistributedConfig = DistributedConfig()
+    solve: ClassifierSolve | None = Field(
+        default=None, description="when only the classifier trains, on cached features: solve it to convergence (--head-only sets it); none: the optimizer's epochs"
+    )
 
 
 class SpecTraining(BaseModel):

@@ -37,7 +37,7 @@ from cnnspec.data.transforms import sample_generator
 from cnnspec.diagnostics import plural
 from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, local_order, steps
 from cnnspec.graph import Graph
-from cnnspec.harness import bottleneck, plots, tuning
+from cnnspec.harness import bottleneck, linear_head, plots, tuning
 from cnnspec.harness.config import Normalize, TrainConfig, phase_plan
 from cnnspec.harness.data import Dataset, absolute_source, by_class_name, load_dataset, recorded_source, test_part
 from cnnspec.harness.events import EventLog
@@ -391,30 +391,72 @@ def check_memory(graph: Graph, config: TrainConfig, device: str, free: int | Non
         )
 
 
-def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Progress) -> dict[str, np.ndarray]:
+def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Progress, data: Dataset | None = None,
+                      keep_head: bool = False) -> dict[str, np.ndarray]:
     """The seeded initial weights, with every array of ``init`` (a checkpoint: transfer
-    learning) whose name and shape fit; says which stayed fresh."""
+    learning) whose name and shape fit; says which stayed fresh. The classifier (the layer
+    ``--classes`` resizes) is taken from a run only when ``data``'s class names are that
+    run's, in order: a new task gets a new classifier (``keep_head``: whenever it fits)."""
     weights = initial_weights(graph, seed)
     if init is None:
         return weights
+    recorded: tuple[list[str], bool] | None = None
     if _names_a_run(init):  # a run, RUN@best, or one of its checkpoints: its weights, checked as eval checks them
-        _, checkpoint = RunDir.find(init)
+        run, checkpoint = RunDir.find(init)
         problem = checkpoint_problem(checkpoint)
         if problem is not None:
             raise DamagedFile(problem)
         init = checkpoint / "weights.safetensors"
+        recorded = _recorded_classes(run.path)
     elif not init.exists():
         raise TrainingError(f"{init}: no such file; --init takes a checkpoint (.safetensors), a run directory, RUN@best or a checkpoint folder")
     loaded = load_arrays(init)
     taken = [name for name, array in loaded.items() if name in weights and array.shape == weights[name].shape]
     if not taken:
         raise TrainingError(f"{init}: none of its arrays fits '{graph.name}' (names and shapes differ)")
+    fresh, why = _fresh_classifier(graph, taken, recorded, data, keep_head)
+    taken = [name for name in taken if tuning.owner(name) != fresh]
     for name in taken:
         weights[name] = loaded[name].astype(np.float32)
     progress.message(f"initialised {len(taken)} of {len(weights)} arrays from {init}")
-    for line in _init_report(weights, loaded, set(taken)):
+    for line in _init_report(weights, loaded, set(taken), {fresh: why} if fresh else {}):
         progress.message(f"  {line}")
     return weights
+
+
+def _recorded_classes(run: Path) -> tuple[list[str], bool] | None:
+    """The classes a run trained on, as its run.json lists them, and whether they are names
+    (False: made up from bare integer labels); None where the record names none."""
+    try:
+        record = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    classes = record.get("classes") if isinstance(record, dict) else None
+    if not isinstance(classes, list):
+        return None
+    return [str(name) for name in classes], record.get("class_names") is not False
+
+
+def _fresh_classifier(graph: Graph, taken: list[str], recorded: tuple[list[str], bool] | None, data: Dataset | None,
+                      keep_head: bool) -> tuple[str, str]:
+    """(the classifier's name, why it starts fresh), or ('', '') when the init run's one is
+    kept: the data's class names are the run's, in order, or ``keep_head`` says so. From a
+    weights file (no class names to compare) the shape decides."""
+    from cnnspec.load import classifier_name
+
+    try:
+        name = classifier_name(graph)
+    except ValueError:
+        return "", ""
+    if keep_head or data is None or recorded is None or not any(tuning.owner(w) == name for w in taken):
+        return "", ""
+    classes, named = recorded
+    if not (named and data.named):
+        return name, "the labels are bare integers, so nothing shows that the data's classes are the init run's; --keep-head keeps it"
+    if list(data.classes) != classes:
+        shown = [", ".join(names[:5]) + (" ..." if len(names) > 5 else "") for names in (data.classes, classes)]
+        return name, f"the data's classes ({shown[0]}) are not the init run's ({shown[1]}): a new task; --keep-head keeps it"
+    return "", ""
 
 
 def _names_a_run(init: Path) -> bool:
@@ -444,9 +486,10 @@ def _normalised_as_pretrained(data: Dataset, init: Path, progress: Progress) -> 
     return dataclasses.replace(data, config=chosen.model_copy(update={"normalize": Normalize(mean=mean, std=std)}))
 
 
-def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], taken: set[str]) -> list[str]:
-    """Layers loaded, layers new (and why: a shape that differs, or no array of that
-    name), and checkpoint arrays not used."""
+def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], taken: set[str], fresh: dict[str, str] | None = None) -> list[str]:
+    """Layers loaded, layers new (and why: a shape that differs, no array of that name, or
+    ``fresh``'s reason by layer), and checkpoint arrays not used."""
+    fresh = fresh or {}
 
     def listed(names: list[str]) -> str:
         return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -458,6 +501,8 @@ def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], 
     for name in weights:
         if name in taken:
             continue
+        if tuning.owner(name) in fresh:
+            continue
         if name in loaded:
             shapes = ("x".join(map(str, loaded[name].shape)), "x".join(map(str, weights[name].shape)))
             reasons.append(f"{name} (checkpoint {shapes[0]}, network {shapes[1]})")
@@ -465,6 +510,7 @@ def _init_report(weights: dict[str, np.ndarray], loaded: dict[str, np.ndarray], 
             reasons.append(f"{name} (not in the checkpoint)")
     if reasons:
         lines.append(f"new, freshly initialised: {listed(reasons)}")
+    lines += [f"classifier '{layer}' starts fresh: {why}" for layer, why in fresh.items()]
     unused = [name for name in loaded if name not in weights]
     if unused:
         lines.append(f"not used (no such array in the network): {listed(unused)}")
@@ -483,6 +529,7 @@ def train(
     out: Path | None = None,
     resume: Path | None = None,
     init: Path | None = None,
+    keep_head: bool = False,
     quiet: bool = False,
     group: Group = SINGLE,
 ) -> TrainResult:
@@ -544,11 +591,15 @@ def train(
         taken = lead and run.path.exists() and any(run.path.iterdir())
         if group.broadcast(taken):  # rank 0 decides for all: it may create the folder before another process looks
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
-        weights = _starting_weights(graph, config.seed, init, progress)
+        weights = _starting_weights(graph, config.seed, init, progress, data, keep_head)
     phase = _phase_at(plan, start_epoch)
     cache = run.path / ".cache" if lead else None
     opened = _PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile, cache)
     session = opened.session
+    solving, unsolved = _classifier_solve(graph, config, plan, opened, group) if latest is None else (None, "")
+    if solving is not None:  # one solve in place of the epochs
+        config = config.model_copy(update={"epochs": 1, "phases": []})
+        plan = [(0, 1, config)]
     if latest is None and lead:
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / "spec.yaml", graph.source)
@@ -561,6 +612,7 @@ def train(
                 "precision": session.precision,
                 "data": data.name,
                 "classes": data.classes,
+                "class_names": data.named,
                 "skipped": list(data.skipped[:100]),
                 "normalization": dataclasses.asdict(norm),
                 "train": _recorded(config).model_dump(mode="json"),
@@ -581,12 +633,14 @@ def train(
     events = EventLog(run.path, start_epoch) if lead else None  # flushed each epoch; its thread is a daemon
     progress.message(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
-        f"{len(data.x_val)} val images from {data.name} ({data.residence}), {plural(config.epochs, 'epoch')} -> {run.path}"
+        f"{len(data.x_val)} val images from {data.name} ({data.residence}), {'the classifier solved' if solving is not None else plural(config.epochs, 'epoch')} -> {run.path}"
     )
     if group.size > 1:
         progress.message(_group_line(graph, config, group, session.device))
     progress.message(f"transforms: {data.transforms(graph.input_shape)}")
     progress.message(_phase_line(graph, plan, phase, opened.note))
+    if unsolved:
+        progress.message(unsolved)
 
     for epoch in range(start_epoch, config.epochs):
         if _phase_at(plan, epoch) != phase:  # the next phase: its own frozen layers and a fresh optimizer
@@ -598,7 +652,10 @@ def train(
         lr = learning_rate(config.schedule, phase_config.optimizer.lr, epoch, config.epochs, plateau)
         session.set_learning_rate(lr)
         epoch_state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
-        row = _train_epoch(session, opened.data, opened.norm, phase_config, epoch, progress, run, epoch_state, partial, group, graph)
+        if solving is not None:
+            row = _solve_classifier(session, solving, opened.data, config, progress, run if lead else None)
+        else:
+            row = _train_epoch(session, opened.data, opened.norm, phase_config, epoch, progress, run, epoch_state, partial, group, graph)
         partial = None
         val = _evaluate_arrays(
             session, opened.data.x_val, opened.data.y_val, opened.norm, config.batch_size, config.top_k, graph.output_shape[0], group
@@ -635,6 +692,48 @@ def train(
     if events is not None:
         events.close()
     return TrainResult(run.path, history, session)
+
+
+def _classifier_solve(graph: Graph, config: TrainConfig, plan: list[tuple[int, int, TrainConfig]], opened: _PhaseSession,
+                      group: Group) -> tuple[Graph | None, str]:
+    """The head to solve in place of the epochs (``train.solve``, set by ``--head-only``),
+    or None and, when a solve was asked for, why it cannot be."""
+    if config.solve is None:
+        return None, ""
+    cut = bottleneck.bottleneck(graph, config) if config.bottleneck_cache else None
+    if len(plan) > 1:
+        why = "the run has phases"
+    elif group.size > 1:
+        why = "a distributed run trains by steps"
+    elif cut is None or not isinstance(opened.session, bottleneck.HeadSession):
+        why = bottleneck.why_not(graph, config) if config.bottleneck_cache else "bottleneck_cache is off"
+    else:
+        head = bottleneck.head_graph(graph, cut)
+        why = linear_head.why_not(head, config)
+        if not why:
+            return head, ""
+    return None, f"classifier solve off ({why}): the optimizer trains it for {plural(config.epochs, 'epoch')}"
+
+
+def _solve_classifier(session: Session, head: Graph, data: Dataset, config: TrainConfig, progress: Progress, run: RunDir | None) -> dict[str, float]:
+    """The epoch of a run whose classifier is solved: the solve on the cached training
+    features, its weights set, and what the solver did recorded in run.json."""
+    assert config.solve is not None
+    node = head.nodes[-1]
+    x = linear_head.features(session, head, np.asarray(data.x_train), config.batch_size)
+    solved = linear_head.solve(x, data.y_train, head.output_shape[0], config.solve, node.name, bias=bool(getattr(node.layer, "bias", True)))
+    session.set_weights({f"{node.name}.weight": solved.weight} | ({f"{node.name}.bias": solved.bias} if solved.bias is not None else {}))
+    progress.message(
+        f"classifier '{node.name}' solved: L-BFGS, {plural(solved.iterations, 'iteration')}, {'converged' if solved.converged else 'NOT converged: ' + solved.message}; "
+        f"multinomial logistic regression on {len(x):,} x {x.shape[1]:,} features, L2 with C = {solved.c:g}; train loss {solved.loss:.4f}, "
+        f"train accuracy {solved.accuracy:.4f} ({solved.seconds:.2f} s)"
+    )
+    if run is not None:
+        record = json.loads((run.path / "run.json").read_text())
+        record["solve"] = solved.record(len(x))
+        write_json(run.path / "run.json", record)
+        seal(run.path, ["spec.yaml", "run.json"])
+    return {"train_loss": solved.loss, "train_accuracy": solved.accuracy, "seconds": solved.seconds, "images_per_second": len(x) / max(solved.seconds, 1e-9)}
 
 
 def _group_line(graph: Graph, config: TrainConfig, group: Group, device: str) -> str:
