@@ -249,7 +249,7 @@ def run_preprocessing(run: Path) -> dict[str, str]:
     return {
         "cnnspec.preprocessing": json.dumps({"scale": norm.scale, "mean": list(norm.mean), "std": list(norm.std)}),
         "cnnspec.image_preparation": image_preparation(loaded.config, loaded.graph.input_shape),
-        "cnnspec.outputs": "logits: softmax gives the class probabilities",
+        "cnnspec.outputs": "probabilities: the spec's output ends in softmax" if loaded.spec is not loaded.graph else "logits: softmax gives the class probabilities",
         "cnnspec.classes": json.dumps(loaded.info.get("classes")),
     }
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from cnnspec.diagnostics import Diagnostic, Location, SpecError, did_you_mean
 from cnnspec.graph import Graph, build_graph
-from cnnspec.spec import Expander, SpecHeader, pydantic_diagnostics
+from cnnspec.spec import INPUT, Expander, SpecHeader, pydantic_diagnostics
 from cnnspec.yamlmarks import MarkedDict, MarkedList, load_yaml
 
 if TYPE_CHECKING:
@@ -102,9 +102,9 @@ def _habits(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
     softmax = isinstance(last.layer, Softmax) or isinstance(getattr(last.layer, "activation", None), Softmax)
     loss = graph.train_section.loss if graph.train_section is not None else "cross_entropy"  # the default loss
     if softmax and loss == "cross_entropy":
-        found.append(Diagnostic(last.location, f"{last.kind} '{last.name}' ends in softmax, and the cross-entropy loss applies softmax "
-                                               "itself (it takes logits, as PyTorch's and Keras' from_logits=True do): drop the softmax "
-                                               "(predict still reports probabilities)", "warning"))
+        found.append(Diagnostic(last.location, f"{last.kind} '{last.name}' ends in softmax, and the cross-entropy loss takes logits (as "
+                                               "PyTorch's and Keras' from_logits=True do): training, eval and predict use the network "
+                                               "without this softmax, exports keep it; drop it to make the spec say what trains", "warning"))
     return found
 
 
@@ -184,6 +184,9 @@ def with_output_width(graph: Graph, width: int) -> Graph:
     for entry in reversed(document["layers"]):
         if isinstance(entry, dict) and isinstance(entry.get(Dense.kind), dict):
             entry[Dense.kind]["units"] = width
+            activation = entry[Dense.kind].get("activation")
+            if activation == "softmax" or (isinstance(activation, dict) and "softmax" in activation):
+                del entry[Dense.kind]["activation"]  # a new head gives logits, as the loss takes them
             break
     else:
         raise ValueError(f"'{graph.name}' has no top-level {Dense.kind} layer to resize to {width} classes; set its width in the spec")
@@ -191,6 +194,34 @@ def with_output_width(graph: Graph, width: int) -> Graph:
     if resized.output_shape != (width,):
         raise ValueError(f"resizing the last {Dense.kind} layer of '{graph.name}' does not make its output {width} wide (it gives {resized.output_shape}); set its width in the spec")
     return resized
+
+
+def ends_in_softmax(graph: Graph) -> bool:
+    """The network's output is a softmax: a ``softmax`` layer last, or the last layer's
+    ``activation: softmax`` (as Keras applications, and so their imports, end)."""
+    from cnnspec.layers.activation import Softmax
+
+    last = graph[graph.output].layer
+    return isinstance(last, Softmax) or isinstance(getattr(last, "activation", None), Softmax)
+
+
+def logits_graph(graph: Graph) -> Graph:
+    """``graph`` giving the logits where its output ends in softmax: the last layer without
+    its softmax activation, or the network without its last ``softmax`` layer. The
+    cross-entropy loss takes logits, and ``predict`` applies the softmax itself, so the
+    harness trains, evaluates and predicts with this network while exports keep the
+    spec's probabilities. The weights are the same (a softmax has none); any other
+    network is returned as it is."""
+    if not ends_in_softmax(graph):
+        return graph
+    last = graph[graph.output]
+    if hasattr(last.layer, "activation"):
+        plain = dataclasses.replace(last, layer=last.layer.model_copy(update={"activation": None}))
+        return dataclasses.replace(graph, nodes=tuple(plain if node.name == last.name else node for node in graph.nodes))
+    source = last.inputs[0]
+    if source == INPUT or any(last.name in node.inputs for node in graph.nodes):
+        return graph
+    return dataclasses.replace(graph, nodes=tuple(node for node in graph.nodes if node.name != last.name), output=source)
 
 
 def classifier_name(graph: Graph) -> str:

@@ -92,9 +92,15 @@ def test_init_takes_a_run_directory_or_a_checkpoint_folder(mnist_run: Path, tmp_
     checkpoint = load_run(mnist_run).checkpoint
     for source in (mnist_run, checkpoint):
         result = runner.invoke(app, ["train", "lenet5", "--backend", "numpy", "--init", str(source), "--epochs", "1", "--set", "data.limit=32",
-                                     "--out", str(tmp_path / source.name)])
+                                     "--keep-head", "--out", str(tmp_path / source.name)])
         assert result.exit_code == 0, result.output
         assert f"initialised 10 of 10 arrays from {checkpoint / 'weights.safetensors'}" in result.output
+    # without --keep-head: MNIST's labels are bare integers, so nothing shows the digits' classes are its classes
+    result = runner.invoke(app, ["train", "lenet5", "--backend", "numpy", "--init", str(mnist_run), "--epochs", "1", "--set", "data.limit=32",
+                                 "--out", str(tmp_path / "fresh")])
+    assert result.exit_code == 0, result.output
+    assert f"initialised 8 of 10 arrays from {checkpoint / 'weights.safetensors'}" in result.output
+    assert "classifier 'output' starts fresh: the labels are bare integers" in result.output
     result = runner.invoke(app, ["train", "lenet5", "--backend", "numpy", "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1
     assert f"{tmp_path / 'nowhere'}: no such file; --init takes a checkpoint (.safetensors), a run directory, RUN@best or a checkpoint folder" in result.output
@@ -156,7 +162,7 @@ def test_keras_habits_get_warnings(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "net.yaml:2:16: warning: input shape [32, 32, 3] looks channels-last" in result.output
     assert "a spec's input is channels-first: [3, 32, 32]" in result.output
-    assert "net.yaml:6:5: warning: dense 'dense_1' ends in softmax, and the cross-entropy loss applies softmax itself" in result.output
+    assert "net.yaml:6:5: warning: dense 'dense_1' ends in softmax, and the cross-entropy loss takes logits" in result.output
     spec.write_text(spec.read_text() + "train: {loss: mse}\n")
     assert "ends in softmax" not in runner.invoke(app, ["check", str(spec)]).output
     for name in zoo_names():

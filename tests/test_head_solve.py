@@ -150,3 +150,24 @@ def test_head_only_on_a_folder_of_colour_images_matches_logistic_regression(tmp_
     )
     assert same.returncode == 0, same.stderr
     assert "loaded: c1, c2, fc" in same.stderr and "starts fresh" not in same.stderr
+
+
+def test_a_head_that_is_not_a_linear_classifier_trains_by_epochs_and_says_why(tmp_path: Path) -> None:
+    from cnnspec.harness import bottleneck, linear_head
+    from cnnspec.harness.config import TrainConfig
+    from cnnspec.load import parse_spec
+
+    config = TrainConfig(freeze=["before:fc"])
+    relu = parse_spec(SHAPES.replace("dense: {units: 3}", "dense: {units: 3, activation: relu}"), "shapes.yaml")
+    assert linear_head.why_not(bottleneck.head_graph(relu, "pool"), config) == "the classifier 'fc' has a relu activation"
+    plain = parse_spec(SHAPES, "shapes.yaml")
+    assert linear_head.why_not(bottleneck.head_graph(plain, "pool"), config) == ""
+    assert "label smoothing" in linear_head.why_not(bottleneck.head_graph(plain, "pool"), config.model_copy(update={"label_smoothing": 0.1}))
+    spec = tmp_path / "relu.yaml"
+    spec.write_text(SHAPES.replace("dense: {units: 3}", "dense: {units: 3, activation: relu}"))
+    _shapes(tmp_path / "data", ("a", "b", "c"), per_class=6, seed=0)
+    done = subprocess.run([sys.executable, "-m", "cnnspec", "train", str(spec), "--backend", "numpy", "--data", str(tmp_path / "data"), "--head-only",
+                           "--epochs", "2", "--workers", "0", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "classifier solve off (the classifier 'fc' has a relu activation): the optimizer trains it for 2 epochs" in done.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

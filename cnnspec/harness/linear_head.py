@@ -27,8 +27,6 @@ from cnnspec.harness.config import ClassifierSolve, TrainConfig
 from cnnspec.layers.core import Dense
 from cnnspec.spec import INPUT
 
-LINEAR = (None, "linear", "softmax")  # activations after which the layer's input still gives its logits linearly
-
 
 @dataclasses.dataclass(frozen=True)
 class Solved:
@@ -59,8 +57,11 @@ def why_not(head: Graph, config: TrainConfig) -> str:
     *before, last = head.nodes
     if not isinstance(last.layer, Dense) or last.name != head.output:
         return f"the trained layers end in '{last.name}', not a dense classifier"
-    if last.layer.activation not in LINEAR:
-        return f"the classifier '{last.name}' has a {last.layer.activation} activation"
+    from cnnspec.layers.activation import Softmax
+
+    activation = last.layer.activation
+    if activation is not None and not isinstance(activation, Softmax):  # a softmax's logits are the layer's linear part
+        return f"the classifier '{last.name}' has a {activation.kind} activation"
     weighted = [node.name for node in before if node.layer.weights(head.input_shapes(node))]
     if weighted:
         return f"layers with weights train before the classifier ({', '.join(weighted)})"
@@ -90,7 +91,7 @@ def solve(x: np.ndarray, y: np.ndarray, classes: int, settings: ClassifierSolve,
     """The weights minimising the objective above for features ``x`` (N x D) and labels
     ``y``, started from zero (the optimum is unique, so where the layer started does not
     matter)."""
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # type: ignore[import-untyped]
 
     started = time.perf_counter()
     count, width = x.shape

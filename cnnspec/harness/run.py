@@ -538,6 +538,8 @@ def train(
     arguments; each trains its share of every batch, and rank 0 alone writes."""
     lead = group.rank == 0
     progress = Progress(quiet or not lead)
+    for warning in graph.warnings:  # what `cnnspec check` warns about, said again where it matters
+        progress.message(str(warning))
     run = RunDir(Path(group.broadcast(str(resume if resume is not None else (out or default_run_dir(graph))))))
     check_batch(config.batch_size, group.size)
     if group.local_size > 1 and config.data.workers is None:  # the host's cores are shared by its processes
@@ -552,6 +554,11 @@ def train(
     synthetic = config.data.source == "synthetic"  # made to fit the network: as many classes as it outputs
     data = load_dataset(config.data, graph.input_shape, graph.output_shape[0] if synthetic and not sized_by_data else None, config.seed)
     graph, data = _sized_to_data(graph, data, config.classes) if sized_by_data else (graph, _fits_the_spec(graph, data))
+    spec_source = graph.source  # the spec as written is what the run keeps
+    if config.loss == "cross_entropy":
+        from cnnspec.load import logits_graph
+
+        graph = logits_graph(graph)  # the loss takes logits: an output softmax is left to predict and exports
     if init is not None and resume is None:
         data = _normalised_as_pretrained(data, init, progress)
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
@@ -602,7 +609,7 @@ def train(
         plan = [(0, 1, config)]
     if latest is None and lead:
         run.path.mkdir(parents=True, exist_ok=True)
-        write_text(run.path / "spec.yaml", graph.source)
+        write_text(run.path / "spec.yaml", spec_source)
         write_json(
             run.path / "run.json",
             {
@@ -1023,6 +1030,7 @@ class LoadedRun:
     config: TrainConfig
     info: dict[str, Any]
     normalization: Normalization
+    spec: Graph  # as written; ``graph`` is what trains and predicts: without an output softmax under cross-entropy (``logits_graph``)
 
 
 def _recorded(config: TrainConfig) -> TrainConfig:
@@ -1040,7 +1048,7 @@ def _evaluation_file(run: Path, data_name: str, suffix: str) -> Path:
 def load_run(path: Path, *, checked: bool = True) -> LoadedRun:
     """A run, and its latest checkpoint (or the one ``path`` names), refused when a file of
     that checkpoint is not as written (``checked``; resuming chooses its own checkpoint)."""
-    from cnnspec.load import parse_spec
+    from cnnspec.load import logits_graph, parse_spec
 
     run, checkpoint = RunDir.find(path)
     problem = checkpoint_problem(checkpoint) if checked else None
@@ -1062,8 +1070,9 @@ def load_run(path: Path, *, checked: bool = True) -> LoadedRun:
         raise DamagedFile(f"{record}: not valid JSON, or not a cnnspec run record") from None
     except (KeyError, TypeError) as exc:
         raise DamagedFile(f"{record}: not a cnnspec run record ({exc} missing or of the wrong type)") from None
-    graph = parse_spec((run.path / "spec.yaml").read_bytes(), str(run.path / "spec.yaml"))
-    return LoadedRun(run, checkpoint, graph, config, info, normalization)
+    spec = parse_spec((run.path / "spec.yaml").read_bytes(), str(run.path / "spec.yaml"))
+    graph = logits_graph(spec) if config.loss == "cross_entropy" else spec
+    return LoadedRun(run, checkpoint, graph, config, info, normalization, spec)
 
 
 def open_run_session(loaded: LoadedRun, open_session: Callable[..., Session], device: str) -> Session:
