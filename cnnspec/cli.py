@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 from rich.console import Console
 from rich.table import Table
 
+from cnnspec.agreement import TOLERANCE
 from cnnspec.calcview import conv_walkthrough, pool_walkthrough, same_walkthrough
 from cnnspec.diagnostics import Diagnostic, SpecError, plural
 from cnnspec.load import SpecNotFound, load_spec, zoo_names, zoo_path
@@ -650,7 +651,7 @@ def verify(
     input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: check a big model at a smaller input")] = None,
     batch: Annotated[int, typer.Option(min=1, help="random inputs compared")] = 2,
     seed: Annotated[int, typer.Option(help="seeds the random inputs (and a spec's initial weights)")] = 0,
-    tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = TOLERANCE,
     weights: Annotated[Path | None, typer.Option(help="a .safetensors checkpoint for the spec (from `cnnspec import`)")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="table (for people) or json (for programs)")] = Format.table,
 ) -> None:
@@ -710,7 +711,7 @@ def export(
     opset: Annotated[int | None, typer.Option(help="ONNX opset (13 and up) [default: 17]")] = None,
     weights: Annotated[Path | None, typer.Option(help="a .safetensors checkpoint for the spec (from `cnnspec import`)")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help="H,W: export a spec at another input size")] = None,
-    tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = 1e-4,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="largest relative error allowed")] = TOLERANCE,
     no_preprocessing: Annotated[
         bool, typer.Option("--no-preprocessing", help="a run's export takes inputs already scaled and normalised (default: raw pixels in [0, 1], as predict)")
     ] = False,
