@@ -181,12 +181,12 @@ def _bytes(value: int) -> str:
 
 def render_evaluation(result: dict[str, Any], console: Console) -> None:
     """Headline metrics, per-class accuracy, and the confusion matrix as a table."""
-    top_key = next(key for key in result if key.startswith("top") and key[3:].isdigit())
+    top_key = f"top{result['k']}"
     console.print(
         f"{result['run']} ({result['checkpoint']}) on {result['data']}, {result['images']:,} images", markup=False, highlight=False
     )
     console.print(
-        f"loss {result['loss']:.4f}   accuracy {result['accuracy']:.4f}   {top_key} {result[top_key]:.4f}", markup=False, highlight=False
+        f"loss {result['loss']:.4f}   accuracy {result['accuracy']:.4f}   {top_key} {result['top_k']:.4f}", markup=False, highlight=False
     )
     from rich import box
     from rich.table import Table

@@ -144,3 +144,11 @@ def test_integer_labels_are_read_as_indices_and_one_past_the_run_is_refused(trai
     refused = runner.invoke(app, ["eval", str(trained / "run"), "--data", str(tmp_path / "past.npz")])
     assert refused.exit_code == 1
     assert "has label 3 but the run has 3 classes" in refused.output
+
+
+def test_eval_json_names_top_k_one_way_whatever_the_class_count(trained: Path) -> None:
+    said = runner.invoke(app, ["eval", str(trained / "run"), "--format", "json"])
+    assert said.exit_code == 0, said.output
+    result = json.loads(said.output)
+    assert result["k"] == 3 and 0.0 <= result["top_k"] <= 1.0  # three classes: top-3, under the one key
+    assert not [key for key in result if key.startswith("top") and key[3:].isdigit()]

@@ -1147,7 +1147,8 @@ def evaluate(
         "images": result["images"],
         "loss": result["loss"],
         "accuracy": result["accuracy"],
-        f"top{result['k']}": result["top_k"],
+        "top_k": result["top_k"],  # one key whatever k is: a reader need not know the class count
+        "k": result["k"],
         "per_class_accuracy": dict(zip(classes, result["per_class"], strict=True)),
         "confusion_matrix": result["confusion"].tolist(),
         "classes": classes,
