@@ -110,9 +110,19 @@ def check(
 
 
 @app.command()
-def zoo() -> None:
-    """List the bundled specs with their parameters and MACs."""
-    table = Table(title="cnnspec zoo (cnnspec check NAME shows one)")
+def zoo(
+    name: Annotated[str | None, typer.Argument(help="print this zoo spec's YAML, to edit as your own: cnnspec zoo resnet18 > mine.yaml")] = None,
+) -> None:
+    """List the bundled specs with their parameters and MACs, or print one spec's YAML."""
+    if name is not None:
+        names = zoo_names()
+        if name not in names:
+            from cnnspec.diagnostics import did_you_mean
+
+            _usage(f"no zoo spec '{name}'{did_you_mean(name, names)}; the zoo: {', '.join(names)}")
+        sys.stdout.write(zoo_path(name).read_text())
+        return
+    table = Table(title="cnnspec zoo (cnnspec check NAME shows one; cnnspec zoo NAME prints its YAML)")
     for column, justify in (("Name", "left"), ("Input", "left"), ("Output", "left"), ("Params", "right"), ("MACs", "right"), ("Reference", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for name in zoo_names():

@@ -237,3 +237,15 @@ def test_version_and_help() -> None:
     assert helped.exit_code == 0
     for command in ("check", "zoo", "schema", "calc"):
         assert command in helped.stdout
+
+
+def test_zoo_name_prints_the_spec_to_edit_as_ones_own(tmp_path: Path) -> None:
+    from cnnspec.load import load_spec as load
+
+    printed = CliRunner().invoke(app, ["zoo", "resnet18"])
+    assert printed.exit_code == 0, printed.output
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(printed.output)
+    assert load(str(mine)).params == load("resnet18").params == 11_689_512
+    wrong = CliRunner().invoke(app, ["zoo", "resnet19"])
+    assert wrong.exit_code == 2 and "did you mean 'resnet18'" in wrong.output
