@@ -81,7 +81,8 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
     if not problems:
         problems.update(dict.fromkeys(_tuning_problems(graph, raw, top)))
     if problems:
-        raise SpecError(problems)
+        hint = _channels_last(tuple(header.input.shape), raw, top) if header is not None else None
+        raise SpecError([hint, *problems] if hint is not None else problems)  # the likely cause before its knock-on errors
     source = text if isinstance(text, str) else text.decode("utf-8")
     return dataclasses.replace(graph, source=source, warnings=graph.warnings + tuple(_habits(graph, raw, top)))
 
@@ -89,13 +90,8 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
 def _habits(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
     """Warnings for what a Keras habit writes into a spec: a channels-last input shape, a
     softmax output under a loss that applies softmax itself."""
-    found = []
-    shape = graph.input_shape
-    if len(shape) == 3 and shape[2] in (1, 3, 4) and min(shape[0], shape[1]) > 4:
-        section = raw.get("input")
-        where = section.value_locations.get("shape", top) if isinstance(section, MarkedDict) else top
-        found.append(Diagnostic(where, f"input shape {list(shape)} looks channels-last (height, width, channels, as Keras writes it); "
-                                       f"a spec's input is channels-first: [{shape[2]}, {shape[0]}, {shape[1]}]", "warning"))
+    hint = _channels_last(graph.input_shape, raw, top)
+    found = [hint] if hint is not None else []
     last = graph[graph.output]
     from cnnspec.layers.activation import Softmax
 
@@ -106,6 +102,16 @@ def _habits(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
                                                "PyTorch's and Keras' from_logits=True do): training, eval and predict use the network "
                                                "without this softmax, exports keep it; drop it to make the spec say what trains", "warning"))
     return found
+
+
+def _channels_last(shape: tuple[int, ...], raw: MarkedDict, top: Location) -> Diagnostic | None:
+    """A warning when the input shape reads as height, width, channels."""
+    if not (len(shape) == 3 and shape[2] in (1, 3, 4) and min(shape[0], shape[1]) > 4):
+        return None
+    section = raw.get("input")
+    where = section.value_locations.get("shape", top) if isinstance(section, MarkedDict) else top
+    return Diagnostic(where, f"input shape {list(shape)} looks channels-last (height, width, channels, as Keras writes it); "
+                             f"a spec's input is channels-first: [{shape[2]}, {shape[0]}, {shape[1]}]", "warning")
 
 
 def _train_section(raw: MarkedDict, top: Location, problems: dict[Diagnostic, None]) -> TrainConfig | None:

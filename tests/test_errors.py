@@ -311,3 +311,17 @@ def test_an_empty_or_scalar_train_section(spec_errors: Errors, parse_spec: Calla
     body = HEAD + "  - conv2d: {filters: 4, kernel: 1}\n"
     assert parse_spec(body + "train:\n").train.epochs == 10  # type: ignore[attr-defined]
     assert spec_errors(body + "train: 5\n") == ["5:8: train: Input should be a valid dictionary, got 5"]
+
+
+def test_a_channels_last_input_is_named_before_the_size_error_it_causes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec = tmp_path / "cl.yaml"
+    spec.write_text("name: cl\ninput: {shape: [64, 64, 3]}\nlayers:\n  - conv2d: {filters: 8, kernel: 3}\n  - maxpool2d: {kernel: 2}\n"
+                    "  - flatten: {}\n  - dense: {units: 3}\n")
+    done = subprocess.run([sys.executable, "-m", "cnnspec", "check", str(spec)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    said = done.stdout + done.stderr
+    hint = said.index(f"{spec}:2:16: warning: input shape [64, 64, 3] looks channels-last")
+    assert hint < said.index(f"{spec}:5:") and "error: maxpool2d" in said
