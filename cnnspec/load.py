@@ -185,13 +185,14 @@ def with_output_width(graph: Graph, width: int) -> Graph:
     if graph.output_shape == (width,):
         return graph
     document = _without_expectations(graph)
+    from cnnspec.layers.activation import Softmax
     from cnnspec.layers.core import Dense
 
     for entry in reversed(document["layers"]):
         if isinstance(entry, dict) and isinstance(entry.get(Dense.kind), dict):
             entry[Dense.kind]["units"] = width
             activation = entry[Dense.kind].get("activation")
-            if activation == "softmax" or (isinstance(activation, dict) and "softmax" in activation):
+            if activation == Softmax.kind or (isinstance(activation, dict) and Softmax.kind in activation):
                 del entry[Dense.kind]["activation"]  # a new head gives logits, as the loss takes them
             break
     else:
