@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,11 @@ class Index:
 
     # ---- files --------------------------------------------------------------------------
 
-    def save(self, path: Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """The index at ``path`` and, when built, its approximate structure beside it
         (``path`` + ``.ivf``), both written atomically; the index's metadata holds the
         structure's checksum, so a stale or damaged one is never used."""
+        path = Path(path)
         from cnnspec.harness.weights import atomic_write, save_arrays
 
         arrays = self._arrays()
@@ -91,9 +93,10 @@ class Index:
         }
 
     @classmethod
-    def load(cls, path: Path) -> Index:
+    def load(cls, path: str | os.PathLike[str]) -> Index:
         from safetensors import SafetensorError, safe_open
 
+        path = Path(path)
         if not path.is_file():
             raise SearchError(f"{path}: no such index (make one with `cnnspec embed RUN --data DIR -o {path}`)")
         try:

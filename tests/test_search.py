@@ -179,8 +179,8 @@ def test_approximate_search_keeps_recall_and_is_checked_against_its_index(tmp_pa
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact, strict=True)])
     assert recall >= 0.95, recall
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
-    index.save(tmp_path / "v.index")
-    again = Index.load(tmp_path / "v.index")
+    index.save(str(tmp_path / "v.index"))  # a str path, as a user types it, or a Path
+    again = Index.load(str(tmp_path / "v.index"))
     np.testing.assert_array_equal(again.search(queries, 10)[1], approximate)
     np.testing.assert_array_equal(again.search(queries, 10, exact=True)[1], exact)
     side = tmp_path / "v.index.ivf"
