@@ -93,11 +93,8 @@ def _habits(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
     hint = _channels_last(graph.input_shape, raw, top)
     found = [hint] if hint is not None else []
     last = graph[graph.output]
-    from cnnspec.layers.activation import Softmax
-
-    softmax = isinstance(last.layer, Softmax) or isinstance(getattr(last.layer, "activation", None), Softmax)
     loss = graph.train_section.loss if graph.train_section is not None else "cross_entropy"  # the default loss
-    if softmax and loss == "cross_entropy":
+    if ends_in_softmax(graph) and loss == "cross_entropy":
         found.append(Diagnostic(last.location, f"{last.kind} '{last.name}' ends in softmax, and the cross-entropy loss takes logits (as "
                                                "PyTorch's and Keras' from_logits=True do): training, eval and predict use the network "
                                                "without this softmax, exports keep it; drop it to make the spec say what trains", "warning"))
