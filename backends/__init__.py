@@ -11,6 +11,7 @@ import importlib.util
 from types import ModuleType
 
 from cnnspec.diagnostics import did_you_mean
+from cnnspec.errors import CnnspecError
 
 # Backend name -> module under cnnspec.backends. Each later backend adds one row.
 BACKENDS: dict[str, str] = {"numpy": "numpy_backend", "torch": "torch_backend", "tensorflow": "tensorflow_backend"}
@@ -18,7 +19,7 @@ BACKENDS: dict[str, str] = {"numpy": "numpy_backend", "torch": "torch_backend", 
 FRAMEWORKS: dict[str, str] = {"torch": "torch", "tensorflow": "tensorflow"}
 
 
-class BackendUnavailable(LookupError):
+class BackendUnavailable(CnnspecError, LookupError):
     """An unknown backend, or one whose framework is not installed."""
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnspec.errors import CnnspecError
 from cnnspec.spec import INPUT, NAME_PATTERN
 
 Layer = dict[str, Any]  # {"kind", "args", "name", "inputs"}: one spec layer, as read
 
 
-class ImportRefused(ValueError):
+class ImportRefused(CnnspecError, ValueError):
     """The model uses something no spec layer expresses; the message names it."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph, Node
 from cnnspec.layers import Layer
 from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
@@ -34,7 +35,7 @@ MIN_OPSET = 13  # Softmax over one axis (channels) needs 13; Clip's min/max inpu
 DEFAULT_OPSET = 17
 
 
-class ExportRefused(ValueError):
+class ExportRefused(CnnspecError, ValueError):
     """The format cannot represent this network; nothing was written."""
 
 

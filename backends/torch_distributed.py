@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +72,12 @@ def join(device: str) -> tuple[TorchGroup, str]:
     if not dist.is_initialized():
         minutes = float(os.environ.get("CNNSPEC_DIST_TIMEOUT_MINUTES", "30"))
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=minutes))
-    return TorchGroup(place, resolved), str(resolved)
+    group = TorchGroup(place, resolved)
+    # A launcher's LOCAL_WORLD_SIZE counts the processes it started; Spark starts one
+    # torchrun a task, each saying 1 though several tasks share a host (and its cores).
+    hosts = group.all_gather(socket.gethostname())
+    group.local_size = hosts.count(hosts[place.rank])
+    return group, str(resolved)
 
 
 def leave(finished: bool) -> None:

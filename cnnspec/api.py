@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from pydantic import ValidationError
+
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
-from cnnspec.load import load_spec
+from cnnspec.harness.overrides import OptionError, dotted_settings, option_errors
+from cnnspec.load import load_spec, parse_input_size, with_input_size
 
 if TYPE_CHECKING:
     from cnnspec.harness.config import TrainConfig
     from cnnspec.harness.run import TrainResult
 
 SpecLike = Graph | str | os.PathLike[str]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def plainly(function: Callable[P, R]) -> Callable[P, R]:
+    """A public function whose every problem a caller can fix comes out as a
+    ``CnnspecError``: the one line the command line prints, the original as its cause."""
+
+    @functools.wraps(function)
+    def said_plainly(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except CnnspecError:
+            raise
+        except ValidationError as exc:
+            raise OptionError("bad training option: " + "; ".join(option_errors(exc))) from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CnnspecError(f"{where}{exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise CnnspecError(str(exc)) from exc
+
+    return said_plainly
 
 
 def lazy_opener(backend: str) -> Any:
@@ -26,11 +55,6 @@ def lazy_opener(backend: str) -> Any:
         return load_backend(backend).open_session(*args, **kwargs)
 
     return open_session
-
-
-def _dotted(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Keyword overrides: 'optimizer__lr' (or 'optimizer.lr' through **) -> 'optimizer.lr'."""
-    return {key.replace("__", "."): value for key, value in overrides.items()}
 
 
 def _graph(spec: SpecLike) -> Graph:
@@ -46,6 +70,7 @@ def train_config(graph: Graph, overrides: dict[str, Any] | None = None) -> Train
     return TrainConfig.model_validate(with_overrides(graph.train.model_dump(exclude_unset=True), overrides))
 
 
+@plainly
 def build(spec: SpecLike, backend: str = "torch", device: str = "auto", seed: int = 0) -> Any:
     """The framework's own model (an ``nn.Module`` for torch), with cnnspec's seeded
     initial weights."""
@@ -58,6 +83,7 @@ def build(spec: SpecLike, backend: str = "torch", device: str = "auto", seed: in
     return session.model
 
 
+@plainly
 def train(
     spec: SpecLike,
     backend: str = "torch",
@@ -69,6 +95,8 @@ def train(
     init: str | os.PathLike[str] | None = None,
     head_only: bool = False,
     keep_head: bool = False,
+    input_size: tuple[int, int] | str | None = None,
+    channels: int | None = None,
     quiet: bool = True,
     **overrides: Any,
 ) -> TrainResult:
@@ -79,7 +107,8 @@ def train(
     as that run's were unless ``data.normalize`` is set; its classifier is kept only when
     the data's class names are the run's, in order (``keep_head``: whenever it fits).
     ``head_only`` trains the classifier alone, solved on the frozen body's features
-    (``train.solve``)."""
+    (``train.solve``). ``input_size`` ((H, W) or "H,W") and ``channels`` train the spec at
+    another input, as ``--input-size`` and ``--channels`` do; the run records it."""
     from cnnspec.backends import load_backend
     from cnnspec.distributed import joined, membership
     from cnnspec.harness.config import ClassifierSolve
@@ -87,7 +116,10 @@ def train(
     from cnnspec.load import classifier_name
 
     graph = _graph(spec)
-    config = train_config(graph, _dotted(overrides))
+    if input_size is not None or channels is not None:
+        size = parse_input_size(input_size) if isinstance(input_size, str) else input_size
+        graph = with_input_size(graph, tuple(size) if size is not None else None, channels)  # type: ignore[arg-type]
+    config = train_config(graph, dotted_settings(overrides))
     if head_only:
         config = config.model_copy(update={"freeze": [f"before:{classifier_name(graph)}"], "solve": config.solve or ClassifierSolve()})
     module, group, device = joined(backend, load_backend(backend), device)
@@ -98,6 +130,7 @@ def train(
         )
 
 
+@plainly
 def resume(
     run: str | os.PathLike[str], *, backend: str | None = None, device: str = "auto", quiet: bool = True, **overrides: Any
 ) -> TrainResult:
@@ -110,13 +143,14 @@ def resume(
     from cnnspec.harness.run import train as run_training
 
     loaded = load_run(Path(run), checked=False)  # the run chooses the newest intact checkpoint itself
-    config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), _dotted(overrides))) if overrides else loaded.config
+    config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), dotted_settings(overrides))) if overrides else loaded.config
     backend = backend or loaded.info["backend"]
     module, group, device = joined(backend, load_backend(backend), device)
     with membership(group):
         return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet, group=group)
 
 
+@plainly
 def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: str | None = None, device: str = "auto",
              runtime: str = "backend", said: Any = None) -> dict[str, Any]:
     """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run; ``runtime``
@@ -128,6 +162,7 @@ def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: s
     return run_evaluation(Path(run), lazy_opener(name), data=data, device=device, runtime=runtime, said=said)
 
 
+@plainly
 def features(
     run: str | os.PathLike[str], data: str, layer: str, *, out: str | os.PathLike[str] | None = None, backend: str | None = None, device: str = "auto",
     runtime: str = "backend", said: Any = None,
@@ -145,6 +180,7 @@ def features(
     return result
 
 
+@plainly
 def embed(
     run: str | os.PathLike[str], data: str, *, layer: str | None = None, out: str | os.PathLike[str] | None = None, update: bool = False,
     metric: str = "cosine", dtype: str = "float32", approximate: bool | None = None, backend: str | None = None, device: str = "auto",
@@ -169,6 +205,7 @@ def embed(
     return report
 
 
+@plainly
 def similar(
     index: str | os.PathLike[str], queries: list[str | os.PathLike[str]], *, k: int = 10, exact: bool = False, backend: str | None = None, device: str = "auto"
 ) -> Any:
@@ -183,14 +220,15 @@ def similar(
     return scores, positions, loaded
 
 
+@plainly
 def predict(
     run: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], *, top: int = 5, backend: str | None = None, device: str = "auto",
     runtime: str = "backend", said: Any = None, batch_size: int | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
     """Top-k classes per input (image files or .npy batches) and the raw outputs; ``runtime``
     auto, backend or onnxruntime (see ``harness.run.inference_engine``)."""
+    from cnnspec.harness.prediction import predict as run_prediction
     from cnnspec.harness.run import load_run
-    from cnnspec.harness.run import predict as run_prediction
 
     name = backend or load_run(Path(run)).info["backend"]
     return run_prediction(Path(run), [Path(i) for i in inputs], lazy_opener(name), top=top, device=device,

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    import pydantic
 
     from cnnspec.graph import Graph
 from rich.console import Console
@@ -27,7 +26,8 @@ from rich.table import Table
 from cnnspec.agreement import TOLERANCE
 from cnnspec.calcview import conv_walkthrough, pool_walkthrough, same_walkthrough
 from cnnspec.diagnostics import Diagnostic, SpecError, plural
-from cnnspec.load import SpecNotFound, load_spec, zoo_names, zoo_path
+from cnnspec.errors import CnnspecError
+from cnnspec.load import SpecNotFound, load_spec, with_input_size, zoo_names, zoo_path
 from cnnspec.strictjson import strict_json
 
 app = typer.Typer(
@@ -94,17 +94,21 @@ def _classifier(graph: Graph) -> str:
 
 
 SpecArg = Annotated[str, typer.Argument(help="a spec file, or the name of a zoo spec (see 'cnnspec zoo')")]
+InputSizeOpt = Annotated[str | None, typer.Option("--input-size", help="H,W: the spec at another input height and width (e.g. a zoo network at 64,64)")]
+ChannelsOpt = Annotated[int | None, typer.Option("--channels", min=1, help="the spec with this many input channels (1 for greyscale)")]
 
 
 @app.command()
 def check(
     spec: SpecArg,
     format: Annotated[Format, typer.Option("--format", "-f", help="table or json")] = Format.table,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
 ) -> None:
     """Validate a spec and show every layer's output shape, parameters and MACs."""
     from cnnspec.report import run_check
 
-    status = run_check(spec, format.value)  # also what `cnnspec check` runs without Typer (cnnspec.launch)
+    status = run_check(spec, format.value, _input_size(input_size), channels)  # also what `cnnspec check` runs without Typer (cnnspec.launch)
     if status:
         raise typer.Exit(status)
 
@@ -178,7 +182,7 @@ def _run_errors() -> tuple[type[BaseException], ...]:
         import torch.distributed
 
         lost = (torch.distributed.DistError,)
-    return (BackendUnavailable, DataError, BackendError, TrainingError, SpecError, DistributedError, ValueError, OSError, *lost)
+    return (CnnspecError, BackendUnavailable, DataError, BackendError, TrainingError, SpecError, DistributedError, ValueError, OSError, *lost)
 
 
 def _fail_run(exc: BaseException) -> NoReturn:
@@ -189,24 +193,6 @@ def _fail_run(exc: BaseException) -> NoReturn:
         text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__  # a lost peer's error runs to many lines
     stderr.print(f"cnnspec: error: {where}{text}", markup=False, soft_wrap=True)
     raise typer.Exit(1)
-
-
-def _option_errors(exc: pydantic.ValidationError) -> list[str]:
-    """A --set error per line: an unknown key with its did-you-mean among the keys there."""
-    from cnnspec.diagnostics import did_you_mean
-    from cnnspec.harness.config import TrainConfig
-    from cnnspec.spec import fields_at
-
-    lines = []
-    for error in exc.errors():
-        dotted = ".".join(map(str, error["loc"]))
-        if error["type"] == "extra_forbidden":
-            parent = [str(p) for p in error["loc"][:-1]]
-            known = fields_at(TrainConfig, parent)
-            lines.append(f"unknown key '{dotted}'{did_you_mean(str(error['loc'][-1]), known)}")
-        else:
-            lines.append(f"{dotted}: {error['msg']}")
-    return lines
 
 
 def _parse_sets(values: list[str]) -> dict[str, object]:
@@ -252,6 +238,8 @@ def train(
     head_only: Annotated[bool, typer.Option("--head-only", help="train only the classifier (the last dense layer), solved to convergence on the frozen body's cached features (--freeze before:CLASSIFIER, train.solve)")] = False,
     keep_head: Annotated[bool, typer.Option("--keep-head", help="with --init: keep its classifier whenever the shape fits (default: only when the data's class names are the init run's)")] = False,
     keep: Annotated[int | None, typer.Option(min=1, help="keep only the N newest epoch checkpoints, and the best (train.keep)")] = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes (torchrun on this host; with --engine spark, Spark tasks)")] = None,
     sync_batchnorm: Annotated[bool, typer.Option("--sync-batchnorm", help="batch norm statistics over all processes (CUDA; train.distributed.sync_batchnorm)")] = False,
@@ -265,7 +253,7 @@ def train(
     if nproc is not None and nproc > 1 and "RANK" not in os.environ:
         _launch_torchrun(spec, nproc, out, resume)
         return
-    overrides = _parse_sets(set_ or [])
+    overrides: dict[str, Any] = _parse_sets(set_ or [])
     if sync_batchnorm:
         overrides["distributed.sync_batchnorm"] = True
     if strict:
@@ -282,9 +270,8 @@ def train(
                        ("memory_format", memory_format and memory_format.replace("-", "_"))):
         if value is not None:
             overrides[key] = value
-    from pydantic import ValidationError
-
     from cnnspec import api
+    from cnnspec.harness.overrides import OptionError
 
     try:
         if resume is not None:
@@ -293,6 +280,8 @@ def train(
             if spec is None:
                 _usage("train needs a SPEC (or --resume RUN_DIR)")
             graph = load_spec(spec)
+            if input_size is not None or channels is not None:
+                graph = with_input_size(graph, _input_size(input_size), channels)
             if head_only:
                 _classifier(graph)  # a spec without one is a usage error
             result = api.train(graph, backend or "torch", device=device, precision=precision, compile=compile, out=out,
@@ -301,8 +290,8 @@ def train(
         _usage(str(exc))
     except SpecError as exc:
         _fail(exc.diagnostics)
-    except ValidationError as exc:
-        _usage("bad training option: " + "; ".join(_option_errors(exc)))
+    except OptionError as exc:
+        _usage(str(exc))
     except _run_errors() as exc:
         _fail_run(exc)
     final = result.final if result.history else {}
@@ -519,8 +508,10 @@ def similar(
             sys.stdout.write(strict_json([[loaded.paths[i] for i in group] for group in groups], indent=2) + "\n")
             return
         stdout.print(f"{len(groups)} group(s) of near-duplicates (cosine similarity >= {threshold:g}) among {len(loaded):,} images", markup=False)
-        for group in groups:
-            stdout.print("  " + ", ".join(loaded.paths[i] for i in group), markup=False, soft_wrap=True)
+        for number, group in enumerate(groups, 1):
+            stdout.print(f"group {number} ({len(group)} images):", markup=False)
+            for i in group:
+                stdout.print(f"  {loaded.paths[i]}", markup=False, soft_wrap=True)
         return
     if not queries:
         _usage("similar needs query images (or --duplicates)")
@@ -532,16 +523,22 @@ def similar(
         _fail_run(exc)
     name = "similarity" if loaded.metric == "cosine" else "distance"
     results: list[dict[str, Any]] = [
-        {"query": str(query), "neighbours": [{"path": loaded.paths[p], name: float(v), "label": int(loaded.labels[p])} for v, p in zip(row_scores, row, strict=True)]}
+        {"query": str(query), "neighbours": [{"path": loaded.paths[p], name: float(v), "class": _class_name(loaded.classes, int(loaded.labels[p])), "label": int(loaded.labels[p])} for v, p in zip(row_scores, row, strict=True)]}
         for query, row_scores, row in zip(queries, scores, positions, strict=True)
     ]
     if format is Format.json:
         sys.stdout.write(strict_json(results, indent=2) + "\n")
         return
+    width = max((len(n["class"]) for item in results for n in item["neighbours"]), default=0)
     for item in results:
         stdout.print(f"{item['query']}:", markup=False, soft_wrap=True)
         for rank, neighbour in enumerate(item["neighbours"], 1):
-            stdout.print(f"  {rank:>3}  {neighbour[name]:.4f}  {neighbour['path']}", markup=False, soft_wrap=True)
+            stdout.print(f"  {rank:>3}  {neighbour[name]:.4f}  {neighbour['class']:<{width}}  {neighbour['path']}", markup=False, soft_wrap=True)
+
+
+def _class_name(classes: list[str], label: int) -> str:
+    """An index row's class name; its number where the index holds no names for it."""
+    return classes[label] if 0 <= label < len(classes) else str(label)
 
 
 def _score_on_spark(run: Path, data: str | None, out: Path | None, *, top: int = 5, layer: str | None = None, embed_only: bool = False,
@@ -562,7 +559,7 @@ def _score_on_spark(run: Path, data: str | None, out: Path | None, *, top: int =
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="a run directory or one of its checkpoints")],
-    inputs: Annotated[list[Path] | None, typer.Argument(help="image files, or .npy batches (N x C x H x W, float32 in [0, 1])")] = None,
+    inputs: Annotated[list[str] | None, typer.Argument(help="image files, folders (searched recursively), globs, or .npy batches (N x C x H x W, float32 in [0, 1])")] = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="how many of the most likely classes to show")] = 5,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
     device: DeviceOpt = "auto",
@@ -579,7 +576,7 @@ def predict(
         _score_on_spark(run, data, output, top=top, master=master, backend=backend, runtime=runtime)
         return
     if not inputs:
-        _usage("predict needs INPUTS (image files or .npy batches), or --engine spark --data PATH --output scores.parquet")
+        _usage("predict needs INPUTS (image files, folders, globs or .npy batches), or --engine spark --data PATH --output scores.parquet")
     from cnnspec import api
 
     try:
@@ -593,12 +590,19 @@ def predict(
             atomic_write(output, lambda p: np.save(open(p, "wb"), outputs))
     except _run_errors() as exc:
         _fail_run(exc)
+    failed = [item for item in results if item["error"] is not None]
     if format is Format.json:
         sys.stdout.write(strict_json(results, indent=2) + "\n")
-        return
-    for item in results:
-        ranked = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in item["top"])
-        stdout.print(f"{item['input']}: {ranked}", markup=False, soft_wrap=True)
+    else:
+        for item in results:
+            if item["error"] is None:
+                ranked = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in item["top"])
+                stdout.print(f"{item['input']}: {ranked}", markup=False, soft_wrap=True)
+            else:
+                stderr.print(f"{item['input']}: {item['error']}", markup=False, soft_wrap=True)
+    if failed:
+        stderr.print(f"{len(failed)} of {len(results)} inputs could not be read (named above); the others were scored", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -701,11 +705,12 @@ def verify(
 def _input_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
+    from cnnspec.load import parse_input_size
+
     try:
-        h, w = (int(v) for v in text.split(","))
-    except ValueError:
-        _usage(f"--input-size takes H,W (e.g. 64,64), got '{text}'")
-    return (h, w)
+        return parse_input_size(text)
+    except ValueError as exc:
+        _usage(str(exc))
 
 
 # ---- export, draw, import ------------------------------------------------------------------
@@ -792,6 +797,8 @@ def export(
 def draw(
     spec: Annotated[str, typer.Argument(help="a spec file, zoo name or run directory")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help=".svg, .png or .dot [default: NAME.svg]")] = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
 ) -> None:
     """Draw the network (each layer's name, kind, shape and params): SVG, PNG or DOT."""
     from cnnspec.draw import draw as draw_graph
@@ -799,6 +806,8 @@ def draw(
 
     try:
         graph, _, _ = load_target(spec, None)
+        if input_size is not None or channels is not None:
+            graph = with_input_size(graph, _input_size(input_size), channels)
         path = out or Path(f"{graph.name}.svg")
         draw_graph(graph, path)
     except SpecNotFound as exc:

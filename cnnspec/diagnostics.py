@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from cnnspec.errors import CnnspecError
+
 
 @dataclass(frozen=True)
 class Location:
@@ -33,7 +35,7 @@ class Diagnostic:
         return cls(Location(path, 1, 1), message)
 
 
-class SpecError(Exception):
+class SpecError(CnnspecError):
     """One or more problems in a spec; ``diagnostics`` holds every one found."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnnspec.agreement import TOLERANCE, agreement
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ FORMATS: dict[str, Format] = {
 DIAGRAMS = {"dot": ".dot", "svg": ".svg", "png": ".png"}
 
 
-class ExportFailed(RuntimeError):
+class ExportFailed(CnnspecError, RuntimeError):
     """The artifact does not reproduce the reference; nothing was written."""
 
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 from cnnspec.harness.weights import check_weights, save_arrays, write_text
 
 
-class ImportFailed(ValueError):
+class ImportFailed(CnnspecError, ValueError):
     """The file cannot become what was asked; the message says why."""
 
 
@@ -161,9 +163,31 @@ def _from_state_dict(graph: Graph, path: Path) -> tuple[dict[str, np.ndarray], l
     if not isinstance(state, dict):
         raise ImportFailed(f"{path}: expected a state_dict (a mapping of names to tensors)")
     expected = graph.weights()
+    if not any(name in expected for name in state):  # torch's DataParallel and DDP save every name under "module."
+        for prefix in _prefixes(state):
+            if any(name[len(prefix):] in expected for name in state):
+                state = {name[len(prefix):] if name.startswith(prefix) else name: array for name, array in state.items()}
+                break
     weights = {name: array for name, array in state.items() if name in expected}
     ignored = [name for name in state if name not in expected and not name.endswith("num_batches_tracked")]
+    missing = [name for name in expected if name not in weights]
+    if missing:
+        held = [f"{name} {tuple(array.shape)}" for name, array in state.items() if not name.endswith("num_batches_tracked")]
+        raise ImportFailed(
+            f"{path} does not fit the spec '{graph.name}': it lacks {len(missing)} of the spec's {len(expected)} arrays "
+            f"({', '.join(f'{name} {expected[name].shape}' for name in missing[:5])}{' ...' if len(missing) > 5 else ''}); "
+            f"the file holds {len(held)}: {', '.join(held[:8])}{' ...' if len(held) > 8 else ''}. "
+            f"Its names must be the spec's: a layer's name, then .weight, .bias, ... (`cnnspec check` lists the layers)"
+        )
     return weights, ignored
+
+
+def _prefixes(state: dict[str, Any]) -> list[str]:
+    """The first dotted parts the names share ("module.", "model.backbone."), longest last."""
+    names = list(state)
+    parts = names[0].split(".")[:-1] if names else []
+    shared = [".".join(parts[: i + 1]) + "." for i in range(len(parts))]
+    return [prefix for prefix in shared if all(name.startswith(prefix) for name in names)]
 
 
 def _import_onnx(model: Path, out: Path) -> list[str]:

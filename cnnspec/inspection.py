@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph, Node
 from cnnspec.spec import INPUT
 
@@ -35,7 +36,7 @@ FILTERS = 64  # first-layer filter tiles, at most
 COLOURMAP = "viridis"
 
 
-class InspectFailed(ValueError):
+class InspectFailed(CnnspecError, ValueError):
     """Inspection cannot run as asked; the message says why."""
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from cnnspec.diagnostics import Diagnostic, Location, SpecError, did_you_mean
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph, build_graph
 from cnnspec.spec import INPUT, Expander, SpecHeader, pydantic_diagnostics
 from cnnspec.yamlmarks import MarkedDict, MarkedList, load_yaml
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from cnnspec.harness.config import TrainConfig
 
 
-class SpecNotFound(LookupError):
+class SpecNotFound(CnnspecError, LookupError):
     """Neither a file nor a zoo name; the message lists the zoo."""
 
 
@@ -168,12 +170,31 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def with_input_size(graph: Graph, size: tuple[int, int]) -> Graph:
-    """The same spec at another input height and width, without its ``expect:``
-    assertions (they describe the original size): for fast checks of big models."""
+def with_input_size(graph: Graph, size: tuple[int, int] | None, channels: int | None = None) -> Graph:
+    """The same spec at another input height and width (and, with ``channels``, another
+    channel count), without its ``expect:`` assertions (they describe the original size):
+    a zoo network trained at 64 x 64, or a big model checked fast. The spec's text is
+    rewritten, so a run records the size it was trained at."""
+    height, width = size or graph.input_shape[1:3]
+    wanted = (channels or graph.input_shape[0], height, width)
+    if len(graph.input_shape) != 3:
+        raise ValueError(f"'{graph.name}' takes a {len(graph.input_shape)}-d input {graph.input_shape}, not an image: it has no input size to set")
+    if wanted == graph.input_shape:
+        return graph
     document = _without_expectations(graph)
-    document["input"]["shape"] = [graph.input_shape[0], *size]
-    return _reparsed(document, f"{graph.path} at {size[0]}x{size[1]}")
+    document["input"]["shape"] = list(wanted)
+    changed = f"{wanted[1]}x{wanted[2]}" + (f" with {wanted[0]} channels" if wanted[0] != graph.input_shape[0] else "")
+    return _reparsed(document, f"{graph.path} at {changed}")
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """'64,64', '64x64' or '64' (square) -> (64, 64); ValueError for anything else."""
+    parts = [p.strip() for p in re.split(r"[,x]", text.strip().lower())]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--input-size takes H,W (e.g. 64,64), got '{text}'")
+    return int(parts[0]), int(parts[1])
 
 
 def with_output_width(graph: Graph, width: int) -> Graph:

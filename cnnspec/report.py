@@ -118,14 +118,19 @@ def check_text(graph: Graph, width: int = 120) -> str:
     return buffer.getvalue()
 
 
-def run_check(spec: str, format: Literal["table", "json"] = "table") -> int:
+def run_check(spec: str, format: Literal["table", "json"] = "table", input_size: tuple[int, int] | None = None, channels: int | None = None) -> int:
     """``cnnspec check SPEC``: the table (or JSON) on standard output, problems on
-    standard error; returns the exit status (1 a problem in the spec, 2 no such spec)."""
+    standard error; returns the exit status (1 a problem in the spec, 2 no such spec).
+    ``input_size`` and ``channels`` check the spec at another input (``with_input_size``)."""
     from cnnspec.diagnostics import Diagnostic, SpecError
-    from cnnspec.load import SpecNotFound, load_spec
+    from cnnspec.load import SpecNotFound, load_spec, with_input_size
 
     try:
         graph = load_spec(spec)
+        if input_size is not None or channels is not None:
+            graph = with_input_size(graph, input_size, channels)
+    except ValueError as exc:
+        return report_diagnostics([Diagnostic.at_file(spec, str(exc))])
     except SpecNotFound as exc:
         sys.stderr.write(f"cnnspec: error: {exc}\n")
         return 2

@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
+
 FORMAT = "cnnspec-index/1"
 CHUNK = 65_536  # rows of the index compared with the queries at a time
 APPROXIMATE_FROM = 200_000  # images from which `embed` builds an approximate structure unasked
 
 
-class SearchError(ValueError):
+class SearchError(CnnspecError, ValueError):
     """The index cannot be used as asked; the message says why."""
 
 
@@ -296,7 +298,8 @@ def embed(
             "preprocessing": preprocessing, "classes": json.dumps(items.classes)}
     hashes = np.array([np.frombuffer(_safe_hash(items, i), np.uint8) for i in range(len(items.names))], np.uint8).reshape(-1, 16)
     reuse: dict[int, int] = {}  # position now -> row of the previous index
-    added = changed = removed = 0
+    new: set[int] = set()  # positions not in the previous index
+    removed = 0
     if previous is not None:
         for key in ("run", "checkpoint", "layer", "metric", "preprocessing"):
             if previous.meta.get(key) != meta[key]:
@@ -308,11 +311,9 @@ def embed(
         for position, name in enumerate(items.names):
             row = rows.get(name)
             if row is None:
-                added += 1
+                new.add(position)
             elif bytes(previous.hashes[row]) == bytes(hashes[position]):
                 reuse[position] = row
-            else:
-                changed += 1
         removed = len(set(rows) - set(items.names))
     todo = np.array([p for p in range(len(items.names)) if p not in reuse], np.int64)
     session, which = inference_engine(loaded, lambda: open_run_session(loaded, open_session, device), device, runtime, len(todo), (layer,))
@@ -340,9 +341,9 @@ def embed(
         approximate = (previous is not None and previous.approximate is not None) or len(index) >= APPROXIMATE_FROM
     if approximate:
         index.build_approximate()
-    skipped = [items.names[p] for p in todo if p not in fresh]
-    if previous is None:
-        added = len(fresh)
+    skipped = [items.names[p] for p in todo if p not in fresh]  # unreadable: neither added nor changed, whatever the index held
+    added = len(fresh) if previous is None else sum(p in new for p in fresh)
+    changed = len(fresh) - added
     return EmbedReport(index, len(fresh), added, changed, removed, len(reuse), skipped)
 
 
@@ -379,28 +380,57 @@ def contact_sheet(queries: list[Path], scores: np.ndarray, rows: np.ndarray, ind
 
     from cnnspec.harness.weights import atomic_write
 
-    caption = 28
+    name_lines = 3
+    caption = 12 * (1 + name_lines) + 4
     columns = 1 + rows.shape[1]
     sheet = Image.new("RGB", (columns * (thumb + 8) + 8, len(queries) * (thumb + caption + 8) + 8), "white")
     draw = ImageDraw.Draw(sheet)
     name = "similarity" if index.metric == "cosine" else "distance"
 
-    def tile(path: str, x: int, y: int, lines: list[str]) -> None:
+    def tile(path: str, x: int, y: int, heading: str) -> None:
         try:
             with Image.open(path) as image:
                 picture = ImageOps.contain(ImageOps.exif_transpose(image).convert("RGB"), (thumb, thumb))  # small ones enlarged too
         except (OSError, ValueError):
             picture = Image.new("RGB", (thumb, thumb), (200, 200, 200))
         sheet.paste(picture, (x + (thumb - picture.width) // 2, y + (thumb - picture.height) // 2))
+        lines = [heading, *caption_lines(_short(path), lambda text: draw.textlength(text), thumb, name_lines)]
         for number, line in enumerate(lines):
-            draw.text((x, y + thumb + 2 + 12 * number), line[:22], fill="black")
+            draw.text((x, y + thumb + 2 + 12 * number), line, fill="black")
 
     for r, query in enumerate(queries):
         y = 8 + r * (thumb + caption + 8)
-        tile(str(query), 8, y, ["query", _short(str(query))])
+        tile(str(query), 8, y, "query")
         for c, (score, row) in enumerate(zip(scores[r], rows[r], strict=True), start=1):
-            tile(index.paths[row], 8 + c * (thumb + 8), y, [f"{name} {score:.3f}", _short(index.paths[row])])
+            tile(index.paths[row], 8 + c * (thumb + 8), y, f"{name} {score:.3f}")
     atomic_write(out, lambda p: sheet.save(p, format="PNG"))
+
+
+def caption_lines(text: str, width_of: Callable[[str], float], width: float, most: int) -> list[str]:
+    """``text`` broken into at most ``most`` lines no wider than ``width``; what still does
+    not fit is cut from the middle (marked "..."), so both the folder and the file's end
+    (its number and suffix) stay readable."""
+    def wrapped(text: str) -> list[str]:
+        lines: list[str] = []
+        while text:
+            cut = len(text)
+            while cut > 1 and width_of(text[:cut]) > width:
+                cut -= 1
+            lines.append(text[:cut])
+            text = text[cut:]
+        return lines
+
+    lines = wrapped(text)
+    if len(lines) <= most:
+        return lines
+    keep = len(text)
+    while keep > 1:
+        keep -= 1
+        shortened = text[: (keep + 1) // 2] + "..." + text[len(text) - keep // 2 :]
+        lines = wrapped(shortened)
+        if len(lines) <= most:
+            return lines
+    return wrapped(text[:1])[:most]
 
 
 def _short(path: str) -> str:

@@ -19,7 +19,8 @@ from cnnspec.agreement import assert_agrees
 from cnnspec.backends import load_backend
 from cnnspec.cli import app
 from cnnspec.harness.data import load_dataset
-from cnnspec.harness.run import Scorer, load_run, predict
+from cnnspec.harness.prediction import predict
+from cnnspec.harness.run import Scorer, load_run
 from cnnspec.load import zoo_names
 from cnnspec.strictjson import strict_json
 

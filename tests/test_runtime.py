@@ -88,7 +88,8 @@ def test_many_image_files_are_streamed_to_the_same_scores(run: Path, tmp_path: P
     from PIL import Image
 
     from cnnspec.backends import load_backend
-    from cnnspec.harness.run import STREAM_FILES, Scorer
+    from cnnspec.harness.prediction import STREAM_FILES
+    from cnnspec.harness.run import Scorer
 
     rng = np.random.default_rng(3)
     files = []

@@ -122,7 +122,7 @@ def test_similar_from_the_command_line_and_its_errors(tmp_path: Path) -> None:
     assert neighbours[0]["path"] == str(query) and neighbours[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert len(neighbours) == 3 and neighbours[0]["similarity"] >= neighbours[1]["similarity"] >= neighbours[2]["similarity"]
     table = cli("similar", "p.index", str(query), "-k", "2")
-    assert table.returncode == 0 and f"1  1.0000  {query}" in table.stdout
+    assert table.returncode == 0 and f"1  1.0000  a  {query}" in table.stdout
     (tmp_path / "bad.png").write_bytes(b"")
     broken = cli("similar", "p.index", "bad.png")
     assert broken.returncode == 1 and "bad.png: cannot read image (empty file" in broken.stderr
@@ -151,7 +151,7 @@ def test_contact_sheet_and_near_duplicate_groups(tmp_path: Path) -> None:
     drawn = cli("similar", "p.index", str(photos / "a" / "01.png"), str(photos / "a" / "03.png"), "-k", "3", "--sheet", "sheet.png")
     assert drawn.returncode == 0, drawn.stderr
     with Image.open(tmp_path / "sheet.png") as sheet:
-        assert sheet.size == (4 * 136 + 8, 2 * 164 + 8)
+        assert sheet.size == (4 * 136 + 8, 2 * (128 + 52 + 8) + 8)
     groups = cli("similar", "p.index", "--duplicates", "--threshold", "0.999", "--format", "json")
     assert groups.returncode == 0, groups.stderr
     found = json.loads(groups.stdout)

@@ -111,10 +111,14 @@ def _class_folders(path: Path) -> Listing:
 
 
 def _image_files(folder: Path) -> list[str]:
-    """The image files of ``folder``, sorted. ``os.scandir`` knows file types from the
-    directory itself, so a folder of a million images costs no stat call per file."""
-    with os.scandir(folder) as entries:
-        return sorted(e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file())
+    """The image files of ``folder`` and its subfolders (hidden ones left out), sorted,
+    as torchvision's ImageFolder finds them. ``os.walk`` lists with ``os.scandir``, which
+    knows file types from the directory itself: no stat call per file."""
+    found: list[str] = []
+    for root, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [os.path.join(root, name) for name in files if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")]
+    return sorted(found)
 
 
 # ---- manifests -----------------------------------------------------------------------------

@@ -24,8 +24,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
 
-class DistributedError(RuntimeError):
+
+class DistributedError(CnnspecError, RuntimeError):
     """A distributed run cannot start or go on; the message says why and what to do."""
 
 

@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 IMAGE_GLOB = "*.{jpg,jpeg,png,bmp,gif,tif,tiff,webp,JPG,JPEG,PNG,BMP,GIF,TIF,TIFF,WEBP}"
 
 
-class SparkError(RuntimeError):
+class SparkError(CnnspecError, RuntimeError):
     """Spark cannot run the job; the message says what to do."""
 
 

@@ -33,6 +33,7 @@ from cnnspec.data import BadImage, Listing, list_source
 from cnnspec.data.decode import image_shape
 from cnnspec.data.loader import ImageStream, available_cores, batches
 from cnnspec.data.transforms import Transform
+from cnnspec.errors import CnnspecError
 from cnnspec.harness.config import DataConfig, FitMode, resolve_preset
 
 # Where to put the files of data sets people ask for by name.
@@ -45,7 +46,7 @@ WELL_KNOWN = {
     "imagenet": "arrange the images as class folders (root/train/CLASS/*.JPEG and root/val/CLASS/*.JPEG)",
 }
 
-class DataError(ValueError):
+class DataError(CnnspecError, ValueError):
     """The data cannot be used; the message says what to do."""
 
 

@@ -12,13 +12,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 from cnnspec.harness.config import TrainConfig
 
 Weights = dict[str, np.ndarray]
 
 
-class BackendError(RuntimeError):
+class BackendError(CnnspecError, RuntimeError):
     """A backend cannot do what was asked (no such device, precision, ...); the message
     says what it can do instead."""
 

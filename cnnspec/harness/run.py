@@ -36,6 +36,7 @@ from cnnspec.data.loader import batches as image_batches
 from cnnspec.data.transforms import sample_generator
 from cnnspec.diagnostics import plural
 from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, local_order, steps
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, linear_head, plots, tuning
 from cnnspec.harness.config import Normalize, TrainConfig, phase_plan
@@ -61,7 +62,7 @@ from cnnspec.strictjson import strict_json
 OPTIMIZER_SLOTS = {"sgd": 1, "adagrad": 1, "rmsprop": 2, "adadelta": 2, "adam": 2, "adamw": 2}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CnnspecError, RuntimeError):
     """Training cannot go on; the message says why and what to do."""
 
 
@@ -1393,30 +1394,6 @@ class Scorer:
         step = self.batch_size
         return np.concatenate([self.engine.predict(self.loaded.normalization.apply(x[i : i + step])) for i in range(0, len(x), step)])
 
-    def stream_outputs(self, files: list[Path]) -> np.ndarray:
-        """Network outputs for image files, in order, decoded by the streaming loader's
-        workers (prefetching) while the engine computes; an unreadable file is an error."""
-        from cnnspec.data.loader import ImageStream, available_cores
-        from cnnspec.data.sources import Sample
-        from cnnspec.harness.data import DataError
-
-        assert self._transform is not None
-        stream = ImageStream([Sample(str(f), 0) for f in files], self._transform, workers=min(available_cores(), 4), strict=True)
-        outputs, delivered = [], []
-        try:
-            for index, x in stream.batches(np.arange(len(files)), self.batch_size, views=True):
-                outputs.append(self.engine.predict(self.loaded.normalization.apply(x)))
-                delivered.append(index)
-        except DataError as exc:
-            raise DataError(f"cannot read image: {exc}".replace(" (strict: turn it off to skip and count such samples)", "")) from None
-        finally:
-            stream.close()
-        order = np.concatenate(delivered)
-        result = np.concatenate(outputs)
-        if not np.array_equal(order, np.arange(len(files))):
-            result = result[np.argsort(order, kind="stable")]
-        return result
-
     def embeddings(self, x: np.ndarray, layer: str) -> np.ndarray:
         """``layer``'s output for raw pixels, flattened: N x D float32."""
         values, _ = layer_outputs(self.engine, self.loaded.normalization, x, layer, self.batch_size)
@@ -1428,31 +1405,6 @@ class Scorer:
         probabilities = _softmax(outputs)
         best = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(top, outputs.shape[1])]
         return best, np.take_along_axis(probabilities, best, axis=1)
-
-
-STREAM_FILES = 64  # from this many image files, predict decodes them in worker processes while it computes
-
-
-def predict(path: Path, inputs: list[Path], open_session: Callable[..., Session], *, top: int = 5, device: str = "auto",
-            runtime: str = "backend", said: Callable[[str], None] | None = None, batch_size: int | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Top classes per input (image files, or .npy batches of N x C x H x W in [0, 1]),
-    and the raw outputs; ``said`` hears which runtime computes them. Many image files are
-    decoded by the streaming loader's workers, ahead of the batch being computed."""
-    scorer = Scorer(path, open_session, device, batch_size)
-    files = [item for item in inputs if item.suffix != ".npy"]
-    streamed = len(files) >= STREAM_FILES and len(files) == len(inputs) and scorer._transform is not None
-    arrays, names = ([], [str(item) for item in inputs]) if streamed else scorer.read_inputs(inputs)
-    count = len(files) if streamed else sum(len(a) for a in arrays)
-    scorer.use_runtime(runtime, count)
-    if said is not None:
-        said(f"runtime: {scorer.runtime}" + (f"; {count} files decoded by the streaming loader's workers" if streamed else ""))
-    outputs = scorer.stream_outputs(files) if streamed else scorer.outputs(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
-    indices, probabilities = scorer.ranked(outputs, top)
-    results = []
-    for name, best, chances in zip(names, indices, probabilities, strict=True):
-        entries = [{"class": scorer.classes[i], "index": int(i), "probability": float(p)} for i, p in zip(best, chances, strict=True)]
-        results.append({"input": name, "top": entries})
-    return results, outputs
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -1553,6 +1505,8 @@ def layer_outputs(
     order = np.arange(len(images)) if positions is None else positions
     outputs, kept = [], []
     for index, x in image_batches(images, order, batch_size, views=True):
+        if not len(index):  # every image of the batch unreadable
+            continue
         outputs.append(np.asarray(session.activations(norm.apply(x), [layer])[layer], np.float32))
         kept.append(index)
         if progress is not None:

@@ -20,11 +20,12 @@ import fnmatch
 from collections.abc import Iterable
 
 from cnnspec.diagnostics import did_you_mean
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 from cnnspec.harness.config import TrainConfig
 
 
-class TuningError(ValueError):
+class TuningError(CnnspecError, ValueError):
     """A pattern names no layer, or freezes everything; the message says what exists."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 from cnnspec.layers.base import WeightSpec
 from cnnspec.strictjson import strict_json
@@ -115,7 +116,7 @@ def save_arrays(path: Path, arrays: Weights, metadata: dict[str, str] | None = N
     atomic_write(path, lambda p: save_file(contiguous, str(p), metadata=metadata))
 
 
-class DamagedFile(ValueError):
+class DamagedFile(CnnspecError, ValueError):
     """A file cnnspec wrote no longer holds what it wrote (truncated, flipped bytes,
     missing); the message names it."""
 
