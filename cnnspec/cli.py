@@ -237,7 +237,7 @@ def train(
     freeze: Annotated[str | None, typer.Option(help="layers that do not train, comma-separated: names, groups, globs (layer1.*) or before:NAME (train.freeze)")] = None,
     head_only: Annotated[bool, typer.Option("--head-only", help="train only the classifier (the last dense layer), solved to convergence on the frozen body's cached features (--freeze before:CLASSIFIER, train.solve)")] = False,
     keep_head: Annotated[bool, typer.Option("--keep-head", help="with --init: keep its classifier whenever the shape fits (default: only when the data's class names are the init run's)")] = False,
-    keep: Annotated[int | None, typer.Option(min=1, help="keep only the N newest epoch checkpoints, and the best (train.keep)")] = None,
+    keep: Annotated[str | None, typer.Option(help="epoch checkpoints kept: the N newest and the best, or all (train.keep) [default: 1, the latest and the best]")] = None,
     input_size: InputSizeOpt = None,
     channels: ChannelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
@@ -265,7 +265,9 @@ def train(
     if freeze is not None:
         overrides["freeze"] = [part.strip() for part in freeze.split(",") if part.strip()]
     if keep is not None:
-        overrides["keep"] = keep
+        if not (keep == "all" or (keep.isdigit() and int(keep) > 0)):
+            _usage(f"--keep takes a number of checkpoints (1 or more) or all, got '{keep}'")
+        overrides["keep"] = "all" if keep == "all" else int(keep)
     for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed),
                        ("memory_format", memory_format and memory_format.replace("-", "_"))):
         if value is not None:
@@ -789,8 +791,13 @@ def export(
             markup=False, soft_wrap=True,
         )
     if extra:
-        stdout.print(f"image files are prepared first, as predict prepares them: {extra['cnnspec.image_preparation']}; "
-                     f"outputs are {extra['cnnspec.outputs']}", markup=False, soft_wrap=True)
+        try:
+            recipe = exporting.write_preparation(Path(target), report.path, preprocessing is not None) if len(graph.input_shape) == 3 else None
+        except (*_run_errors(),) as exc:
+            _fail_run(exc)
+        stdout.print(f"image files are prepared first, as predict prepares them: {extra['cnnspec.image_preparation']}"
+                     + (f"; in plain Pillow and NumPy: prepare(path) in {recipe}" if recipe is not None else "")
+                     + f"; outputs are {extra['cnnspec.outputs']}", markup=False, soft_wrap=True)
 
 
 @app.command()

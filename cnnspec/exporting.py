@@ -265,3 +265,22 @@ def image_preparation(config: Any, shape: tuple[int, ...]) -> str:
         return f"{shape[0]} channel(s); {Transform.evaluation(config.data, shape).describe()}"
     except DataError:
         return "none (not an image input)"
+
+
+def write_preparation(run: Path, model: Path, preprocessing_inside: bool) -> Path:
+    """``MODEL_prepare.py`` beside an exported model: ``prepare(path)``, the plain Pillow
+    and NumPy that give an image file as the model takes it (``cnnspec.data.recipe``):
+    raw pixels in [0, 1] when the run's normalisation is the model's first layer, else
+    normalised as in training."""
+    from cnnspec.data.recipe import run_preparation_code
+    from cnnspec.harness.run import load_run
+    from cnnspec.harness.weights import write_text
+
+    loaded = load_run(run)
+    norm = loaded.normalization
+    code = run_preparation_code(loaded.config, loaded.graph.input_shape, None if preprocessing_inside else (norm.scale, list(norm.mean), list(norm.std)),
+                                name=f"{model.name} (exported from {run})")
+    target = model.with_name(f"{model.stem}_prepare.py")
+    write_text(target, code)
+    return target
+

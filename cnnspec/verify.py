@@ -121,7 +121,9 @@ def load_target(
         loaded = load_run(path)
         if input_size is not None and input_size != loaded.graph.input_shape[1:]:
             raise ValueError("--input-size changes the weights' shapes after a flatten; verify a run at its own size")
-        return loaded.spec, load_arrays(loaded.checkpoint / "weights.safetensors"), str(loaded.checkpoint)  # as written: an output softmax kept
+        from cnnspec.harness.checkpoint_files import load_weights
+
+        return loaded.spec, load_weights(loaded.checkpoint), str(loaded.checkpoint)  # as written: an output softmax kept
     graph = load_spec(target)
     if input_size is not None:
         graph = with_input_size(graph, input_size)

@@ -25,7 +25,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("integrity")
-    cnnspec.train("lenet5", out=root / "run", epochs=2, batch_size=64, data__limit=256)
+    cnnspec.train("lenet5", out=root / "run", epochs=2, batch_size=64, data__limit=256, keep="all")
     return root / "run"
 
 
@@ -95,6 +95,7 @@ def test_without_an_intact_checkpoint_resume_says_so(trained: Path, tmp_path: Pa
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
+    from cnnspec.harness import checkpoint_files
     from cnnspec.harness import run as harness
 
     real = harness.save_arrays
@@ -109,6 +110,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
         real(path, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(harness, "save_arrays", disk_fills)
+    monkeypatch.setattr(checkpoint_files, "save_arrays", disk_fills)
     with pytest.raises(harness.TrainingError, match=r"could not write checkpoint epoch-0002 \(.*No space left on device\); training stopped and "
                        r"the newest intact checkpoint is .*epoch-0001\. Free space .* cnnspec train --resume"):
         cnnspec.train("lenet5", out=tmp_path / "run", epochs=3, batch_size=64, data__limit=128)

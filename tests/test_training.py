@@ -54,7 +54,7 @@ def test_lenet5_on_real_mnist_reaches_97_5_percent_in_5_epochs(tmp_path: Path) -
 
 
 def small(tmp_path: Path, name: str, **overrides: object) -> cnnspec.harness.run.TrainResult:
-    settings = {"epochs": 3, "data.limit": 256, "batch_size": 32, **overrides}
+    settings = {"epochs": 3, "data.limit": 256, "batch_size": 32, "keep": "all", **overrides}
     return cnnspec.train("lenet5", out=tmp_path / name, **settings)  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import cnnspec
 from cnnspec.agreement import assert_agrees
+from cnnspec.harness.checkpoint_files import load_weights
 from cnnspec.harness.config import TrainConfig
 from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers, multipliers, parameter_summary
 
@@ -168,7 +169,7 @@ def test_head_only_trains_the_classifier_alone_on_cached_features(tmp_path: Path
     assert "bottleneck: every layer up to 'f6' is frozen" in result.stderr
     before = load_arrays(tmp_path / "first" / "checkpoints" / "epoch-0001" / "weights.safetensors")
     assert "classifier 'output' solved: L-BFGS" in result.stderr  # one solve in place of the epochs
-    after = load_arrays(tmp_path / "head" / "checkpoints" / "epoch-0001" / "weights.safetensors")
+    after = load_weights(tmp_path / "head" / "checkpoints" / "epoch-0001")
     assert after["output.weight"].shape == (3, 84)
     pretrained = json.loads((tmp_path / "first" / "run.json").read_text())["normalization"]
     assert "normalisation: first's (mean" in result.stderr  # the body sees inputs scaled as it was trained
@@ -260,22 +261,21 @@ def test_head_training_on_cached_bottleneck_features_equals_running_the_frozen_b
     """Frozen up to the pooling (batch norm included): the body's outputs are computed once
     and each epoch trains only the head, ending with the weights and metrics that running
     the whole network every step gives; the run's checkpoint is the whole network."""
-    from cnnspec.harness.weights import load_arrays
 
     photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=8)
     g = cnnspec.parse_spec(SMALL_RESNET.replace("[3, 8, 8]", "[1, 8, 8]"), "small.yaml")
-    settings = {"data.source": str(photos), "data.workers": 0, "freeze": ["before:fc"], "epochs": 3, "batch_size": 4, "optimizer.lr": 0.05}
+    settings = {"data.source": str(photos), "data.workers": 0, "freeze": ["before:fc"], "epochs": 3, "batch_size": 4, "optimizer.lr": 0.05, "keep": "all"}
     runs = {}
     for cached in (True, False):
         runs[cached] = cnnspec.train(g, backend, out=tmp_path / str(cached), quiet=True, bottleneck_cache=cached, **settings)  # type: ignore[arg-type]
     for a, b in zip(runs[True].history, runs[False].history, strict=True):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    ours, theirs = (load_arrays(tmp_path / str(c) / "checkpoints" / "epoch-0003" / "weights.safetensors") for c in (True, False))
+    ours, theirs = (load_weights(tmp_path / str(c) / "checkpoints" / "epoch-0003") for c in (True, False))
     assert set(ours) == set(theirs)
     for name in theirs:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6, err_msg=name)
-    assert not np.allclose(ours["fc.weight"], load_arrays(tmp_path / "True" / "checkpoints" / "epoch-0001" / "weights.safetensors")["fc.weight"])
+    assert not np.allclose(ours["fc.weight"], load_weights(tmp_path / "True" / "checkpoints" / "epoch-0001")["fc.weight"])
     assert cnnspec.evaluate(tmp_path / "True")["accuracy"] == pytest.approx(runs[True].final["val_accuracy"])
 
 
@@ -285,14 +285,13 @@ def test_phases_run_as_one_run_and_resume_across_their_boundary(tmp_path: Path, 
     frozen at lr 0.001: one metrics file, and a run killed in either epoch of the second
     phase resumes to the weights of an uninterrupted one (a new phase starts a new optimizer)."""
     from cnnspec.backends import torch_backend
-    from cnnspec.harness.weights import load_arrays
 
     photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=5)  # 12 train images: 3 steps an epoch
     phases = [{"epochs": 2, "freeze": ["before:output"], "lr": 0.01}, {"epochs": 2, "freeze": ["c1"], "lr": 0.001}]
-    settings = {"data.source": str(photos), "data.workers": 0, "classes": "auto", "batch_size": 4, "phases": phases}
+    settings = {"data.source": str(photos), "data.workers": 0, "classes": "auto", "batch_size": 4, "phases": phases, "keep": "all"}
     whole = cnnspec.train("lenet5", "torch", out=tmp_path / "whole", quiet=True, **settings)  # type: ignore[arg-type]
     assert [row["lr"] for row in whole.history] == [0.01, 0.01, 0.001, 0.001]
-    weights = [load_arrays(tmp_path / "whole" / "checkpoints" / f"epoch-000{e}" / "weights.safetensors") for e in (1, 2, 4)]
+    weights = [load_weights(tmp_path / "whole" / "checkpoints" / f"epoch-000{e}") for e in (1, 2, 4)]
     np.testing.assert_array_equal(weights[0]["c1.weight"], weights[2]["c1.weight"])  # frozen in both phases
     np.testing.assert_array_equal(weights[0]["c3.weight"], weights[1]["c3.weight"])  # frozen in the first only
     assert not np.array_equal(weights[1]["c3.weight"], weights[2]["c3.weight"])
@@ -311,7 +310,7 @@ def test_phases_run_as_one_run_and_resume_across_their_boundary(tmp_path: Path, 
     monkeypatch.undo()
     resumed = cnnspec.resume(tmp_path / "killed", quiet=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4]
-    ours = load_arrays(tmp_path / "killed" / "checkpoints" / "epoch-0004" / "weights.safetensors")
+    ours = load_weights(tmp_path / "killed" / "checkpoints" / "epoch-0004")
     for name, array in weights[2].items():
         np.testing.assert_allclose(ours[name], array, rtol=1e-5, atol=1e-7, err_msg=name)
 

@@ -265,5 +265,5 @@ def test_cli_transforms_line_and_set_switches(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "transforms: train: random resized crops to 32x32 (scale 0.08-1), colour jitter (brightness 0.2), flips; val: fit auto to 32x32 (preset none)" in result.stderr
+    assert "transforms: train: random resized crops to 32x32 (scale 0.08-1), colour jitter (brightness 0.2), flips; val: shorter side to 32, centre 32x32 (aspect ratio kept) (preset none)" in result.stderr
     assert "random resized crops from each file at full size" in result.stderr

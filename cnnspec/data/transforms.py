@@ -8,9 +8,11 @@ own: a random resized crop cut from the image at full size, and colour jitter. W
 augmentations that are cheap on arrays (flips, pad-and-crop) stay in the harness.
 
 Every resize is one Pillow call with a ``box`` (the region of the stored image that
-becomes the input), and a JPEG is decoded at the smallest draft scale that still holds
-that region at the input's resolution, so cutting a 224 crop from a 4000-pixel photo
-decodes it at 1/8 when the crop is large and at full size when it is small.
+becomes the input). For training, a JPEG is decoded at the smallest draft scale that still
+holds that region at the input's resolution, so cutting a 224 crop from a 4000-pixel photo
+decodes it at 1/8 when the crop is large and at full size when it is small. Evaluation,
+predict and embeddings decode at full size: what they do is a few lines of plain Pillow
+(``cnnspec.data.recipe``), which an exported model's users can repeat exactly.
 
 The random draws of a sample come from its own generator, seeded by (seed, epoch,
 sample), so results do not depend on the number of workers, on which worker decodes a
@@ -51,6 +53,7 @@ class Transform:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: width / height
     jitter: tuple[float, float, float] | None = None  # brightness, contrast, saturation amounts
     hflip: bool = False  # flip with probability 1/2 (drawn here only when the transform is random)
+    draft: bool = False  # a large JPEG decoded at a reduced scale (1/2, 1/4, 1/8): training, where it pays
 
     def __post_init__(self) -> None:
         if self.fit == "crop" and self.shorter_side < max(self.shape[1:]):
@@ -74,6 +77,7 @@ class Transform:
             (3 / 4, 4 / 3) if crop is None else crop.ratio,
             amounts if amounts and any(amounts) else None,
             config.augment.hflip,
+            draft=True,
         )
 
     @property
@@ -91,9 +95,13 @@ class Transform:
         if self.crop_scale is not None:
             text = f"random resized crops to {height}x{width} (scale {self.crop_scale[0]:g}-{self.crop_scale[1]:g})"
         elif self.fit == "crop":
-            text = f"shorter side to {self.shorter_side}, centre {height}x{width}"
+            text = f"shorter side to {self.shorter_side}, centre {height}x{width} (aspect ratio kept)"
+        elif self.fit == "letterbox":
+            text = f"longer side to fit {height}x{width}, centred on black (aspect ratio kept, nothing cut)"
+        elif self.fit == "auto":
+            text = f"fit auto to {height}x{width} (pad when at most 25% smaller, else resize)"
         else:
-            text = f"fit {self.fit} to {height}x{width}"
+            text = f"fit {self.fit} to {height}x{width}" + (" (aspect ratio not kept)" if self.fit == "resize" else " (centred on black)")
         if self.jitter:
             named = zip(("brightness", "contrast", "saturation"), self.jitter, strict=True)
             text += ", colour jitter (" + ", ".join(f"{name} {amount:g}" for name, amount in named if amount) + ")"
@@ -113,15 +121,19 @@ class Transform:
         def plan(size: tuple[int, int]) -> float | None:
             nonlocal box
             box = self._box(size, rng)
-            return None if box is None else max(width / (box[2] - box[0]), height / (box[3] - box[1]))
+            return None if box is None or not self.draft else max(width / (box[2] - box[0]), height / (box[3] - box[1]))
 
         image, stored = decode_image(data, channels, plan)
+        padded = box is None
         if box is not None:
             fx, fy = image.width / stored[0], image.height / stored[1]  # the draft scale, if any
             box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-            image = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+            size = (width, height)
+            if self.fit == "letterbox" and (self.crop_scale is None or rng is None):
+                size, padded = letterbox_size(stored, (width, height)), True
+            image = image.resize(size, Image.Resampling.BILINEAR, box=box)
         array = to_array(image, channels, contiguous=False)  # copied once, into the caller's batch
-        if box is None:
+        if padded:
             array = fit_images(array[None], self.shape, "pad")[0]  # pads, or keeps what already fits
         return self._random_colour_and_flip(array, rng)
 
@@ -139,7 +151,7 @@ class Transform:
             cw, ch = min(w, width / scale), min(h, height / scale)
             return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
         rule = fit_rule((h, w), (height, width), self.fit)
-        return (0.0, 0.0, float(w), float(h)) if rule == "resize" else None
+        return (0.0, 0.0, float(w), float(h)) if rule in ("resize", "letterbox") else None
 
     # ---- arrays -----------------------------------------------------------------------
 
@@ -164,6 +176,13 @@ class Transform:
         if self.hflip and rng.random() < 0.5:
             image = image[:, :, ::-1]
         return image
+
+
+def letterbox_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of an image of ``size`` scaled to fit inside ``target``, its aspect
+    ratio kept: the longer side (relative to the target's) fills the input."""
+    scale = min(target[0] / size[0], target[1] / size[1])
+    return max(1, min(target[0], round(size[0] * scale))), max(1, min(target[1], round(size[1] * scale)))
 
 
 def random_resized_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator) -> Box:

@@ -79,7 +79,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-FitMode = Literal["auto", "pad", "resize", "crop"]
+FitMode = Literal["auto", "pad", "resize", "crop", "letterbox"]
 
 
 class DataConfig(_Section):
@@ -90,9 +90,9 @@ class DataConfig(_Section):
         description="imagenet: fit crop, random resized crops and flips for training, ImageNet mean/std (fields set here win); auto: imagenet for image files at a square RGB input of 224 or more, else none",
     )
     fit: FitMode = Field(
-        default="auto", description="how images meet the input size: pad (centred), resize (to the input, aspect ignored), crop (shorter side to `resize`, then the centre), auto: pad when at most 25% smaller, else resize"
+        default="auto", description="how images meet the input size: crop (shorter side to `resize`, then the centre: the aspect ratio kept), pad (centred on black), resize (to the input, aspect ignored); auto: image files crop (shorter side to the input's, or 256 for 224 under the imagenet preset), arrays (one size) pad when at most 25% smaller, else resize"
     )
-    resize: PositiveInt | None = Field(default=None, description="fit crop: the shorter side before the centre crop (default: the input side / 0.875, 256 for 224)")
+    resize: PositiveInt | None = Field(default=None, description="fit crop: the shorter side before the centre crop (default: the input side / 0.875, 256 for 224; when fit auto chooses crop for image files without the imagenet preset, the input side)")
     normalize: Literal["standard", "unit", "none"] | Normalize = Field(
         default="standard", description="standard: per-channel mean/std of the training set; unit: scale to [0, 1]; or explicit {mean, std} on [0, 1] data"
     )
@@ -118,13 +118,16 @@ def resolve_preset(config: DataConfig, shape: tuple[int, ...], image_files: bool
     if preset == "auto":
         preset = "imagenet" if image_files and photo_sized(shape) else "none"
     if preset == "none":
-        return config.model_copy(update={"preset": "none"})
+        update: dict[str, Any] = {"preset": "none"}
+        if image_files and config.fit == "auto" and len(shape) == 3:  # one rule for every file, whatever its size: the aspect ratio kept
+            update |= {"fit": "crop", "resize": config.resize or max(shape[1:])}
+        return config.model_copy(update=update)
     augment = config.augment
     augment_fill = {"random_resized_crop": RandomResizedCrop(), "hflip": True}
     fill = {"fit": "crop", "normalize": Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))}
     return config.model_copy(
         update={
-            **{key: value for key, value in fill.items() if key not in config.model_fields_set},
+            **{key: value for key, value in fill.items() if key not in config.model_fields_set or (key == "fit" and config.fit == "auto")},
             "augment": augment.model_copy(update={key: value for key, value in augment_fill.items() if key not in augment.model_fields_set}),
             "preset": "imagenet",
         }
@@ -211,7 +214,9 @@ class TrainConfig(_Section):
         default=10.0, description="also checkpoint inside an epoch this often, so that --resume continues the epoch where it stopped; none: at epoch ends only"
     )
     checkpoint_steps: PositiveInt | None = Field(default=None, description="also checkpoint inside an epoch every this many steps")
-    keep: PositiveInt | None = Field(default=None, description="keep only this many of the newest epoch checkpoints, and the best; none: all")
+    keep: PositiveInt | Literal["all"] | None = Field(
+        default=1, description="epoch checkpoints kept: the newest this many (the latest, which --resume continues), and the best; all (or none): every one"
+    )
     memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
         default="auto", description="the torch backend's tensor layout: auto (channels-last on CUDA, and on CPU for networks where it measured faster), or forced"
     )

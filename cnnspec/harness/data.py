@@ -475,6 +475,8 @@ def fit_rule(size: tuple[int, int], target: tuple[int, int], fit: str) -> str:
         return "crop"
     if (h, w) == (height, width):
         return "keep"
+    if fit == "letterbox":
+        return "letterbox"
     small_enough = h <= height and w <= width and (height - h) <= height // 4 and (width - w) <= width // 4
     return "pad" if fit == "pad" or (fit == "auto" and small_enough) else "resize"
 
@@ -506,8 +508,12 @@ def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto", re
         padded = np.zeros((len(x), x.shape[1], height, width), dtype=x.dtype)
         padded[:, :, top : top + h, left : left + w] = x
         return padded
-    from cnnspec.data.transforms import Transform
+    from cnnspec.data.transforms import Transform, letterbox_size
 
+    if rule == "letterbox":
+        inner_w, inner_h = letterbox_size((w, h), (width, height))
+        inner = np.stack([resize_box(image, (0.0, 0.0, float(w), float(h)), (inner_h, inner_w)) for image in x])
+        return fit_images(inner, shape, "pad")
     box = Transform((channels, height, width), fit, resize)._box((w, h), None)
     assert box is not None  # resize and crop always name a region
     out = np.empty((len(x), x.shape[1], height, width), dtype=np.float32 if x.dtype != np.uint8 else np.uint8)

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from cnnspec.distributed import SINGLE, Group, check_batch, evaluation_share, lo
 from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph
 from cnnspec.harness import bottleneck, linear_head, plots, tuning
+from cnnspec.harness.checkpoint_files import load_weights, save_weights
 from cnnspec.harness.config import Normalize, TrainConfig, phase_plan
 from cnnspec.harness.data import Dataset, absolute_source, by_class_name, load_dataset, recorded_source, test_part
 from cnnspec.harness.events import EventLog
@@ -294,37 +296,43 @@ MID_EPOCH = "mid-epoch"  # the one checkpoint inside an epoch; latest.json never
 
 
 def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, Any], *, best: bool = False,
-                    keep: int | None = None) -> Path:
+                    keep: int | str | None = 1, frozen: AbstractSet[str] = frozenset()) -> Path:
     """A complete checkpoint folder, then the pointers to it (``latest.json``; ``best.json``
     when ``best``): a crash at any moment leaves the previous checkpoint intact and
-    pointed to. With ``keep``, only the newest ``keep`` epoch checkpoints stay, and the
-    best."""
+    pointed to. Only the newest ``keep`` epoch checkpoints stay, and the best ("all" or
+    None: every one). The arrays named in ``frozen`` are written once for the whole run
+    (``checkpoint_files``)."""
+    from cnnspec.harness.checkpoint_files import unused_shared
+
     name = f"epoch-{epoch:04d}"
-    final = _write_checkpoint(run, name, session, state)
+    final = _write_checkpoint(run, name, session, state, frozen)
     write_json(run.checkpoints / "latest.json", {"checkpoint": name, "epoch": epoch})
     if best:
         write_json(run.checkpoints / "best.json", {"checkpoint": name, "epoch": epoch})
     shutil.rmtree(run.checkpoints / MID_EPOCH, ignore_errors=True)  # the epoch it was inside is complete
-    if keep is not None:
+    if isinstance(keep, int):
         kept = {final, run.best()}
         for folder in run.epochs()[keep:]:
             if folder not in kept:
                 shutil.rmtree(folder, ignore_errors=True)
+    for path in unused_shared(run.checkpoints):
+        path.unlink(missing_ok=True)
     return final
 
 
-def _write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str, Any]) -> Path:
+def _write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str, Any], frozen: AbstractSet[str] = frozenset()) -> Path:
     """The checkpoint folder ``name``, complete or not at all: written as a staging folder
     and renamed. A write that fails (disk full, no permission, read-only) removes the
     staging folder and says which checkpoint is still intact."""
     staging = run.checkpoints / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_arrays(staging / "weights.safetensors", session.get_weights(), {"format": "cnnspec-canonical-v1"})
+        staging.mkdir(parents=True)
+        sealed = save_weights(staging, session.get_weights(), frozen)
         arrays, meta = session.optimizer_state()
         save_arrays(staging / "optimizer.safetensors", arrays)
         write_json(staging / "state.json", {**state, "optimizer": meta})
-        seal(staging, ["weights.safetensors", "optimizer.safetensors", "state.json"])  # loading checks them
+        seal(staging, [*sealed, "optimizer.safetensors", "state.json"])  # loading checks them (and the shared frozen arrays)
         final = run.checkpoints / name
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -409,9 +417,11 @@ def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Prog
             raise DamagedFile(problem)
         init = checkpoint / "weights.safetensors"
         recorded = _recorded_classes(run.path)
+        loaded = load_weights(checkpoint)
     elif not init.exists():
         raise TrainingError(f"{init}: no such file; --init takes a checkpoint (.safetensors), a run directory, RUN@best or a checkpoint folder")
-    loaded = load_arrays(init)
+    else:
+        loaded = load_arrays(init)
     taken = [name for name, array in loaded.items() if name in weights and array.shape == weights[name].shape]
     if not taken:
         raise TrainingError(f"{init}: none of its arrays fits '{graph.name}' (names and shapes differ)")
@@ -583,7 +593,7 @@ def train(
     for problem in damaged:
         progress.message(f"{problem}: skipped")
     if latest is not None:
-        weights = load_arrays(latest / "weights.safetensors")
+        weights = load_weights(latest)
         check_weights(graph, weights, str(latest))
         state = read_state(latest / "state.json")
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
@@ -688,7 +698,7 @@ def train(
             bad_epochs += 1
         state = {"epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
         if lead:
-            save_checkpoint(run, epoch + 1, session, state, best=improved, keep=config.keep)
+            save_checkpoint(run, epoch + 1, session, state, best=improved, keep=config.keep, frozen=_frozen_weights(graph, phase_config))
             plots.learning_curves(history, run.path / "curves.png", f"{graph.name} ({backend})")
         progress.end_epoch(row, config.epochs)
         patience = config.early_stopping.patience
@@ -891,6 +901,13 @@ def _parameters_line(graph: Graph, config: TrainConfig) -> str:
     return f"parameters: {tuning.summary(graph, config)}"
 
 
+def _frozen_weights(graph: Graph, config: TrainConfig) -> set[str]:
+    """The arrays of the layers ``config`` freezes: candidates to write once for the run
+    (by content, so arrays that change anyway, as batch norm statistics may, still are)."""
+    frozen = tuning.frozen_layers(graph, config)
+    return {name for name in graph.weights() if tuning.owner(name) in frozen}
+
+
 def _report_skipped(progress: Progress, entries: list[str]) -> None:
     if entries:
         shown = "; ".join(entries[:3]) + ("; ..." if len(entries) > 3 else "")
@@ -952,7 +969,7 @@ def _train_epoch(
         every_steps, every_minutes = config.checkpoint_steps, config.checkpoint_minutes
         due = (every_steps is not None and step % every_steps == 0) or (every_minutes is not None and now - last_saved >= 60 * every_minutes)
         if due and epoch_state is not None and group.rank == 0 and step * size < total:
-            _write_checkpoint(run, MID_EPOCH, session, {**epoch_state, "step": step, "sums": [loss_sum, correct, seen]})
+            _write_checkpoint(run, MID_EPOCH, session, {**epoch_state, "step": step, "sums": [loss_sum, correct, seen]}, _frozen_weights(graph, config) if graph is not None else frozenset())
             last_saved = now
     if not seen:
         raise TrainingError(f"no training image of {data.name} could be read this epoch: {data.skipped_so_far()[:3]}")
@@ -1078,7 +1095,7 @@ def load_run(path: Path, *, checked: bool = True) -> LoadedRun:
 
 def open_run_session(loaded: LoadedRun, open_session: Callable[..., Session], device: str) -> Session:
     session = open_session(loaded.graph, loaded.config, device=device)
-    weights = load_arrays(loaded.checkpoint / "weights.safetensors")
+    weights = load_weights(loaded.checkpoint)
     check_weights(loaded.graph, weights, str(loaded.checkpoint))
     session.set_weights(weights)
     return session
@@ -1252,7 +1269,7 @@ def onnx_engine(loaded: LoadedRun, layers: tuple[str, ...] = ()) -> tuple[Path, 
             raise DamagedFile(f"{path}: missing")
         return path, "reused"
     except DamagedFile:
-        weights = load_arrays(loaded.checkpoint / "weights.safetensors")
+        weights = load_weights(loaded.checkpoint)
         report = export(loaded.graph, weights, "onnx", path, weights_from=str(loaded.checkpoint), outputs=_extra_outputs(loaded, layers))
         return path, f"built and verified against {report.reference} ({report.max_rel_error:.1e} relative)"
 
@@ -1290,7 +1307,7 @@ def _verified(loaded: LoadedRun, session: Session) -> str:
     from cnnspec.backends import load_backend
 
     reference = load_backend("numpy").open_session(loaded.graph, TrainConfig(), device="cpu", precision="fp32")
-    reference.set_weights(load_arrays(weights_file))
+    reference.set_weights(load_weights(loaded.checkpoint))
     x = np.random.default_rng(0).standard_normal((2, *loaded.graph.input_shape)).astype(np.float32)
     expected = np.asarray(reference.predict(x), np.float32)
     got = np.asarray(session.predict(x), np.float32)
