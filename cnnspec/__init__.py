@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from cnnspec.api import build, embed, evaluate, features, predict, resume, similar, train
 from cnnspec.diagnostics import Diagnostic, Location, SpecError
+from cnnspec.errors import CnnspecError
 from cnnspec.graph import Graph, Node
 from cnnspec.load import SpecNotFound, load_spec, parse_spec, zoo_names
 
 __all__ = [
+    "CnnspecError",
     "Diagnostic",
     "Graph",
     "Index",

@@ -162,6 +162,22 @@ def test_cnnspec_own_keras_export_reads_back_as_its_spec(tmp_path: Path) -> None
     assert [n.info.output_shape for n in back.nodes if n.layer.kind != "flatten"][-1] == zoo.nodes[-1].info.output_shape
 
 
+def test_a_colour_runs_keras_export_is_refused_by_layer_and_its_onnx_export_reads_back(tmp_path: Path) -> None:
+    """The README's claim, as a user meets it: a 3-channel run's Keras export holds
+    cnnspec's own preprocessing layer; import names it and points at the ONNX export."""
+    pytest.importorskip("onnxruntime")
+    runner = CliRunner()
+    cnnspec.train("lenet5", "numpy", out=tmp_path / "run", epochs=1, channels=3, data="synthetic", limit=32)
+    assert runner.invoke(app, ["export", str(tmp_path / "run"), "--to", "keras", "-o", str(tmp_path / "m.keras")]).exit_code == 0
+    result = runner.invoke(app, ["import", str(tmp_path / "m.keras"), "-o", str(tmp_path / "back.yaml")])
+    assert result.exit_code == 1 and "layer 'preprocess'" in result.output and "import its ONNX export instead" in result.output
+    assert not (tmp_path / "back.yaml").exists()
+    assert runner.invoke(app, ["export", str(tmp_path / "run"), "--to", "onnx", "-o", str(tmp_path / "m.onnx")]).exit_code == 0
+    result = runner.invoke(app, ["import", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "back.yaml")])
+    assert result.exit_code == 0, result.output
+    assert cnnspec.load_spec(str(tmp_path / "back.yaml")).input_shape == (3, 32, 32)
+
+
 def refusal(model: keras.Model, tmp_path: Path) -> str:
     path = tmp_path / "model.keras"
     model.save(path)

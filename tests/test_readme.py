@@ -114,3 +114,16 @@ def test_the_error_example_prints_what_the_readme_shows(tmp_path: Path, monkeypa
     result = runner.invoke(app, ["check", "net.yaml"], env={"COLUMNS": "400"})
     assert result.exit_code == 1
     assert result.output.splitlines() == shown.rstrip("\n").splitlines(), f"README.md:{line}"
+
+
+def test_the_demo_figures_are_what_the_seeded_demo_gives(tmp_path: Path) -> None:
+    """The front page's training figures come from the seeded run, not from memory: the
+    same command, the same seed, within one or two of the 359 validation digits (other
+    CPUs round differently)."""
+    pytest.importorskip("torch")
+    shown = re.search(r"done: val_accuracy ([0-9.]+), val_loss ([0-9.]+) after 10 epochs", README)
+    assert shown is not None, "the README's demo no longer shows the final line"
+    result = cnnspec.train("lenet5", "torch", out=tmp_path / "demo")
+    assert abs(result.final["val_accuracy"] - float(shown.group(1))) <= 0.006
+    assert abs(result.final["val_loss"] - float(shown.group(2))) <= 0.02
+
