@@ -59,7 +59,7 @@ class Evaluation:
         return matrix
 
 
-def _evaluate(run: Path, backend: str | None, device: str, data: str | None) -> tuple[Any, Evaluation, np.ndarray | Any]:
+def _evaluate(run: Path, backend: str | None, device: str, data: str | None) -> tuple[Any, Evaluation, np.ndarray | Any, np.ndarray]:
     from cnnspec.backends import load_backend
     from cnnspec.data.loader import batches
     from cnnspec.harness.run import Scorer, evaluation_data, load_run
@@ -67,14 +67,18 @@ def _evaluate(run: Path, backend: str | None, device: str, data: str | None) -> 
     loaded = load_run(run)
     scorer = Scorer(run, load_backend(backend or loaded.info["backend"]).open_session, device)
     config = loaded.config
-    dataset = evaluation_data(loaded, data)
+    dataset = evaluation_data(loaded, data, stream=True)  # image files keep their names, for the mistakes
     start = time.perf_counter()
-    outputs = [scorer.outputs(np.asarray(x)) for _, x in batches(dataset.x_val, np.arange(len(dataset.x_val)), config.batch_size)]
+    outputs, kept = [], []
+    for positions, x in batches(dataset.x_val, np.arange(len(dataset.x_val)), config.batch_size):  # an unreadable file is left out
+        outputs.append(scorer.outputs(np.asarray(x)))
+        kept.append(positions)
     seconds = time.perf_counter() - start
     logits = np.concatenate(outputs) if outputs else np.zeros((0, loaded.graph.output_shape[0]), np.float32)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    evaluation = Evaluation(loaded.info["classes"], np.asarray(dataset.y_val), shifted / shifted.sum(axis=1, keepdims=True), seconds, dataset.name)
-    return loaded, evaluation, dataset.x_val
+    delivered = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    evaluation = Evaluation(loaded.info["classes"], np.asarray(dataset.y_val)[delivered], shifted / shifted.sum(axis=1, keepdims=True), seconds, dataset.name)
+    return loaded, evaluation, dataset.x_val, delivered
 
 
 def _figure_png(draw: Any) -> str:
@@ -111,6 +115,31 @@ def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+OPTIMIZER_OPTIONS = {  # what each optimizer reads of train.optimizer
+    "sgd": {"momentum", "nesterov"}, "adam": {"betas", "eps"}, "adamw": {"betas", "eps"},
+    "rmsprop": {"momentum", "alpha", "eps"}, "adagrad": {"eps"}, "adadelta": {"rho", "eps"},
+}
+
+
+def _applying(train: dict[str, Any]) -> dict[str, Any]:
+    """The ``train:`` settings without the optimizer options its optimizer does not read
+    (momentum, rho and alpha for Adam)."""
+    optimizer = dict(train.get("optimizer") or {})
+    reads = OPTIMIZER_OPTIONS.get(str(optimizer.get("name")))
+    if reads is None:
+        return train
+    every = set().union(*OPTIMIZER_OPTIONS.values())
+    return {**train, "optimizer": {k: v for k, v in optimizer.items() if k not in every or k in reads}}
+
+
+def _image_names(images: Any, data: str) -> list[str]:
+    """Each validation image's file (a stream's samples), or its place in array data."""
+    samples = getattr(images, "samples", None)
+    if samples is not None:
+        return [str(sample.name) for sample in samples]
+    return [f"{data}[{i}]" for i in range(len(images))]
+
+
 def _flat(prefix: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, dict):
         return [item for key, inner in value.items() for item in _flat(f"{prefix}.{key}" if prefix else str(key), inner)]
@@ -121,7 +150,7 @@ def report(run: Path, *, backend: str | None = None, device: str = "auto", data:
     """(the page, its figures)."""
     from cnnspec.harness import plots
 
-    loaded, evaluation, images = _evaluate(run, backend, device, data)
+    loaded, evaluation, images, delivered = _evaluate(run, backend, device, data)
     graph, info = loaded.graph, loaded.info
     history = [json.loads(line) for line in (loaded.run.path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     matrix = evaluation.confusion()
@@ -133,13 +162,14 @@ def report(run: Path, *, backend: str | None = None, device: str = "auto", data:
     confidence = evaluation.probabilities[wrong, evaluation.predicted[wrong]]
     worst = wrong[np.argsort(-confidence, kind="stable")][:mistakes]
     train_seconds = sum(float(row.get("seconds", 0.0)) for row in history)
+    names = [_image_names(images, evaluation.data)[int(p)] for p in delivered]
     figures: dict[str, Any] = {
         "spec": graph.name, "run": str(loaded.run.path), "checkpoint": loaded.checkpoint.name, "data": evaluation.data,
         "params": graph.params, "macs": graph.macs, "epochs": len(history), "history": history,
         "evaluation": {"images": count, "accuracy": accuracy, "per_class_accuracy": dict(zip(evaluation.classes, per_class, strict=True)),
                        "confusion_matrix": matrix.tolist(), "seconds": evaluation.seconds,
                        "images_per_second": count / evaluation.seconds if evaluation.seconds > 0 else None},
-        "mistakes": [{"index": int(i), "true": evaluation.classes[int(evaluation.labels[i])], "predicted": evaluation.classes[int(evaluation.predicted[i])],
+        "mistakes": [{"index": int(i), "file": names[int(i)], "true": evaluation.classes[int(evaluation.labels[i])], "predicted": evaluation.classes[int(evaluation.predicted[i])],
                       "probability": float(evaluation.probabilities[i, evaluation.predicted[i]])} for i in worst],
         "training": {"seconds": train_seconds, "images_per_second": [row.get("images_per_second") for row in history]},
         "environment": {"run": {"backend": info.get("backend"), "device": info.get("device"), "precision": info.get("precision"),
@@ -152,19 +182,6 @@ def report(run: Path, *, backend: str | None = None, device: str = "auto", data:
              f"<p>Run <code>{escape(loaded.run.path)}</code>, checkpoint <code>{escape(loaded.checkpoint.name)}</code>, trained on "
              f"{escape(info.get('data'))} with the {escape(info.get('backend'))} backend ({escape(info.get('device'))}, {escape(info.get('precision'))}); "
              f"{len(history)} epochs. Validation now: <b>{accuracy:.4f}</b> accuracy on {count:,} images of {escape(evaluation.data)}.</p>"]
-    parts.append("<h2>Network</h2>" + _table(
-        ["layer", "kind", "output", "params", "MACs"],
-        [[n.name, n.kind, "x".join(map(str, n.output_shape)), f"{n.params:,}", f"{n.macs:,}"] for n in graph.nodes]
-        + [["total", "", "x".join(map(str, graph.output_shape)), f"{graph.params:,}", f"{graph.macs:,}"]], {3, 4}))
-    parts.append("<h2>Hyperparameters</h2>" + _table(["setting", "value"], [[k, json.dumps(v)] for k, v in _flat("", info.get("train", {}))]))
-    if history:
-        parts.append("<h2>Learning curves</h2>")
-        parts.append(f"<figure><img alt='learning curves' src='{_figure_png(lambda p: plots.learning_curves(history, p, graph.name))}'></figure>")
-        parts.append(f"<figure><img alt='learning rate' src='{_lr_png(history)}'></figure>")
-        parts.append(_table(["epoch", "train loss", "train accuracy", "val loss", "val accuracy", "learning rate", "seconds", "images/s"],
-                            [[r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_accuracy']:.4f}", f"{r['val_loss']:.4f}", f"{r['val_accuracy']:.4f}",
-                              f"{r['lr']:.3g}", f"{r.get('seconds', 0):.1f}", f"{r.get('images_per_second', 0):,.0f}"] for r in history],
-                            set(range(8))))
     parts.append("<h2>Evaluation</h2>")
     title = f"{graph.name}: {evaluation.data} ({count} images)"
     parts.append(f"<figure><img alt='confusion matrix' src='{_figure_png(lambda p: plots.confusion_matrix(matrix, evaluation.classes, p, title))}'></figure>")
@@ -173,10 +190,22 @@ def report(run: Path, *, backend: str | None = None, device: str = "auto", data:
     parts.append(f"<h2>Most confident mistakes</h2><p>{len(wrong):,} of {count:,} validation images are misclassified; the "
                  f"{len(worst)} the network was surest of:</p>")
     scale = float(loaded.normalization.scale)
+    samples_named = getattr(images, "samples", None) is not None
     for entry, i in zip(figures["mistakes"], worst, strict=True):
-        picture = image_picture(np.asarray(images[int(i)], np.float32), scale)
-        parts.append(f"<figure><img alt='mistake {entry['index']}' src='{png_uri(picture)}' width='96'><figcaption>#{entry['index']}: "
+        at = int(delivered[int(i)])
+        pixels = images.load(np.array([at]))[1][0] if samples_named else images[at]  # type: ignore[union-attr]  # a stream decodes the one image
+        picture = image_picture(np.asarray(pixels, np.float32), scale)
+        parts.append(f"<figure><img alt='mistake {entry['index']}' src='{png_uri(picture)}' width='96'><figcaption title='{escape(entry['file'])}'>{escape('/'.join(Path(entry['file']).parts[-2:]) if samples_named else entry['file'])}: "
                      f"{escape(entry['true'])}, taken for {escape(entry['predicted'])} ({entry['probability']:.3f})</figcaption></figure>")
+    if history:
+        parts.append("<h2>Learning curves</h2>")
+        parts.append(f"<figure><img alt='learning curves' src='{_figure_png(lambda p: plots.learning_curves(history, p, graph.name))}'></figure>")
+        parts.append(f"<figure><img alt='learning rate' src='{_lr_png(history)}'></figure>")
+        parts.append(_table(["epoch", "train loss", "train accuracy", "val loss", "val accuracy", "learning rate", "seconds", "images/s"],
+                            [[r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_accuracy']:.4f}", f"{r['val_loss']:.4f}", f"{r['val_accuracy']:.4f}",
+                              f"{r['lr']:.3g}", f"{r.get('seconds', 0):.1f}", f"{r.get('images_per_second', 0):,.0f}"] for r in history],
+                            set(range(8))))
+    parts.append("<h2>Hyperparameters</h2>" + _table(["setting", "value"], [[k, json.dumps(v)] for k, v in _flat("", _applying(info.get("train", {})))]))
     e = figures["evaluation"]
     parts.append("<h2>Timings</h2>" + _table(["", "seconds", "images/s"], [
         ["training (all epochs)", f"{train_seconds:.1f}", f"{np.mean([r.get('images_per_second', 0) for r in history]):,.0f}" if history else "-"],
@@ -184,6 +213,10 @@ def report(run: Path, *, backend: str | None = None, device: str = "auto", data:
     environment = figures["environment"]
     parts.append("<h2>Environment</h2>" + _table(["", "setting", "value"],
                                                  [[side, k, v] for side in ("run", "report") for k, v in environment[side].items() if v is not None]))
+    parts.append(f"<h2>Network</h2><details><summary>{len(graph.nodes)} layers, {graph.params:,} parameters, {graph.macs:,} MACs (open)</summary>" + _table(
+        ["layer", "kind", "output", "params", "MACs"],
+        [[n.name, n.kind, "x".join(map(str, n.output_shape)), f"{n.params:,}", f"{n.macs:,}"] for n in graph.nodes]
+        + [["total", "", "x".join(map(str, graph.output_shape)), f"{graph.params:,}", f"{graph.macs:,}"]], {3, 4}) + "</details>")
     embedded = json.dumps(figures).replace("</", "<\\/")
     parts.append(f"<script type='application/json' id='cnnspec-figures'>{embedded}</script></body></html>")
     return "\n".join(parts), figures

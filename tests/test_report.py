@@ -63,6 +63,26 @@ def test_the_report_holds_the_run_and_a_fresh_evaluation(run: Path, tmp_path: Pa
     assert "<script>" not in page
 
 
+def test_results_come_first_mistakes_name_their_files_and_only_the_optimizers_options_show(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    for i in range(24):
+        folder = tmp_path / "photos" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (36, 36)).astype(np.uint8)).save(folder / f"shot-{i:02d}.png")
+    cnnspec.train("lenet5", "numpy", out=tmp_path / "run", epochs=1, classes="auto", data=tmp_path / "photos", workers=0, optimizer__name="adam")
+    result = runner.invoke(app, ["report", str(tmp_path / "run"), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    mistakes = inspection.figures(page)["mistakes"]
+    assert mistakes and all(Path(m["file"]).name.startswith("shot-") for m in mistakes)
+    assert all(f">{Path(m['file']).parent.name}/{Path(m['file']).name}: " in page for m in mistakes)
+    headings = re.findall(r"<h2>([^<]*)</h2>", page)
+    assert headings[:2] == ["Evaluation", "Most confident mistakes"] and headings[-1] == "Network"
+    assert "<details><summary>" in page.split("<h2>Network</h2>")[1]
+    assert "optimizer.betas" in page and "optimizer.eps" in page
+    assert not any(f"optimizer.{option}" in page for option in ("momentum", "rho", "alpha", "nesterov"))
+
+
 def test_the_report_is_written_in_the_run_by_default_and_refuses_a_run_without_checkpoints(run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)

@@ -575,7 +575,7 @@ def train(
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     plan = [(first, end, c.model_copy(update={"data": data.config})) for first, end, c in plan]
     _report_skipped(progress, list(data.skipped))
-    reported = len(data.skipped)
+    reported = set(data.skipped)  # each unusable sample is said once, however many streams meet it
     norm = normalization_for(config, data.x_train)
     workspace = backend_module.workspace_bytes(graph)
     per_process = config.model_copy(update={"batch_size": config.batch_size // group.size})
@@ -678,12 +678,13 @@ def train(
         val = _evaluate_arrays(
             session, opened.data.x_val, opened.data.y_val, opened.norm, config.batch_size, config.top_k, graph.output_shape[0], group
         )
+        skipped = list(dict.fromkeys([*data.skipped_so_far(), *opened.data.skipped_so_far()]))
         row = {"epoch": epoch + 1, **row, "val_loss": val["loss"], "val_accuracy": val["accuracy"], f"val_top{val['k']}": val["top_k"], "lr": lr,
-               "skipped_samples": len(data.skipped_so_far())}
+               "skipped_samples": len(skipped)}
         history.append(row)
-        met = data.skipped_so_far()[reported:]  # by a stream, during this epoch
+        met = [entry for entry in skipped if entry not in reported]  # by a stream, during this epoch
         _report_skipped(progress, met)
-        reported += len(met)
+        reported.update(met)
         if lead:
             with open(run.path / "metrics.jsonl", "a") as stream:
                 stream.write(strict_json(row) + "\n")
@@ -1120,10 +1121,13 @@ class _EngineSession:
         return float(loss) * len(x), logits
 
 
-def evaluation_data(loaded: LoadedRun, data: str | None, said: Callable[[str], None] | None = None) -> Dataset:
+def evaluation_data(loaded: LoadedRun, data: str | None, said: Callable[[str], None] | None = None, *, stream: bool = False) -> Dataset:
     """What ``eval`` and ``report`` evaluate: the run's validation split, or ``data`` (a
-    test set of one's own) read whole, its labels matched to the run's classes by name."""
+    test set of one's own) read whole, its labels matched to the run's classes by name.
+    ``stream``: image files stay a stream, which knows each image's file."""
     config = loaded.config.data
+    if stream:
+        config = config.model_copy(update={"stream": "always"})
     if data is None:
         config = config.model_copy(update={"source": recorded_source(config.source, loaded.run.path)})
         return load_dataset(config, loaded.graph.input_shape, loaded.graph.output_shape[0], loaded.config.seed)
