@@ -106,9 +106,11 @@ def test_the_udf_serves_a_dataframe_of_ones_own(workspace: Path) -> None:
 
 def test_training_on_spark_matches_torchrun(workspace: Path) -> None:
     args = ["lenet5", "--epochs", "1", "--batch-size", "32", "--set", "data.limit=97", "-q"]
-    done = cli("train", *args, "--engine", "spark", "--nproc", "2", "--out", "on-spark", cwd=workspace)
+    done = cli("train", *args[:-1], "--engine", "spark", "--nproc", "2", "--out", "on-spark", cwd=workspace)
     assert done.returncode == 0, done.stderr
     assert "done on Spark (2 tasks)" in done.stdout
+    said = done.stdout + done.stderr
+    assert "distributed: 2 processes (2 on this host)" in said  # Spark's tasks each say LOCAL_WORLD_SIZE=1; they share this host's cores
     one = cnnspec.train("lenet5", out=workspace / "one", epochs=1, batch_size=32, data__limit=97)
     from safetensors.numpy import load_file
 
