@@ -179,7 +179,7 @@ def test_a_trained_run_exports_its_weights(tmp_path: Path) -> None:
     assert json.loads(metadata["cnnspec.preprocessing"])["mean"] == run["normalization"]["mean"]
     assert json.loads(metadata["cnnspec.classes"]) == run["classes"]
     assert "raw pixels in [0, 1]" in result.output and metadata["cnnspec.input_prepared"].startswith("by the model")
-    assert metadata["cnnspec.image_preparation"] == "1 channel(s); fit auto to 32x32"  # the size fitting predict does
+    assert metadata["cnnspec.image_preparation"] == "1 channel(s); fit auto to 32x32 (pad when at most 25% smaller, else resize)"  # the size fitting predict does
     assert metadata["cnnspec.outputs"].startswith("logits") and "outputs are logits" in result.output
     assert "preprocess.weight" in {i.name for i in onnx.load(str(out)).graph.initializer}
     trained = load_arrays(tmp_path / "run" / "checkpoints" / "epoch-0001" / "weights.safetensors")
@@ -265,7 +265,7 @@ def test_import_refuses_pickled_code_and_wrong_weights(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "loads safely (weights_only)" in result.output
     torch.save({"c1.weight": torch.zeros(6, 1, 3, 3)}, tmp_path / "small.pt")
     result = runner.invoke(app, ["import", str(tmp_path / "small.pt"), "--spec", "lenet5", "-o", str(tmp_path / "x.safetensors")])
-    assert result.exit_code == 1 and "does not match the spec 'lenet5': missing" in result.output
+    assert result.exit_code == 1 and "does not fit the spec 'lenet5': it lacks" in result.output
     assert not (tmp_path / "x.safetensors").exists()
     assert runner.invoke(app, ["import", str(tmp_path / "small.pt")]).exit_code == 1  # no --spec
 
