@@ -10,11 +10,13 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from cnnspec.diagnostics import did_you_mean
-from cnnspec.errors import CnnspecError
+from cnnspec.errors import CnnspecError, did_you_mean
 
 # Backend name -> module under cnnspec.backends. Each later backend adds one row.
 BACKENDS: dict[str, str] = {"numpy": "numpy_backend", "torch": "torch_backend", "tensorflow": "tensorflow_backend"}
+# Backends that train across processes: backend name -> the module of its process group and
+# distributed sessions (``join``, ``DistributedBackend``), imported by name by ``group.joined``.
+DISTRIBUTED: dict[str, str] = {"torch": "torch_distributed"}
 # The framework each needs beyond cnnspec's own dependencies.
 FRAMEWORKS: dict[str, str] = {"torch": "torch", "tensorflow": "tensorflow"}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnnspec.errors import CnnspecError
-from cnnspec.spec import INPUT, NAME_PATTERN
+from cnnspec.spec.grammar import INPUT, NAME_PATTERN
 
 Layer = dict[str, Any]  # {"kind", "args", "name", "inputs"}: one spec layer, as read
 

@@ -24,14 +24,14 @@ import numpy as np
 from cnnspec.backends import keras_layers  # noqa: F401  (registers cnnspec's own layers, so its exports load)
 from cnnspec.backends.import_common import ImportRefused, Layer, decimal, layer_name, pair, rounding, spec_text
 from cnnspec.backends.tf_quiet import keras
-from cnnspec.diagnostics import did_you_mean
+from cnnspec.errors import did_you_mean
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
 
 Shape = tuple[int, ...]  # Keras' shape, without the batch axis: (H, W, C) or (F,)
 

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from cnnspec.backends import numpy_ops as ops
-from cnnspec.graph import Graph
-from cnnspec.harness.config import OptimizerConfig, TrainConfig
-from cnnspec.harness.protocol import BackendError
-from cnnspec.harness.tuning import frozen_norm_layers, multipliers
+from cnnspec.backends.protocol import BackendError
+from cnnspec.graph.dag import Graph
+from cnnspec.graph.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
@@ -27,7 +26,8 @@ from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
+from cnnspec.spec.training import OptimizerConfig, TrainConfig
 
 Array = Any
 Lowering = Callable[[Any, list[Shape], Shape, Any], ops.Op]

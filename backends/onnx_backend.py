@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cnnspec.errors import CnnspecError
-from cnnspec.graph import Graph, Node
+from cnnspec.graph.dag import Graph, Node
 from cnnspec.layers import Layer
 from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.base import Padding4
@@ -29,7 +29,7 @@ from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPad
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
 
 MIN_OPSET = 13  # Softmax over one axis (channels) needs 13; Clip's min/max inputs 11
 DEFAULT_OPSET = 17

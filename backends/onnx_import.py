@@ -31,14 +31,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from cnnspec.backends.import_common import ImportRefused, decimal, layer_name, padding_arg, pair, rounding, spec_text
-from cnnspec.diagnostics import did_you_mean
+from cnnspec.errors import did_you_mean
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
 
 TARGET_OPSET = 13  # Softmax over one axis; older models are converted up to it
 ORT_OLDEST_OPSET = 7  # onnxruntime has no kernels for older versions of AveragePool, Gemm, BatchNormalization, PRelu

@@ -42,11 +42,10 @@ from cnnspec.backends.keras_layers import (
     TorchBatchNorm,
     window_counts,
 )
+from cnnspec.backends.protocol import BackendError
 from cnnspec.backends.tf_quiet import chatter_filtered, keras, tf
-from cnnspec.graph import Graph, Node
-from cnnspec.harness.config import OptimizerConfig, TrainConfig
-from cnnspec.harness.protocol import BackendError
-from cnnspec.harness.tuning import frozen_norm_layers, multipliers
+from cnnspec.graph.dag import Graph, Node
+from cnnspec.graph.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer
 from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.base import Padding4
@@ -56,7 +55,8 @@ from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
+from cnnspec.spec.training import OptimizerConfig, TrainConfig
 
 Array = np.ndarray
 Convert = Callable[[Array], Array]
@@ -464,7 +464,7 @@ class KerasNetwork:
 def build(graph: Graph, seed: int = 0) -> keras.Model:
     """The spec as a Keras model (canonical layout in and out) with cnnspec's seeded
     initial weights, the same arrays every backend starts from."""
-    from cnnspec.harness.weights import initial_weights
+    from cnnspec.graph.weights import initial_weights
 
     network = KerasNetwork(graph, seed)
     network.set_weights(initial_weights(graph, seed))

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnspec.graph import Graph
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.protocol import BackendError
-from cnnspec.harness.tuning import frozen_norm_layers, multipliers
+from cnnspec.backends.protocol import BackendError
+from cnnspec.graph.dag import Graph
+from cnnspec.graph.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
 from cnnspec.layers.activation import (
     ELU,
@@ -41,7 +40,8 @@ from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding, window_out
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
+from cnnspec.spec.training import TrainConfig
 
 Lowering = Callable[[Any, list[Shape]], nn.Module]
 LOWERINGS: dict[type[Layer], Lowering] = {}

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnspec.distributed import DistributedError, Place, environment
-from cnnspec.graph import Graph
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.tuning import frozen_norm_layers
+from cnnspec.backends.group import DistributedError, Place, environment
+from cnnspec.graph.dag import Graph
+from cnnspec.graph.tuning import frozen_norm_layers
+from cnnspec.spec.training import TrainConfig
 
 from . import torch_backend
 from .torch_backend import GraphModule, TorchSession, resolve_device
@@ -52,6 +52,9 @@ class TorchGroup:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def leave(self, finished: bool) -> None:
+        leave(finished)
 
 
 def join(device: str) -> tuple[TorchGroup, str]:

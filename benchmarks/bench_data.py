@@ -59,8 +59,8 @@ def throughput(images: int, rounds: int) -> None:
     from PIL import Image, ImageOps
 
     import cnnspec
-    from cnnspec.harness.data import load_dataset
-    from cnnspec.harness.run import augment
+    from cnnspec.data.dataset import load_dataset
+    from cnnspec.harness.loop import augment
 
     folder = make_jpegs(WORK / f"jpegs-{images}", images, (250, 500))
     graph = cnnspec.load_spec("resnet18")
@@ -137,9 +137,9 @@ def memory_child(count: int, steps: int) -> None:
 
     import cnnspec
     from cnnspec.backends import load_backend
+    from cnnspec.data.dataset import load_dataset
     from cnnspec.data.loader import batches
-    from cnnspec.harness.data import load_dataset
-    from cnnspec.harness.run import normalization_for
+    from cnnspec.data.normalization import normalization_for
 
     torch.set_num_threads(1)
     folder = make_jpegs(WORK / "small-pngs", 200, (24, 40))
@@ -198,8 +198,10 @@ def overlap(images: int, rounds: int) -> None:
 
     import cnnspec
     from cnnspec.backends import load_backend
-    from cnnspec.harness.data import load_dataset
-    from cnnspec.harness.run import RunDir, _train_epoch, normalization_for
+    from cnnspec.data.dataset import load_dataset
+    from cnnspec.data.normalization import normalization_for
+    from cnnspec.harness.loop import _train_epoch
+    from cnnspec.runs.folder import RunDir
 
     folder = make_jpegs(WORK / f"jpegs64-{images}", images, (64, 96))
     text = cnnspec.load_spec("resnet18").source.replace("shape: [3, 224, 224]", "shape: [3, 64, 64]")

@@ -24,7 +24,7 @@ from test_import_foreign import file_weights, imported_error
 
 import cnnspec
 from cnnspec.backends import onnx_import, torch_backend
-from cnnspec.harness.weights import initial_weights
+from cnnspec.graph.weights import initial_weights
 
 
 def zoo_module(name: str) -> tuple[object, tuple[int, ...]]:

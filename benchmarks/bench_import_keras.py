@@ -25,7 +25,7 @@ import cnnspec
 from cnnspec.backends import keras_import, numpy_backend
 from cnnspec.backends.import_common import ImportRefused
 from cnnspec.backends.tf_quiet import keras
-from cnnspec.harness.config import TrainConfig
+from cnnspec.spec.training import TrainConfig
 
 APPLICATIONS = {  # name: (builder, image size)
     "VGG16": ("VGG16", 224), "ResNet50": ("ResNet50", 224), "ResNet50V2": ("ResNet50V2", 224),

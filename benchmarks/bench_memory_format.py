@@ -37,9 +37,9 @@ from torch import nn
 
 import cnnspec
 from cnnspec.backends import torch_backend
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.weights import initial_weights
-from cnnspec.load import with_input_size
+from cnnspec.graph.load import with_input_size
+from cnnspec.graph.weights import initial_weights
+from cnnspec.spec.training import TrainConfig
 
 CASES = {"lenet5": (None, 64), "resnet18": ((64, 64), 32), "vgg16": ((64, 64), 32)}
 

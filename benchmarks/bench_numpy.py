@@ -21,9 +21,12 @@ import torch.nn.functional as F
 
 import cnnspec
 from cnnspec.backends import numpy_backend, numpy_ops, torch_backend
-from cnnspec.harness.data import load_dataset
-from cnnspec.harness.run import RunDir, _train_epoch, estimate_memory, normalization_for
-from cnnspec.harness.weights import initial_weights
+from cnnspec.data.dataset import load_dataset
+from cnnspec.data.normalization import normalization_for
+from cnnspec.graph.weights import initial_weights
+from cnnspec.harness.loop import _train_epoch
+from cnnspec.harness.memory import estimate_memory
+from cnnspec.runs.folder import RunDir
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import cnnspec
-from cnnspec.load import with_input_size
+from cnnspec.graph.load import with_input_size
 
 HAND = '''
 import sys, numpy as np, torch

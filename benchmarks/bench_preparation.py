@@ -72,7 +72,7 @@ def shapes_folder(root: Path, count: int, seed: int) -> Path:
 def per_image_auto(active: bool) -> Iterator[None]:
     """``fit: auto`` as it was before image files were given one rule: decided per image
     (pad when at most 25% smaller, else stretch)."""
-    import cnnspec.harness.data as data
+    import cnnspec.data.dataset as data
 
     original = data.resolve_preset
     if active:

@@ -21,9 +21,9 @@ import torch
 
 import cnnspec
 from cnnspec.backends import numpy_backend, onnx_backend, torch_backend
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.weights import initial_weights
-from cnnspec.load import with_input_size
+from cnnspec.graph.load import with_input_size
+from cnnspec.graph.weights import initial_weights
+from cnnspec.spec.training import TrainConfig
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 
 def exact(rounds: int = 20) -> None:
-    from cnnspec.search import Index, normalized
+    from cnnspec.search.index import Index, normalized
 
     rng = np.random.default_rng(0)
     vectors = normalized(rng.standard_normal((100_000, 512)).astype(np.float32))
@@ -83,7 +83,7 @@ def update(count: int = 20_000) -> None:
 def approximate(count: int = 1_000_000, dim: int = 256, queries: int = 100) -> None:
     import os
 
-    from cnnspec.search import Index, normalized
+    from cnnspec.search.index import Index, normalized
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, dim)).astype(np.float32)

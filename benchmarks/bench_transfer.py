@@ -61,7 +61,7 @@ MARGINS = {"head, conv body frozen": "head", "fine-tuned, lr 3e-3, body x0.1": "
 
 
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    from cnnspec.harness.data import _read_idx  # the IDX reader the `--data DIR` source uses
+    from cnnspec.data.dataset import _read_idx  # the IDX reader the `--data DIR` source uses
 
     return _read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _read_idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
 
@@ -88,7 +88,8 @@ def speed(epochs: int) -> None:
 
     import cnnspec
     from cnnspec.backends import load_backend
-    from cnnspec.harness.run import load_run, open_run_session
+    from cnnspec.inference.engines import open_run_session
+    from cnnspec.runs.loading import load_run
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_data import WORK, make_jpegs

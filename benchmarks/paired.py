@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import cnnspec
-from cnnspec.harness.data import Dataset, load_dataset
-from cnnspec.harness.run import Normalization, RunDir, _train_epoch, normalization_for
+from cnnspec.data.dataset import Dataset, load_dataset
+from cnnspec.data.normalization import Normalization, normalization_for
+from cnnspec.harness.loop import _train_epoch
+from cnnspec.runs.folder import RunDir
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 Epoch = Callable[[int], float]  # round -> images per second

@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 from cnnspec.api import build, embed, evaluate, features, predict, resume, similar, train
-from cnnspec.diagnostics import Diagnostic, Location, SpecError
 from cnnspec.errors import CnnspecError
-from cnnspec.graph import Graph, Node
-from cnnspec.load import SpecNotFound, load_spec, parse_spec, zoo_names
+from cnnspec.graph.dag import Graph, Node
+from cnnspec.graph.load import SpecNotFound, load_spec, parse_spec, zoo_names
+from cnnspec.spec.diagnostics import Diagnostic, Location, SpecError
 
 __all__ = [
     "CnnspecError",
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """``cnnspec.Index`` on first use: searching needs NumPy, checking a spec does not."""
     if name == "Index":
-        from cnnspec.search import Index
+        from cnnspec.search.index import Index
 
         return Index
     raise AttributeError(f"module 'cnnspec' has no attribute {name!r}")

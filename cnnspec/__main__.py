@@ -1,3 +1,3 @@
-from cnnspec.launch import main
+from cnnspec.cli.launch import main
 
 main()

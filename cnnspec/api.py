@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from pydantic import ValidationError
 
 from cnnspec.errors import CnnspecError
-from cnnspec.graph import Graph
+from cnnspec.graph.dag import Graph
+from cnnspec.graph.load import load_spec, parse_input_size, with_input_size
 from cnnspec.harness.overrides import OptionError, dotted_settings, option_errors
-from cnnspec.load import load_spec, parse_input_size, with_input_size
 
 if TYPE_CHECKING:
-    from cnnspec.harness.config import TrainConfig
-    from cnnspec.harness.run import TrainResult
+    from cnnspec.harness.loop import TrainResult
+    from cnnspec.spec.training import TrainConfig
 
 SpecLike = Graph | str | os.PathLike[str]
 P = ParamSpec("P")
@@ -65,7 +65,7 @@ def train_config(graph: Graph, overrides: dict[str, Any] | None = None) -> Train
     """The spec's ``train:`` section with dotted overrides ({'optimizer.lr': 0.01})."""
     if not overrides:
         return graph.train
-    from cnnspec.harness.config import TrainConfig, with_overrides
+    from cnnspec.spec.training import TrainConfig, with_overrides
 
     return TrainConfig.model_validate(with_overrides(graph.train.model_dump(exclude_unset=True), overrides))
 
@@ -75,7 +75,7 @@ def build(spec: SpecLike, backend: str = "torch", device: str = "auto", seed: in
     """The framework's own model (an ``nn.Module`` for torch), with cnnspec's seeded
     initial weights."""
     from cnnspec.backends import load_backend
-    from cnnspec.harness.weights import initial_weights
+    from cnnspec.graph.weights import initial_weights
 
     graph = _graph(spec)
     session = load_backend(backend).open_session(graph, graph.train, device=device)
@@ -110,10 +110,10 @@ def train(
     (``train.solve``). ``input_size`` ((H, W) or "H,W") and ``channels`` train the spec at
     another input, as ``--input-size`` and ``--channels`` do; the run records it."""
     from cnnspec.backends import load_backend
-    from cnnspec.distributed import joined, membership
-    from cnnspec.harness.config import ClassifierSolve
-    from cnnspec.harness.run import train as run_training
-    from cnnspec.load import classifier_name
+    from cnnspec.backends.group import joined, membership
+    from cnnspec.graph.load import classifier_name
+    from cnnspec.harness.loop import train as run_training
+    from cnnspec.spec.training import ClassifierSolve
 
     graph = _graph(spec)
     if input_size is not None or channels is not None:
@@ -137,10 +137,10 @@ def resume(
     """Continue a run from its last complete checkpoint, on its own backend or another
     (weights and optimizer state are stored in the canonical layout)."""
     from cnnspec.backends import load_backend
-    from cnnspec.distributed import joined, membership
-    from cnnspec.harness.config import TrainConfig, with_overrides
-    from cnnspec.harness.run import load_run
-    from cnnspec.harness.run import train as run_training
+    from cnnspec.backends.group import joined, membership
+    from cnnspec.harness.loop import train as run_training
+    from cnnspec.runs.loading import load_run
+    from cnnspec.spec.training import TrainConfig, with_overrides
 
     loaded = load_run(Path(run), checked=False)  # the run chooses the newest intact checkpoint itself
     config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), dotted_settings(overrides))) if overrides else loaded.config
@@ -155,8 +155,8 @@ def evaluate(run: str | os.PathLike[str], *, data: str | None = None, backend: s
              runtime: str = "backend", said: Any = None) -> dict[str, Any]:
     """Loss, accuracy, top-k, per-class accuracy and the confusion matrix of a run; ``runtime``
     as for ``predict``."""
-    from cnnspec.harness.run import evaluate as run_evaluation
-    from cnnspec.harness.run import load_run
+    from cnnspec.inference.evaluation import evaluate as run_evaluation
+    from cnnspec.runs.loading import load_run
 
     name = backend or load_run(Path(run)).info["backend"]
     return run_evaluation(Path(run), lazy_opener(name), data=data, device=device, runtime=runtime, said=said)
@@ -170,8 +170,9 @@ def features(
     """The output of ``layer`` for every image of ``data``: a ``Features`` (values,
     labels, classes, names); with ``out``, also saved as one safetensors file. ``runtime``
     as for ``predict``."""
-    from cnnspec.harness.run import features as run_features
-    from cnnspec.harness.run import load_run, save_features
+    from cnnspec.inference.features import features as run_features
+    from cnnspec.inference.features import save_features
+    from cnnspec.runs.loading import load_run
 
     name = backend or load_run(Path(run)).info["backend"]
     result = run_features(Path(run), lazy_opener(name), data, layer, device=device, runtime=runtime, said=said)
@@ -190,9 +191,9 @@ def embed(
     ``index`` searches (``index.search(queries, k)``); with ``out``, written atomically;
     with ``update``, only new and changed images of ``out``'s index are embedded again.
     ``runtime`` as for ``predict``."""
-    from cnnspec.harness.run import load_run
-    from cnnspec.search import Index
-    from cnnspec.search import embed as run_embed
+    from cnnspec.runs.loading import load_run
+    from cnnspec.search.index import Index
+    from cnnspec.search.index import embed as run_embed
 
     previous = Index.load(Path(out)) if update and out is not None else None
     name = backend or load_run(Path(run)).info["backend"]
@@ -211,8 +212,8 @@ def similar(
 ) -> Any:
     """For each query image: (scores, positions) of its k nearest images in the index,
     and the index (``index.paths[positions]``)."""
-    from cnnspec.harness.run import load_run
-    from cnnspec.search import Index, embed_files
+    from cnnspec.runs.loading import load_run
+    from cnnspec.search.index import Index, embed_files
 
     loaded = Index.load(Path(index))
     name = backend or load_run(Path(loaded.meta["run"])).info["backend"]
@@ -227,8 +228,8 @@ def predict(
 ) -> tuple[list[dict[str, Any]], Any]:
     """Top-k classes per input (image files or .npy batches) and the raw outputs; ``runtime``
     auto, backend or onnxruntime (see ``harness.run.inference_engine``)."""
-    from cnnspec.harness.prediction import predict as run_prediction
-    from cnnspec.harness.run import load_run
+    from cnnspec.inference.prediction import predict as run_prediction
+    from cnnspec.runs.loading import load_run
 
     name = backend or load_run(Path(run)).info["backend"]
     return run_prediction(Path(run), [Path(i) for i in inputs], lazy_opener(name), top=top, device=device,

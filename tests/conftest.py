@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cnnspec
-from cnnspec.diagnostics import SpecError
+from cnnspec.spec.diagnostics import SpecError
 
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers: layer_cases
 

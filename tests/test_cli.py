@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 
 runner = CliRunner()
 
@@ -126,13 +126,13 @@ def test_calc_pool_defaults_stride_to_kernel_and_ceil() -> None:
 
 
 def test_internal_errors_say_so_without_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import cnnspec.cli as cli
-    import cnnspec.load
+    import cnnspec.cli.app as cli
+    import cnnspec.graph.load
 
     def broken(_: str) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cnnspec.load, "load_spec", broken)
+    monkeypatch.setattr(cnnspec.graph.load, "load_spec", broken)
     monkeypatch.setattr(sys, "argv", ["cnnspec", "check", "lenet5"])
     monkeypatch.delenv("CNNSPEC_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:
@@ -170,7 +170,7 @@ def test_piped_output_never_cuts_names_or_numbers() -> None:
     assert "inception3a.branch4.1.relu_1" in result.stdout
 
 
-TYPER_PATH = "import sys; sys.argv[0] = 'cnnspec'; from cnnspec.cli import main; main()"
+TYPER_PATH = "import sys; sys.argv[0] = 'cnnspec'; from cnnspec.cli.app import main; main()"
 
 
 @pytest.mark.parametrize("argv", [
@@ -197,7 +197,7 @@ def test_check_without_typer_is_the_typer_command(argv: list[str], tmp_path: Pat
 
 
 def test_plain_check_takes_only_what_it_can_run_alone() -> None:
-    from cnnspec.launch import plain_check
+    from cnnspec.cli.launch import plain_check
 
     assert plain_check(["check", "vgg16"]) == ("vgg16", "table")
     assert plain_check(["check", "-f", "json", "a.yaml"]) == ("a.yaml", "json")
@@ -218,7 +218,7 @@ def test_a_closed_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
 
 
 def test_only_the_invoked_command_is_built_and_it_behaves_the_same() -> None:
-    from cnnspec.cli import _invoked_only
+    from cnnspec.cli.app import _invoked_only
 
     for argv in (["check", "--help"], ["calc", "conv", "--help"], ["eval", "--help"], ["import", "--help"], ["check", "--format", "yaml", "x"]):
         narrowed = _invoked_only(argv)
@@ -240,7 +240,7 @@ def test_version_and_help() -> None:
 
 
 def test_zoo_name_prints_the_spec_to_edit_as_ones_own(tmp_path: Path) -> None:
-    from cnnspec.load import load_spec as load
+    from cnnspec.graph.load import load_spec as load
 
     printed = CliRunner().invoke(app, ["zoo", "resnet18"])
     assert printed.exit_code == 0, printed.output

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnspec.harness.config import DataConfig
-from cnnspec.harness.data import DataError, fit_images, load_dataset
+from cnnspec.data.dataset import load_dataset
+from cnnspec.data.errors import DataError
+from cnnspec.data.transforms import fit_images
+from cnnspec.spec.training import DataConfig
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 

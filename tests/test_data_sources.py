@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 
 from cnnspec.data import BadImage, Transform, decode, list_source
-from cnnspec.harness.config import DataConfig
-from cnnspec.harness.data import DataError, fit_images, load_dataset, load_images
+from cnnspec.data.dataset import load_dataset, load_images
+from cnnspec.data.errors import DataError
+from cnnspec.data.transforms import fit_images
+from cnnspec.spec.training import DataConfig
 
 
 def png_bytes(image: Image.Image) -> bytes:

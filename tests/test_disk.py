@@ -10,10 +10,10 @@ import numpy as np
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec.cli import app
-from cnnspec.harness.checkpoint_files import load_weights
-from cnnspec.harness.run import RunDir, checkpoint_problem
-from cnnspec.harness.weights import load_arrays
+from cnnspec.cli.app import app
+from cnnspec.runs.files import load_arrays
+from cnnspec.runs.folder import RunDir, checkpoint_problem
+from cnnspec.runs.weight_files import load_weights
 
 runner = CliRunner()
 

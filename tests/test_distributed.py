@@ -20,7 +20,7 @@ import pytest
 
 import cnnspec
 from cnnspec.agreement import assert_agrees
-from cnnspec.distributed import SINGLE, DistributedError, check_batch, evaluation_share, local_order
+from cnnspec.backends.group import SINGLE, DistributedError, check_batch, evaluation_share, local_order
 
 pytest.importorskip("torch")
 
@@ -78,7 +78,8 @@ def test_one_process_is_a_group_of_one() -> None:
 
 
 def test_diverged_replicas_are_named() -> None:
-    from cnnspec.harness.run import TrainingError, check_replicas
+    from cnnspec.errors import TrainingError
+    from cnnspec.harness.loop import check_replicas
 
     graph = cnnspec.load_spec("lenet5")
 

@@ -283,7 +283,7 @@ def test_a_diagnostic_at_line_100_keeps_its_place(tmp_path: Path) -> None:
     """Found by the fuzzer: the terminal library read "net.yaml:100:5:" as the emoji :100:."""
     from typer.testing import CliRunner
 
-    from cnnspec.cli import app
+    from cnnspec.cli.app import app
 
     spec = tmp_path / "net.yaml"
     spec.write_text("name: x\ninput: {shape: [1, 8, 8]}\nlayers:\n" + "  - relu: {}\n" * 96 + "  - batchnor: {}\n")

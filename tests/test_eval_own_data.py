@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 
 runner = CliRunner()
 COLOURS = {"one": (200, 40, 40), "seven": (40, 200, 40), "zero": (40, 40, 200)}

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 import cnnspec
 from cnnspec import Graph
-from cnnspec.cli import app
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.weights import initial_weights, load_arrays, save_arrays
+from cnnspec.cli.app import app
+from cnnspec.graph.weights import initial_weights
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.pool import Pool2d
+from cnnspec.runs.files import load_arrays, save_arrays
+from cnnspec.spec.training import TrainConfig
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -203,7 +204,7 @@ layers:
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch-export", "savedmodel", "keras", "tflite"])
 def test_framework_formats_are_verified_on_reload(fmt: str, tmp_path: Path) -> None:
-    from cnnspec.exporting import FORMATS, export, read_metadata
+    from cnnspec.porting.exporting import FORMATS, export, read_metadata
 
     pytest.importorskip("torch" if FORMATS[fmt].extra == "torch" else "tensorflow")
     graph = cnnspec.parse_spec(CUSTOM, "custom.yaml")
@@ -212,7 +213,7 @@ def test_framework_formats_are_verified_on_reload(fmt: str, tmp_path: Path) -> N
     report = export(graph, weights, fmt, out, weights_from="seed 0")
     assert report.max_rel_error < 1e-4 and out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.name + ".sha256"])  # no temporary left
-    from cnnspec.exporting import check_export
+    from cnnspec.porting.exporting import check_export
 
     check_export(out)  # every file as written
     listed = (tmp_path / (out.name + ".sha256")).read_text().splitlines()
@@ -318,7 +319,7 @@ def test_an_exported_run_takes_what_predict_takes(fmt: str, trained_run: Path, t
     """The same raw pixels (a .npy batch in [0, 1]) through `cnnspec predict` and through
     the export, loaded by its own framework, give the same outputs."""
     from cnnspec.backends import import_module
-    from cnnspec.exporting import FORMATS
+    from cnnspec.porting.exporting import FORMATS
 
     pytest.importorskip("torch" if FORMATS[fmt].extra == "torch" else "tensorflow" if FORMATS[fmt].extra == "tensorflow" else "onnxruntime")
     out = tmp_path / f"model{FORMATS[fmt].suffix or '-saved'}"
@@ -332,7 +333,7 @@ def test_an_exported_run_takes_what_predict_takes(fmt: str, trained_run: Path, t
 
 
 def test_no_preprocessing_keeps_inputs_the_callers_job(trained_run: Path, tmp_path: Path) -> None:
-    from cnnspec.harness.run import load_run
+    from cnnspec.runs.loading import load_run
 
     out = tmp_path / "plain.onnx"
     result = runner.invoke(app, ["export", str(trained_run), "--to", "onnx", "-o", str(out), "--no-preprocessing"])

@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 import cnnspec
 from cnnspec.agreement import assert_agrees
 from cnnspec.backends import load_backend
-from cnnspec.cli import app
-from cnnspec.harness.data import load_dataset
-from cnnspec.harness.prediction import predict
-from cnnspec.harness.run import Scorer, load_run
-from cnnspec.load import zoo_names
+from cnnspec.cli.app import app
+from cnnspec.data.dataset import load_dataset
+from cnnspec.graph.load import zoo_names
+from cnnspec.inference.prediction import predict
+from cnnspec.inference.scorer import Scorer
+from cnnspec.runs.loading import load_run
 from cnnspec.strictjson import strict_json
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
@@ -127,7 +128,7 @@ def test_run_files_are_strict_json(mnist_run: Path) -> None:
 
 
 def test_resuming_reads_back_a_best_written_as_null(mnist_run: Path, tmp_path: Path) -> None:
-    from cnnspec.harness.weights import read_state
+    from cnnspec.runs.files import read_state
 
     path = tmp_path / "state.json"
     path.write_text('{"epoch": 1, "best": null, "bad_epochs": 0, "plateau": {"lr": 0.1, "best": null, "bad_epochs": 0}}')
@@ -202,13 +203,13 @@ def test_resuming_records_the_new_total_and_a_finished_run_says_so(tmp_path: Pat
 
 
 def test_the_validation_split_is_stratified(tmp_path: Path) -> None:
-    from cnnspec.harness.data import stratified_split
+    from cnnspec.data.dataset import stratified_split
 
     labels = np.array([0] * 12 + [1] * 3 + [2] * 3)
     train, val = stratified_split(labels, 0.34, seed=5)
     assert len(val) == round(18 * 0.34) and sorted([*train, *val]) == list(range(18))
     assert np.bincount(labels[val], minlength=3).tolist() == [4, 1, 1]  # every class validated, in proportion
-    from cnnspec.harness.config import DataConfig
+    from cnnspec.spec.training import DataConfig
 
     data = load_dataset(DataConfig(source=str(shapes(tmp_path / "s"))), (1, 32, 32), None, 0)
     assert np.bincount(data.y_val, minlength=3).tolist() in ([2, 2, 1], [2, 1, 2], [1, 2, 2])
@@ -229,7 +230,7 @@ def test_pretrained_weights_become_a_run_that_predict_eval_and_inspect_take(mnis
     top = json.loads(said.output)[0]["top"][0]
     assert top["class"].startswith("digit ")
     # the same weights and the same preparation give the same outputs as a run that trained them
-    from cnnspec.harness.run import Scorer
+    from cnnspec.inference.scorer import Scorer
 
     ours = Scorer(run, load_backend("numpy").open_session, "cpu")
     x = ours.prepare(image.read_bytes())[None]
@@ -263,7 +264,7 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
 def test_diagram_connections_cross_no_box(name: str) -> None:
     """Projection shortcuts, identity skips and short Inception branches are routed
     around the boxes between their ends (ResNet-18's shortcut used to cut through them)."""
-    from cnnspec.draw import _layout, edge_paths
+    from cnnspec.views.draw import _layout, edge_paths
 
     graph = cnnspec.load_spec(name)
     position = _layout(graph)

@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from cnnspec.cli import app  # noqa: E402
+from cnnspec.cli.app import app  # noqa: E402
+from cnnspec.graph.load import zoo_names, zoo_path  # noqa: E402
 from cnnspec.layers import LAYERS  # noqa: E402
-from cnnspec.load import zoo_names, zoo_path  # noqa: E402
 
 EXAMPLES = int(os.environ.get("CNNSPEC_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=EXAMPLES <= 100)
@@ -252,9 +252,9 @@ def test_set_values(pairs: list[tuple[str, str]]) -> None:
     from pydantic import ValidationError
 
     import cnnspec
-    from cnnspec.cli import _parse_sets
-    from cnnspec.harness import tuning
-    from cnnspec.harness.config import phase_plan
+    from cnnspec.cli.common import _parse_sets
+    from cnnspec.graph import tuning
+    from cnnspec.spec.training import phase_plan
 
     CASES["--set values"] = CASES.get("--set values", 0) + 1
     graph = cnnspec.load_spec("lenet5")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import cnnspec
-from cnnspec.report import check_json, check_text
+from cnnspec.views.check import check_json, check_text
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -76,7 +76,7 @@ def _rich_table_text(headers: list[str], justify: list[str], rows: list[list[str
 def test_check_table_is_laid_out_as_rich_lays_it_out(name: str) -> None:
     """`check` lays out its table itself (rich costs more than the check at start-up); it
     must look like every other table the CLI prints."""
-    from cnnspec.report import check_cells, check_table
+    from cnnspec.views.check import check_cells, check_table
 
     graph = cnnspec.load_spec(name)
     cells = check_cells(graph)
@@ -85,7 +85,7 @@ def test_check_table_is_laid_out_as_rich_lays_it_out(name: str) -> None:
 
 
 def test_a_terminal_wraps_only_the_inputs_column() -> None:
-    from cnnspec.report import check_table
+    from cnnspec.views.check import check_table
 
     graph = cnnspec.load_spec("googlenet")
     lines = check_table(graph, width=140)
@@ -109,8 +109,8 @@ def test_a_terminal_wraps_only_the_inputs_column() -> None:
 def test_a_terminal_gets_bold_and_dim_unless_it_asks_for_no_colour(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from cnnspec.report import render_check
-    from cnnspec.textable import Terminal
+    from cnnspec.views.check import render_check
+    from cnnspec.views.textable import Terminal
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

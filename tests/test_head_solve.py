@@ -40,7 +40,7 @@ def _sklearn_accuracy(run: Path, data: Path, layer: str, train_count: int) -> fl
     from sklearn.linear_model import LogisticRegression
 
     from cnnspec.backends import load_backend
-    from cnnspec.harness.run import features
+    from cnnspec.inference.features import features
 
     found = features(run, load_backend("numpy").open_session, str(data), layer)
     x, y = found.values.reshape(len(found.values), -1), found.labels
@@ -55,7 +55,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("the MNIST test set is not at ../shared/data/mnist")
     pytest.importorskip("torch")
-    from cnnspec.harness.data import _read_idx
+    from cnnspec.data.dataset import _read_idx
 
     root = tmp_path_factory.mktemp("digits")
     x, y = _read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _read_idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
@@ -154,9 +154,9 @@ def test_head_only_on_a_folder_of_colour_images_matches_logistic_regression(tmp_
 
 
 def test_a_head_that_is_not_a_linear_classifier_trains_by_epochs_and_says_why(tmp_path: Path) -> None:
+    from cnnspec.graph.load import parse_spec
     from cnnspec.harness import bottleneck, linear_head
-    from cnnspec.harness.config import TrainConfig
-    from cnnspec.load import parse_spec
+    from cnnspec.spec.training import TrainConfig
 
     config = TrainConfig(freeze=["before:fc"])
     relu = parse_spec(SHAPES.replace("dense: {units: 3}", "dense: {units: 3, activation: relu}"), "shapes.yaml")

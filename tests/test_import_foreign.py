@@ -19,9 +19,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 import cnnspec  # noqa: E402
 from cnnspec.backends import numpy_backend, onnx_backend, onnx_import  # noqa: E402
-from cnnspec.cli import app  # noqa: E402
-from cnnspec.harness.config import TrainConfig  # noqa: E402
-from cnnspec.load import with_input_size  # noqa: E402
+from cnnspec.cli.app import app  # noqa: E402
+from cnnspec.graph.load import with_input_size  # noqa: E402
+from cnnspec.spec.training import TrainConfig  # noqa: E402
 
 SMALL = {
     "squeezenet": (lambda: fm.SqueezeNet(classes=10, width=4), (3, 64, 64)),

@@ -19,9 +19,9 @@ from cnnspec.agreement import assert_agrees
 from cnnspec.backends import keras_import, numpy_backend
 from cnnspec.backends.import_common import ImportRefused
 from cnnspec.backends.tf_quiet import keras
-from cnnspec.cli import app
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.weights import load_arrays
+from cnnspec.cli.app import app
+from cnnspec.runs.files import load_arrays
+from cnnspec.spec.training import TrainConfig
 
 layers = keras.layers
 

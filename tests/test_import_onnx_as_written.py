@@ -21,9 +21,9 @@ from typer.testing import CliRunner  # noqa: E402
 import cnnspec  # noqa: E402
 from cnnspec.agreement import assert_agrees  # noqa: E402
 from cnnspec.backends import numpy_backend  # noqa: E402
-from cnnspec.cli import app  # noqa: E402
-from cnnspec.harness.config import TrainConfig  # noqa: E402
-from cnnspec.harness.weights import load_arrays  # noqa: E402
+from cnnspec.cli.app import app  # noqa: E402
+from cnnspec.runs.files import load_arrays  # noqa: E402
+from cnnspec.spec.training import TrainConfig  # noqa: E402
 
 runner = CliRunner()
 CONFORMANCE = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted"

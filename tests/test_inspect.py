@@ -17,14 +17,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec import inspection
 from cnnspec.agreement import assert_agrees
 from cnnspec.backends import installed_backends, load_backend
-from cnnspec.cli import app
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.data import load_dataset
-from cnnspec.harness.run import Scorer, load_run
-from cnnspec.harness.weights import load_arrays
+from cnnspec.cli.app import app
+from cnnspec.data.dataset import load_dataset
+from cnnspec.inference.scorer import Scorer
+from cnnspec.runs.files import load_arrays
+from cnnspec.runs.loading import load_run
+from cnnspec.spec.training import TrainConfig
+from cnnspec.views import inspect_page as inspection
 
 runner = CliRunner()
 

@@ -95,10 +95,10 @@ def test_without_an_intact_checkpoint_resume_says_so(trained: Path, tmp_path: Pa
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from cnnspec.harness import checkpoint_files
-    from cnnspec.harness import run as harness
+    from cnnspec.errors import TrainingError
+    from cnnspec.runs import checkpoints, weight_files
 
-    real = harness.save_arrays
+    real = checkpoints.save_arrays
     calls = {"n": 0}
 
     def disk_fills(path: Path, *args: object, **kwargs: object) -> None:
@@ -109,9 +109,9 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previou
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(harness, "save_arrays", disk_fills)
-    monkeypatch.setattr(checkpoint_files, "save_arrays", disk_fills)
-    with pytest.raises(harness.TrainingError, match=r"could not write checkpoint epoch-0002 \(.*No space left on device\); training stopped and "
+    monkeypatch.setattr(checkpoints, "save_arrays", disk_fills)
+    monkeypatch.setattr(weight_files, "save_arrays", disk_fills)
+    with pytest.raises(TrainingError, match=r"could not write checkpoint epoch-0002 \(.*No space left on device\); training stopped and "
                        r"the newest intact checkpoint is .*epoch-0001\. Free space .* cnnspec train --resume"):
         cnnspec.train("lenet5", out=tmp_path / "run", epochs=3, batch_size=64, data__limit=128)
     monkeypatch.undo()
@@ -126,8 +126,8 @@ def test_an_export_that_cannot_be_written_leaves_nothing(trained: Path, tmp_path
 
     from typer.testing import CliRunner
 
-    from cnnspec import exporting
-    from cnnspec.cli import app
+    from cnnspec.cli.app import app
+    from cnnspec.porting import exporting
 
     def read_only(source: object, target: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(target))
@@ -171,7 +171,7 @@ def test_damaged_run_directories_never_crash(trained: Path, tmp_path_factory: py
     with a message; never an internal error, never garbage silently."""
     from typer.testing import CliRunner
 
-    from cnnspec.cli import app
+    from cnnspec.cli.app import app
 
     CASES["damaged run directories"] += 1
     target, action, where, junk = case
@@ -187,7 +187,7 @@ def test_damaged_run_directories_never_crash(trained: Path, tmp_path_factory: py
     elif action == "replace":
         path.write_bytes(junk)
     elif path.name == "weights.safetensors":  # arrays of another spec, under the same checksum rules
-        from cnnspec.harness.weights import save_arrays, seal
+        from cnnspec.runs.files import save_arrays, seal
 
         save_arrays(path, {"fc.weight": np.zeros((3, 3), np.float32)})
         seal(path.parent, ["weights.safetensors", "optimizer.safetensors", "state.json"])

@@ -15,9 +15,9 @@ from layer_cases import KINDS, OPTIMIZER_CASES, case_id, kind_graph
 import cnnspec
 from cnnspec import Graph
 from cnnspec.backends import numpy_backend
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.weights import initial_weights
-from cnnspec.load import with_input_size
+from cnnspec.graph.load import with_input_size
+from cnnspec.graph.weights import initial_weights
+from cnnspec.spec.training import TrainConfig
 
 torch = pytest.importorskip("torch")
 from cnnspec.agreement import FLOAT64_TOLERANCE, TOLERANCE, assert_agrees  # noqa: E402
@@ -157,7 +157,7 @@ def test_dropout_statistics() -> None:
 @pytest.mark.parametrize("settings", OPTIMIZER_CASES, ids=case_id)
 def test_optimizer_gives_pytorchs_update_from_the_same_state(settings: dict[str, object]) -> None:
     """Identical weights and gradients in, for 4 steps: the same weights and state out."""
-    from cnnspec.harness.config import OptimizerConfig
+    from cnnspec.spec.training import OptimizerConfig
 
     config = OptimizerConfig.model_validate({"lr": 0.01, **settings})
     rng = np.random.default_rng(4)
@@ -232,7 +232,7 @@ def test_numpy_backend_on_cuda_without_cupy_says_so(monkeypatch: pytest.MonkeyPa
     `import cupy` fail, as on a machine without it."""
     from typer.testing import CliRunner
 
-    from cnnspec.cli import app
+    from cnnspec.cli.app import app
 
     monkeypatch.setitem(sys.modules, "cupy", None)
     result = CliRunner().invoke(app, ["train", "lenet5", "--backend", "numpy", "--device", "cuda", "--quiet"])
@@ -256,7 +256,7 @@ def test_memory_estimate_covers_a_real_numpy_training_step() -> None:
     LeNet-5 step really allocates (tracemalloc sees NumPy's memory)."""
     import tracemalloc
 
-    from cnnspec.harness.run import estimate_memory
+    from cnnspec.harness.memory import estimate_memory
 
     graph = cnnspec.load_spec("lenet5")
     session = numpy_backend.open_session(graph, graph.train)

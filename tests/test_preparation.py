@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 from cnnspec.data.recipe import preparation_code
 from cnnspec.data.transforms import Transform
 
@@ -79,7 +79,7 @@ def test_a_folder_of_mixed_sizes_is_cropped_one_way_and_recorded(run: Path) -> N
 
 def test_predict_equals_the_plain_pillow_code_of_its_run(run: Path, tmp_path: Path) -> None:
     from cnnspec.data.recipe import run_preparation_code
-    from cnnspec.harness.run import load_run
+    from cnnspec.runs.loading import load_run
 
     loaded = load_run(run)
     prepare = _prepare(run_preparation_code(loaded.config, loaded.graph.input_shape))

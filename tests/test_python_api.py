@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 from cnnspec.errors import CnnspecError
 from cnnspec.harness.overrides import OptionError, dotted_settings
 

@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", re.S | re.M)

@@ -15,8 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cnnspec
-from cnnspec import inspection
-from cnnspec.cli import app
+from cnnspec.cli.app import app
+from cnnspec.views import inspect_page as inspection
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import cnnspec
 from cnnspec.agreement import TOLERANCE, assert_agrees
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 
 pytest.importorskip("onnxruntime")
 runner = CliRunner()
@@ -88,8 +88,8 @@ def test_many_image_files_are_streamed_to_the_same_scores(run: Path, tmp_path: P
     from PIL import Image
 
     from cnnspec.backends import load_backend
-    from cnnspec.harness.prediction import STREAM_FILES
-    from cnnspec.harness.run import Scorer
+    from cnnspec.inference.prediction import STREAM_FILES
+    from cnnspec.inference.scorer import Scorer
 
     rng = np.random.default_rng(3)
     files = []
@@ -133,7 +133,7 @@ def test_embed_and_features_run_on_onnxruntime_with_the_backends_numbers(run: Pa
     assert said["backend"] == ["runtime: numpy backend (cpu), the reference"]
     engine = run / ".runtime" / "epoch-0001+f6.onnx"  # the network's output and f6's, from one file
     assert engine.is_file() and "built and verified against numpy" in said["onnxruntime"][0]
-    from cnnspec.exporting import read_metadata
+    from cnnspec.porting.exporting import read_metadata
 
     assert read_metadata(engine)["cnnspec.max_rel_error"]
     cnnspec.embed(run, str(photos), layer="f6", runtime="auto", said=said["auto"].append)
@@ -149,10 +149,10 @@ def test_embed_and_features_run_on_onnxruntime_with_the_backends_numbers(run: Pa
 
 def test_an_engine_with_layer_outputs_is_verified_output_by_output(run: Path, tmp_path: Path) -> None:
     from cnnspec.backends import numpy_backend, onnx_backend
-    from cnnspec.exporting import export
-    from cnnspec.harness.config import TrainConfig
-    from cnnspec.harness.run import load_run
-    from cnnspec.harness.weights import load_arrays
+    from cnnspec.porting.exporting import export
+    from cnnspec.runs.files import load_arrays
+    from cnnspec.runs.loading import load_run
+    from cnnspec.spec.training import TrainConfig
 
     loaded = load_run(run)
     weights = load_arrays(loaded.checkpoint / "weights.safetensors")
@@ -179,7 +179,9 @@ def test_an_engine_with_layer_outputs_is_verified_output_by_output(run: Path, tm
 
 def test_a_backend_engine_is_checked_against_numpy_once_and_a_wrong_one_refused(run: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from cnnspec.harness.run import TrainingError, _verified, load_run
+    from cnnspec.errors import TrainingError
+    from cnnspec.inference.engines import _verified
+    from cnnspec.runs.loading import load_run
 
     record = run / ".runtime" / "verified.json"
     record.unlink(missing_ok=True)
@@ -206,7 +208,7 @@ def test_a_backend_engine_is_checked_against_numpy_once_and_a_wrong_one_refused(
             return np.asarray(self.right.predict(x)) * 1.01  # type: ignore[attr-defined]
 
     from cnnspec.backends import load_backend
-    from cnnspec.harness.run import open_run_session
+    from cnnspec.inference.engines import open_run_session
 
     loaded = load_run(run)
     with pytest.raises(TrainingError, match=r"the broken backend \(cpu, fp32\) computes epoch-0001's outputs 1.0e-02 relative away"):
@@ -216,7 +218,8 @@ def test_a_backend_engine_is_checked_against_numpy_once_and_a_wrong_one_refused(
 def test_a_run_that_cannot_hold_its_engine_caches_it_elsewhere(run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from cnnspec.harness.run import _cache_folders, load_run
+    from cnnspec.inference.engines import _cache_folders
+    from cnnspec.runs.loading import load_run
 
     shutil.rmtree(run / ".runtime", ignore_errors=True)
     (run / ".runtime").write_text("a file where the cache folder would go")  # as a read-only run: no folder can be made
@@ -235,7 +238,7 @@ def test_a_run_that_cannot_hold_its_engine_caches_it_elsewhere(run: Path, tmp_pa
 
 
 def test_batch_size_changes_how_many_go_through_at_once_not_the_scores(run: Path, tmp_path: Path) -> None:
-    from cnnspec.harness.run import Scorer
+    from cnnspec.inference.scorer import Scorer
 
     calls: list[int] = []
     scorer = Scorer(run, lambda *a, **k: None, "cpu", batch_size=7)  # type: ignore[arg-type, return-value]

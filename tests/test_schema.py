@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 import cnnspec
+from cnnspec.graph.load import zoo_path
 from cnnspec.layers import LAYERS
-from cnnspec.load import zoo_path
-from cnnspec.schema import spec_json_schema
+from cnnspec.spec.schema import spec_json_schema
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 import cnnspec
 from cnnspec.agreement import assert_agrees
-from cnnspec.search import Index, SearchError, normalized
+from cnnspec.search.index import Index, SearchError, normalized
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 
@@ -21,11 +21,11 @@ torch = pytest.importorskip("torch")
 
 
 def test_exact_search_matches_brute_force_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cnnspec.search
+    import cnnspec.search.index
 
     rng = np.random.default_rng(0)
     vectors, queries = rng.standard_normal((1000, 16)).astype(np.float32), rng.standard_normal((7, 16)).astype(np.float32)
-    monkeypatch.setattr(cnnspec.search, "CHUNK", 97)  # many chunks: the running top-k must be right across them
+    monkeypatch.setattr(cnnspec.search.index, "CHUNK", 97)  # many chunks: the running top-k must be right across them
     for metric in ("cosine", "l2"):
         stored = normalized(vectors) if metric == "cosine" else vectors
         index = Index(stored, np.zeros(1000, np.int64), np.zeros((1000, 16), np.uint8), [str(i) for i in range(1000)], {"metric": metric})

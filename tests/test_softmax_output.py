@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cnnspec
-from cnnspec.load import logits_graph, parse_spec
+from cnnspec.graph.load import logits_graph, parse_spec
 
 PLAIN = """\
 name: tiny
@@ -62,7 +62,7 @@ def test_an_export_keeps_the_probabilities_and_says_so(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     import onnxruntime
 
-    from cnnspec.exporting import read_metadata
+    from cnnspec.porting.exporting import read_metadata
 
     cnnspec.train(parse_spec(SOFTMAX, "tiny.yaml"), "numpy", out=tmp_path / "run", quiet=True, **SETTINGS)  # type: ignore[arg-type]
     done = subprocess.run([sys.executable, "-m", "cnnspec", "export", str(tmp_path / "run"), "--to", "onnx", "-o", str(tmp_path / "m.onnx")],

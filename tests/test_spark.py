@@ -36,8 +36,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("spark")
     cnnspec.train("lenet5", out=root / "run", epochs=1, batch_size=32, data__limit=256)
-    from cnnspec.harness.config import DataConfig
-    from cnnspec.harness.data import load_dataset
+    from cnnspec.data.dataset import load_dataset
+    from cnnspec.spec.training import DataConfig
 
     data = load_dataset(DataConfig(), (1, 32, 32), 10, 0)
     for i in range(24):
@@ -83,7 +83,7 @@ def test_embeddings_from_spark_equal_the_layer_outputs(workspace: Path) -> None:
     assert set(next(iter(rows.values()))) == {"path", "error", "embedding"}
     assert (workspace / "run" / ".runtime" / "epoch-0001+f5.onnx").is_file(), done.stderr  # the engine gives f5 as well
     from cnnspec.backends import load_backend
-    from cnnspec.harness.run import Scorer
+    from cnnspec.inference.scorer import Scorer
 
     scorer = Scorer(workspace / "run", load_backend("torch").open_session)
     for path in sorted((workspace / "images" / "part1").glob("*.png")):

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 import cnnspec
 from cnnspec import Graph
 from cnnspec.backends import numpy_backend
-from cnnspec.cli import app
-from cnnspec.harness.config import OptimizerConfig, TrainConfig
-from cnnspec.harness.weights import initial_weights
+from cnnspec.cli.app import app
+from cnnspec.graph.weights import initial_weights
+from cnnspec.spec.training import OptimizerConfig, TrainConfig
 
 tf = pytest.importorskip("tensorflow")
 from cnnspec.agreement import TOLERANCE, assert_agrees  # noqa: E402

@@ -10,8 +10,8 @@ import pytest
 
 import cnnspec
 from cnnspec import Graph
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.weights import initial_weights
+from cnnspec.graph.weights import initial_weights
+from cnnspec.spec.training import TrainConfig
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -181,7 +181,7 @@ def test_devices_that_are_not_there() -> None:
 def test_bf16_on_the_cpu_is_mixed_precision_close_to_fp32() -> None:
     """`--precision bf16` on the CPU (opt-in, never auto): convolutions and dense layers in
     bf16 under autocast, weights and outputs float32; one step lands near the fp32 one."""
-    from cnnspec.load import with_input_size
+    from cnnspec.graph.load import with_input_size
 
     graph = with_input_size(cnnspec.load_spec("resnet18"), (32, 32))
     rng = np.random.default_rng(0)
@@ -224,7 +224,7 @@ def test_channels_last_trains_to_the_same_weights_as_nchw() -> None:
     network's loss and its weights after an SGD step are the NCHW ones (one step: later
     steps amplify float32 rounding, in either layout)."""
     from cnnspec.backends.torch_backend import channels_last_pays
-    from cnnspec.load import with_input_size
+    from cnnspec.graph.load import with_input_size
 
     graph = with_input_size(cnnspec.load_spec("resnet18"), (32, 32))
     assert channels_last_pays(graph)
@@ -282,7 +282,7 @@ def test_memory_format_on_the_command_line(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from cnnspec.cli import app
+    from cnnspec.cli.app import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["train", "lenet5", "--memory-format", "contiguous", "--epochs", "1", "--set", "data.limit=64", "--out", str(tmp_path / "run"), "-q"])

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import cnnspec
-from cnnspec.harness.config import ScheduleConfig, TrainConfig
-from cnnspec.harness.run import TrainingError, check_memory, estimate_memory, load_run
+from cnnspec.errors import TrainingError
+from cnnspec.harness.memory import check_memory, estimate_memory
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
+from cnnspec.runs.loading import load_run
+from cnnspec.spec.training import ScheduleConfig, TrainConfig
 
 torch = pytest.importorskip("torch")
 
@@ -103,7 +105,7 @@ def test_resume_continues_a_killed_epoch_where_it_stopped(tmp_path: Path, monkey
     from PIL import Image
 
     from cnnspec.backends import torch_backend
-    from cnnspec.harness.weights import load_arrays
+    from cnnspec.runs.files import load_arrays
 
     rng = np.random.default_rng(0)
     for label in range(3):
@@ -190,7 +192,7 @@ def test_eval_and_predict(tmp_path: Path) -> None:
     assert table.returncode == 0 and "confusion matrix" in table.stdout and "(epoch-0002)" in table.stdout
 
     loaded = load_run(tmp_path / "run")
-    from cnnspec.harness.data import load_dataset
+    from cnnspec.data.dataset import load_dataset
 
     data = load_dataset(loaded.config.data, (1, 32, 32), 10, loaded.config.seed)
     Image.fromarray(data.x_val[0, 0]).save(tmp_path / "digit.png")
@@ -266,7 +268,7 @@ def test_each_backend_normalises_raw_pixels_as_the_harness_would(backend: str) -
     bytes) and are normalised there, on the device for torch, with exactly the float32
     operations of ``Normalization.apply``."""
     from cnnspec.backends import load_backend
-    from cnnspec.harness.run import Normalization
+    from cnnspec.data.normalization import Normalization
 
     if backend == "tensorflow":
         pytest.importorskip("tensorflow")

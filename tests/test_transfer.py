@@ -13,9 +13,9 @@ import pytest
 
 import cnnspec
 from cnnspec.agreement import assert_agrees
-from cnnspec.harness.checkpoint_files import load_weights
-from cnnspec.harness.config import TrainConfig
-from cnnspec.harness.tuning import TuningError, frozen_layers, match_layers, multipliers, parameter_summary
+from cnnspec.graph.tuning import TuningError, frozen_layers, match_layers, multipliers, parameter_summary
+from cnnspec.runs.weight_files import load_weights
+from cnnspec.spec.training import TrainConfig
 
 SMALL_RESNET = """\
 name: small
@@ -67,7 +67,7 @@ def test_patterns_name_layers_groups_globs_and_everything_before() -> None:
 
 def _step_everything(backend: str, config: TrainConfig, steps: int = 3) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
     from cnnspec.backends import load_backend
-    from cnnspec.harness.weights import initial_weights
+    from cnnspec.graph.weights import initial_weights
 
     g = graph()
     session = load_backend(backend).open_session(g, config, device="cpu")
@@ -155,7 +155,7 @@ def test_classes_auto_gives_a_new_head_and_says_what_was_loaded(tmp_path: Path) 
 
 def test_head_only_trains_the_classifier_alone_on_cached_features(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from cnnspec.harness.weights import load_arrays
+    from cnnspec.runs.files import load_arrays
 
     cnnspec.train("lenet5", "torch", out=tmp_path / "first", quiet=True, epochs=1, **{"data.limit": 200})
     photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=4)
@@ -216,8 +216,9 @@ def test_features_are_the_layer_outputs_of_every_image_with_labels_and_paths(tmp
     from safetensors import safe_open
 
     from cnnspec.backends import load_backend
-    from cnnspec.harness.data import load_images
-    from cnnspec.harness.run import load_run, open_run_session
+    from cnnspec.data.dataset import load_images
+    from cnnspec.inference.engines import open_run_session
+    from cnnspec.runs.loading import load_run
 
     photos = _folder(tmp_path / "photos", ("ant", "bee", "cow"), per_class=4)
     cnnspec.train("lenet5", "torch", out=tmp_path / "run", quiet=True, epochs=1, classes="auto", **{"data.source": str(photos), "data.workers": 0})
@@ -344,7 +345,7 @@ def test_transfer_beats_scratch_by_ten_points_on_mnist_digits_five_to_nine(tmp_p
     random body the same way: the lead is the pretraining's, not the freezing's. By 20
     epochs scratch catches up to within 1-2 points (benchmarks/bench_transfer.py)."""
     pytest.importorskip("torch")
-    from cnnspec.harness.data import _read_idx
+    from cnnspec.data.dataset import _read_idx
 
     x, y = _read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:, None], _read_idx(MNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     low = np.where(y < 5)[0]

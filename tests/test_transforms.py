@@ -16,10 +16,11 @@ from PIL import Image
 import cnnspec
 from cnnspec.agreement import assert_agrees
 from cnnspec.data import Transform, decode
+from cnnspec.data.dataset import load_dataset, load_images
+from cnnspec.data.errors import DataError
 from cnnspec.data.loader import ImageStream, batches
-from cnnspec.data.transforms import color_jitter, random_resized_box, sample_generator
-from cnnspec.harness.config import DataConfig, resolve_preset
-from cnnspec.harness.data import DataError, fit_images, load_dataset, load_images
+from cnnspec.data.transforms import color_jitter, fit_images, random_resized_box, sample_generator
+from cnnspec.spec.training import DataConfig, resolve_preset
 
 
 def encoded(array: np.ndarray, format: str = "PNG", **options: object) -> bytes:
@@ -219,7 +220,7 @@ def test_random_resized_crops_of_held_arrays(tmp_path: Path) -> None:
     assert crops.shape == (12, 3, 32, 32) and crops.dtype == np.uint8
     for i, crop in zip(index, crops, strict=True):
         box = random_resized_box(32, 32, (0.25, 0.5), (3 / 4, 4 / 3), sample_generator((0, 0), int(i)))
-        from cnnspec.harness.data import resize_box
+        from cnnspec.data.fit import resize_box
 
         np.testing.assert_array_equal(crop, resize_box(x[i], box, (32, 32)))
     assert not np.array_equal(crops, x)

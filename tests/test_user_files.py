@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import cnnspec
 from cnnspec.agreement import assert_agrees
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 
 runner = CliRunner()
 
@@ -82,7 +82,7 @@ def test_folders_globs_and_npy_batches_are_inputs(run: Path, photos: Path, tmp_p
 
 
 def test_many_files_with_a_bad_one_streamed(run: Path, photos: Path, tmp_path: Path) -> None:
-    from cnnspec.harness.prediction import STREAM_FILES
+    from cnnspec.inference.prediction import STREAM_FILES
 
     source = sorted(photos.rglob("*.png"))[0].read_bytes()
     files = []
@@ -133,7 +133,7 @@ def test_similar_names_classes_and_duplicates_are_listed_a_line_each(run: Path, 
 def test_contact_sheet_captions_keep_the_whole_file_name_or_both_its_ends() -> None:
     from PIL import ImageDraw
 
-    from cnnspec.search import caption_lines
+    from cnnspec.search.index import caption_lines
 
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
     width = 128
@@ -161,7 +161,7 @@ def test_a_state_dict_with_other_names_says_what_it_holds(tmp_path: Path) -> Non
     assert result.exit_code == 1, result.output
     assert "features.0.weight (6, 1, 5, 5)" in result.output and "c1.weight" in result.output and "Traceback" not in result.output
     # DataParallel's "module." prefix is recognised
-    from cnnspec.harness.weights import initial_weights
+    from cnnspec.graph.weights import initial_weights
 
     weights = initial_weights(cnnspec.load_spec("lenet5"), 0)
     torch.save({f"module.{k}": torch.from_numpy(v) for k, v in weights.items()}, tmp_path / "wrapped.pt")

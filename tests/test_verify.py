@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import cnnspec
 from cnnspec.backends import installed_backends
-from cnnspec.cli import app
+from cnnspec.cli.app import app
 
 torch = pytest.importorskip("torch")
 from cnnspec.backends import torch_backend  # noqa: E402

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnspec.diagnostics import SpecError
-from cnnspec.yamlmarks import MarkedDict, MarkedList, load_yaml
+from cnnspec.spec.diagnostics import SpecError
+from cnnspec.spec.marks import MarkedDict, MarkedList, load_yaml
 
 
 def refusal(text: str | bytes) -> str:
@@ -47,7 +47,7 @@ def test_alias_bomb_is_refused_fast() -> None:
 
 
 def test_a_huge_file_without_aliases_is_not_called_an_alias_bomb() -> None:
-    from cnnspec.yamlmarks import MAX_EXPANDED_NODES
+    from cnnspec.spec.marks import MAX_EXPANDED_NODES
 
     text = "".join(f"k{i}: {i}\n" for i in range(MAX_EXPANDED_NODES // 2 + 1))
     assert refusal(text).endswith(f"YAML has more than {MAX_EXPANDED_NODES} nodes; refusing to load")
@@ -104,8 +104,8 @@ def test_pure_python_parser_gives_the_same_result(monkeypatch: pytest.MonkeyPatc
     """Without libyaml (a PyYAML built without it), the same values and the same marks."""
     import yaml
 
-    import cnnspec.yamlmarks as marks
-    from cnnspec.load import zoo_path
+    import cnnspec.spec.marks as marks
+    from cnnspec.graph.load import zoo_path
 
     for name in ("googlenet", "resnet50", "alexnet"):
         text = zoo_path(name).read_text()
@@ -163,7 +163,7 @@ class _StricterLibyaml:
 def test_the_depth_limit_is_cnnspecs_whatever_the_parser(parser: str, style: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """100 levels load and 101 are refused with cnnspec's message at the 101st opening, with
     libyaml, without it, and with a libyaml whose own limit is lower than cnnspec's."""
-    import cnnspec.yamlmarks as marks
+    import cnnspec.spec.marks as marks
 
     if parser == "pure-python":
         monkeypatch.setattr(marks, "_fast_parser", lambda: None)
@@ -184,7 +184,7 @@ def test_the_depth_limit_is_cnnspecs_whatever_the_parser(parser: str, style: str
 
 def test_a_libyaml_refusal_of_a_valid_file_is_not_final(monkeypatch: pytest.MonkeyPatch) -> None:
     """What libyaml alone refuses (its limits, its bugs) is read again by the reference parser."""
-    import cnnspec.yamlmarks as marks
+    import cnnspec.spec.marks as marks
 
     monkeypatch.setattr(marks, "_fast_parser", lambda: _StricterLibyaml)
     assert load_yaml(_nested(8, "flow"), "x.yaml") == {"a": [[[[[[[]]]]]]]}

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.data.errors import DataError
+
 _ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -69,7 +71,6 @@ def decode_image(data: bytes, channels: int, plan: Callable[[tuple[int, int]], f
 
 
 def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    from cnnspec.harness.data import DataError
 
     if len(shape) != 3 or shape[0] not in (1, 3, 4):
         raise DataError(f"image files need a C x H x W input with 1, 3 or 4 channels, but the spec's input is {shape}")

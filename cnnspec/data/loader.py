@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from cnnspec.data.decode import BadImage
+from cnnspec.data.errors import DataError
 from cnnspec.data.sources import Sample
 from cnnspec.data.transforms import Transform, sample_generator
 
@@ -219,7 +220,6 @@ class ImageStream:
     def _received(self, chunk: np.ndarray, kept: list[int], bad: list[str], out: np.ndarray, views: bool) -> tuple[np.ndarray, np.ndarray]:
         for entry in bad:
             if self.strict:
-                from cnnspec.harness.data import DataError
 
                 raise DataError(entry)
             if entry not in self._seen_bad:

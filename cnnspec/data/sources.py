@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnnspec.data.errors import DataError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl"})
 
@@ -61,7 +63,6 @@ class Listing:
 
 def list_source(path: Path) -> Listing | None:
     """The listing of an image source at ``path``, or None when ``path`` is not one."""
-    from cnnspec.harness.data import DataError
 
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         return _manifest(path)
@@ -81,7 +82,6 @@ def list_source(path: Path) -> Listing | None:
 
 
 def _class_folders(path: Path) -> Listing:
-    from cnnspec.harness.data import DataError
 
     train_root, val_root = path / "train", path / "val"
     split = train_root.is_dir() and val_root.is_dir()
@@ -127,7 +127,6 @@ def _image_files(folder: Path) -> list[str]:
 def _manifest(path: Path) -> Listing:
     """Two passes over the rows (labels first, then samples), so that only the samples are
     held: a manifest of millions of rows costs its samples, not its text twice."""
-    from cnnspec.harness.data import DataError
 
     rows = _jsonl_rows if path.suffix.lower() == ".jsonl" else _csv_rows
     labels = {label for _, _, label, _ in rows(path)}
@@ -152,7 +151,6 @@ def _manifest(path: Path) -> Listing:
 
 
 def _csv_rows(path: Path) -> Iterable[tuple[int, str, str, str | None]]:
-    from cnnspec.harness.data import DataError
 
     with open(path, newline="", encoding="utf-8-sig") as stream:
         reader = csv.reader(stream)
@@ -170,7 +168,6 @@ def _csv_rows(path: Path) -> Iterable[tuple[int, str, str, str | None]]:
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[int, str, str, str | None]]:
-    from cnnspec.harness.data import DataError
 
     with open(path, encoding="utf-8-sig") as stream:
         for line, text in enumerate(stream, start=1):
@@ -187,7 +184,6 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, str, str, str | None]]:
 
 
 def _checked(path: Path, line: int, file: object, label: object, split: object) -> tuple[int, str, str, str | None]:
-    from cnnspec.harness.data import DataError
 
     if not isinstance(file, str) or not file:
         raise DataError(f"{path}:{line}: the row has no 'path'")
@@ -216,7 +212,6 @@ def _class_index(labels: Iterable[str]) -> tuple[dict[str, int], list[str]]:
 def _shards(shards: list[Path], name: str) -> Listing:
     """Each shard's headers are read in order (the data is skipped over); labels (.cls) are
     small and read as they pass."""
-    from cnnspec.harness.data import DataError
 
     images: list[tuple[Path, str, int, int]] = []  # shard, member, offset, size
     labels: dict[tuple[Path, str], str] = {}

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnnspec.data.decode import decode_image, image_shape, to_array
+from cnnspec.data.errors import DataError
+from cnnspec.data.fit import fit_rule, letterbox_size, resize_box
 
 if TYPE_CHECKING:
-    from cnnspec.harness.config import DataConfig
+    from cnnspec.spec.training import DataConfig
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in the stored image's pixels
 
@@ -57,7 +59,6 @@ class Transform:
 
     def __post_init__(self) -> None:
         if self.fit == "crop" and self.shorter_side < max(self.shape[1:]):
-            from cnnspec.harness.data import DataError
 
             raise DataError(f"fit: crop resizes the shorter side to {self.shorter_side}, smaller than the {self.shape[1]}x{self.shape[2]} input; make resize at least {max(self.shape[1:])}")
 
@@ -113,8 +114,6 @@ class Transform:
         """The input for one image file (uint8 C x H x W), raising ``BadImage`` when unusable."""
         from PIL import Image
 
-        from cnnspec.harness.data import fit_images
-
         channels, height, width = self.shape
         box: Box | None = None
 
@@ -140,8 +139,6 @@ class Transform:
     def _box(self, size: tuple[int, int], rng: np.random.Generator | None) -> Box | None:
         """The region of an image of ``size`` (width, height) that becomes the input, or
         None when it is used as it is (kept or padded)."""
-        from cnnspec.harness.data import fit_rule
-
         w, h = size
         height, width = self.shape[1:]
         if self.crop_scale is not None and rng is not None:
@@ -161,8 +158,6 @@ class Transform:
         if rng is None:
             return image
         if self.crop_scale is not None:
-            from cnnspec.harness.data import resize_box
-
             height, width = image.shape[1:]
             box = random_resized_box(width, height, self.crop_scale, self.crop_ratio, rng)
             image = resize_box(image, box, (height, width))
@@ -176,13 +171,6 @@ class Transform:
         if self.hflip and rng.random() < 0.5:
             image = image[:, :, ::-1]
         return image
-
-
-def letterbox_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of an image of ``size`` scaled to fit inside ``target``, its aspect
-    ratio kept: the longer side (relative to the target's) fills the input."""
-    scale = min(target[0] / size[0], target[1] / size[1])
-    return max(1, min(target[0], round(size[0] * scale))), max(1, min(target[1], round(size[1] * scale)))
 
 
 def random_resized_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator) -> Box:
@@ -243,3 +231,42 @@ def _grey(x: Any) -> np.ndarray:
 
 def _like(x: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8) if dtype == np.uint8 else x.astype(dtype)
+
+
+def fit_images(images: np.ndarray, shape: tuple[int, ...], fit: str = "auto", resize: int | None = None) -> np.ndarray:
+    """Images (an N x C x H x W array) at ``shape``: channels converted (grey <-> RGB),
+    then padded (centred, with zeros), resized (bilinear) or cropped (the shorter side to
+    ``resize``, then the centre): what ``Transform.from_file`` does to a file."""
+    if len(shape) != 3:
+        raise DataError(f"image data needs a C x H x W input, but the spec's input is {shape}")
+    channels, height, width = shape
+    x = images
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = np.repeat(x, channels, axis=1)
+        elif channels == 1 and x.shape[1] in (3, 4):
+            luminance = x[:, :3].astype(np.float32).transpose(0, 2, 3, 1) @ np.array([0.299, 0.587, 0.114], np.float32)
+            x = luminance[:, None].round().astype(x.dtype) if x.dtype == np.uint8 else luminance[:, None]
+        else:
+            raise DataError(f"images have {x.shape[1]} channels; the spec's input has {channels}")
+    h, w = x.shape[2:]
+    rule = fit_rule((h, w), (height, width), fit)
+    if rule == "keep":
+        return x
+    if rule == "pad":
+        if h > height or w > width:
+            raise DataError(f"images of {h}x{w} cannot be padded to {height}x{width}; use fit: resize")
+        top, left = (height - h) // 2, (width - w) // 2
+        padded = np.zeros((len(x), x.shape[1], height, width), dtype=x.dtype)
+        padded[:, :, top : top + h, left : left + w] = x
+        return padded
+    if rule == "letterbox":
+        inner_w, inner_h = letterbox_size((w, h), (width, height))
+        inner = np.stack([resize_box(image, (0.0, 0.0, float(w), float(h)), (inner_h, inner_w)) for image in x])
+        return fit_images(inner, shape, "pad")
+    box = Transform((channels, height, width), fit, resize)._box((w, h), None)
+    assert box is not None  # resize and crop always name a region
+    out = np.empty((len(x), x.shape[1], height, width), dtype=np.float32 if x.dtype != np.uint8 else np.uint8)
+    for i, image in enumerate(x):
+        out[i] = resize_box(image, box, (height, width))
+    return out

@@ -90,12 +90,11 @@ def session(master: str | None = None, name: str = "cnnspec") -> SparkSession:
 
 
 def _train_task(argv: list[str], run_dir: str) -> dict[str, Any]:
-    """In each TorchDistributor process: the command line's own ``train``."""
+    """In each TorchDistributor process: ``cnnspec train ARGV``, as torchrun would start it
+    (the environment that places this process in the group passes to it)."""
     import json
 
-    from cnnspec.cli import app
-
-    status = app(["train", *argv], standalone_mode=False)
+    status = subprocess.run([sys.executable, "-m", "cnnspec", "train", *argv], check=False).returncode
     if status not in (None, 0):
         raise SparkError(f"cnnspec train exited with status {status} on rank {os.environ.get('RANK')}")
     final = Path(run_dir) / "final.json"
@@ -182,7 +181,9 @@ def scoring_udf(run: str | os.PathLike[str], *, top: int = 5, layer: str | None 
     _pyspark()
     from pyspark.ml.functions import predict_batch_udf
 
-    from cnnspec.harness.run import AUTO_RUNTIME_IMAGES, check_layer, chosen_runtime, load_run, onnx_engine
+    from cnnspec.inference.engines import AUTO_RUNTIME_IMAGES, chosen_runtime, onnx_engine
+    from cnnspec.inference.features import check_layer
+    from cnnspec.runs.loading import load_run
 
     loaded = load_run(Path(run))  # here, so that a bad run fails before any task starts
     if layer is not None:
@@ -200,7 +201,7 @@ def scoring_udf(run: str | os.PathLike[str], *, top: int = 5, layer: str | None 
 
     def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
         from cnnspec.api import lazy_opener
-        from cnnspec.harness.run import Scorer
+        from cnnspec.inference.scorer import Scorer
 
         scorer = Scorer(Path(path), lazy_opener(name), device)
         scorer.use_runtime(runtime, AUTO_RUNTIME_IMAGES, layers)

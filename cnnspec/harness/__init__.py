@@ -1,3 +1,4 @@
-"""The backend-neutral training harness: data, the epoch loop, metrics, checkpoints,
-run directories, progress and plots. It never imports a framework; a backend supplies
-build, forward, a train step and weights in and out (see ``protocol.py``)."""
+"""Training: the epoch loop, phases, the bottleneck cache and the closed-form classifier, schedules,
+starting weights, memory estimates, events and plots. Backend-neutral: a backend session supplies
+build, train step, evaluate and weights (`cnnspec.backends.protocol`). Imports runs, data, backends and
+inference (validation); nothing below it imports the harness."""

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnspec.graph import Graph
-from cnnspec.harness import tuning
-from cnnspec.harness.config import TrainConfig
+from cnnspec.graph import tuning
+from cnnspec.graph.dag import Graph
 from cnnspec.layers.core import Dropout
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
+from cnnspec.spec.training import TrainConfig
 
 Weights = dict[str, np.ndarray]
 

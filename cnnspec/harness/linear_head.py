@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnspec.graph import Graph
-from cnnspec.harness.config import ClassifierSolve, TrainConfig
+from cnnspec.graph.dag import Graph
 from cnnspec.layers.core import Dense
-from cnnspec.spec import INPUT
+from cnnspec.spec.grammar import INPUT
+from cnnspec.spec.training import ClassifierSolve, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from cnnspec.diagnostics import did_you_mean
-from cnnspec.errors import CnnspecError
+from cnnspec.errors import CnnspecError, did_you_mean
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -54,7 +53,7 @@ def leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]
 def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Python keyword settings as dotted paths of the ``train:`` section; OptionError for a
     plain name that no field has, or that several have."""
-    from cnnspec.harness.config import TrainConfig
+    from cnnspec.spec.training import TrainConfig
 
     top = TrainConfig.model_fields
     paths = leaf_paths(TrainConfig)
@@ -81,8 +80,8 @@ def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def option_errors(exc: ValidationError) -> list[str]:
     """A line per problem: an unknown key with its did-you-mean among the keys there (and,
     for a key of the spec rather than of training, what sets it)."""
-    from cnnspec.harness.config import TrainConfig
-    from cnnspec.spec import fields_at
+    from cnnspec.spec.grammar import fields_at
+    from cnnspec.spec.training import TrainConfig
 
     lines = []
     for error in exc.errors():

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnspec.harness.weights import atomic_write
+from cnnspec.runs.files import atomic_write
 
 
 def _pyplot() -> Any:

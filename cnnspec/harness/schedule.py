@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cnnspec.harness.config import ScheduleConfig
+from cnnspec.spec.training import ScheduleConfig
 
 
 @dataclass

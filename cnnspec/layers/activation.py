@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, final
 
 from pydantic import BeforeValidator, Field, StrictBool, WithJsonSchema
 
-from cnnspec.diagnostics import did_you_mean
+from cnnspec.errors import did_you_mean
 from cnnspec.layers.base import LAYERS, Layer, LayerInfo, Number, Shape, WeightSpec, register
 
 

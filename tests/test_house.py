@@ -1,0 +1,163 @@
+"""The shape of the house, kept by tests: no file over 600 lines, no import circle (imports inside
+functions included), floors that run one way, a docstring on every folder saying what it owns, and
+every public name the documentation shows still importable where it says."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ROOTS = {"cnnspec": REPO / "cnnspec", "cnnspec.backends": REPO / "backends", "cnnspec.calculators": REPO / "calculators"}
+LONGEST = 600
+
+# Lowest first: a module imports only from its own floor or below (docs/architecture.md).
+FLOORS = [
+    ("base", ["cnnspec.errors", "cnnspec.strictjson", "cnnspec.agreement", "cnnspec.calculators"]),
+    ("layers", ["cnnspec.layers"]),
+    ("spec", ["cnnspec.spec"]),
+    ("graph", ["cnnspec.graph"]),
+    ("data, runs, backends", ["cnnspec.data", "cnnspec.runs", "cnnspec.backends"]),
+    ("porting", ["cnnspec.porting"]),
+    ("harness, inference", ["cnnspec.harness", "cnnspec.inference"]),
+    ("search, views", ["cnnspec.search", "cnnspec.views"]),
+    ("api", ["cnnspec.api"]),
+    ("distributed", ["cnnspec.distributed"]),
+    ("cli", ["cnnspec.cli", "cnnspec.__main__"]),
+]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package, root in ROOTS.items():
+        for path in root.rglob("*.py"):
+            parts = [p for p in path.relative_to(root).with_suffix("").parts if p != "__init__"]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str) -> set[str]:
+    """The cnnspec modules ``module`` imports anywhere in its text (its own package left out)."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:  # relative: from the module's own package
+                package = module.split(".")[: -node.level] if not MODULES[module].name == "__init__.py" else module.split(".")
+                base = ".".join([*package[: len(package) - (node.level - 1)], node.module]) if node.level > 1 else ".".join([*package, node.module])
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                found.add(name)
+    return found
+
+
+EDGES = {module: _imports(module) for module in MODULES}
+
+
+def _floor(module: str) -> int | None:
+    best = None
+    for rank, (_, prefixes) in enumerate(FLOORS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), rank)
+    return None if best is None else best[1]
+
+
+def test_no_file_is_over_600_lines() -> None:
+    long = {str(path.relative_to(REPO)): n for path in MODULES.values() if (n := len(path.read_text(encoding="utf-8").splitlines())) > LONGEST}
+    assert long == {}
+
+
+def test_there_is_no_import_circle() -> None:
+    """Tarjan's strongly connected components: any component of more than one module is a circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in EDGES[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in MODULES:
+        if module not in index:
+            visit(module)
+    assert circles == [], "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_checker_finds_a_circle_and_a_floor_broken() -> None:
+    """The two rules above can fail: a made-up edge back down is caught by both."""
+    assert "cnnspec.graph.dag" in EDGES["cnnspec.graph.load"]
+    assert _floor("cnnspec.graph.dag") < _floor("cnnspec.harness.loop")  # type: ignore[operator]
+    assert _floor("cnnspec.backends.torch_backend") == _floor("cnnspec.runs.folder")
+
+
+def test_every_module_has_a_floor_and_imports_only_down() -> None:
+    unplaced = sorted(m for m in MODULES if m != "cnnspec" and _floor(m) is None)
+    assert unplaced == []
+    upward = sorted(f"{m} ({FLOORS[_floor(m)][0]}) imports {n} ({FLOORS[_floor(n)][0]})"  # type: ignore[index]
+                    for m, targets in EDGES.items() if m != "cnnspec" for n in targets
+                    if n != "cnnspec" and _floor(n) > _floor(m))  # type: ignore[operator]
+    assert upward == [], "\n".join(upward)
+
+
+def test_every_folder_says_what_it_owns() -> None:
+    for package, path in MODULES.items():
+        if path.name == "__init__.py":
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+            assert doc and len(doc) > 40, f"{package}: its __init__.py has no docstring saying what it owns"
+
+
+def test_packaging_lists_every_folder() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    folders = {m for m, p in MODULES.items() if p.name == "__init__.py"} | {"cnnspec.specs"}
+    assert listed == folders
+
+
+# The names README.md and docs/ show people: each still importable from where they say.
+PUBLIC = {
+    "cnnspec": ["CnnspecError", "Diagnostic", "Graph", "Index", "Location", "Node", "SpecError", "SpecNotFound", "build", "embed",
+                "evaluate", "features", "load_spec", "parse_spec", "predict", "resume", "similar", "train", "zoo_names", "__version__"],
+    "cnnspec.errors": ["CnnspecError", "TrainingError"],
+    "cnnspec.graph": ["Graph", "Node", "build_graph"],
+    "cnnspec.backends": ["load_backend", "installed_backends", "BackendUnavailable"],
+    "cnnspec.distributed.spark": ["scoring_udf", "score", "read_images", "session"],
+    "cnnspec.calculators": ["conv_out_size", "pool_out_size", "same_padding", "ReceptiveField"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_import(module: str) -> None:
+    loaded = importlib.import_module(module)
+    missing = [name for name in PUBLIC[module] if not hasattr(loaded, name)]
+    assert missing == []
