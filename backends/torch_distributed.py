@@ -28,7 +28,8 @@ from cnnspec.graph.tuning import frozen_norm_layers
 from cnnspec.spec.training import TrainConfig
 
 from . import torch_backend
-from .torch_backend import GraphModule, TorchSession, resolve_device
+from .torch_backend import TorchSession, resolve_device
+from .torch_lowering import GraphModule
 
 
 class TorchGroup:

@@ -24,7 +24,7 @@ from cnnspec.spec.training import OptimizerConfig, TrainConfig
 
 tf = pytest.importorskip("tensorflow")
 from cnnspec.agreement import TOLERANCE, assert_agrees  # noqa: E402
-from cnnspec.backends import tensorflow_backend  # noqa: E402
+from cnnspec.backends import tensorflow_backend, tensorflow_lowering  # noqa: E402
 
 MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 runner = CliRunner()
@@ -130,12 +130,12 @@ def test_flatten_then_dense_permutes_the_kernel_rows() -> None:
 
 
 def test_verify_names_a_missing_permutation(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = tensorflow_backend._flatten
+    real = tensorflow_lowering._flatten
 
-    def unpermuted(b: tensorflow_backend.Builder, node: object, inputs: list[tensorflow_backend.Value]) -> tensorflow_backend.Value:
-        return tensorflow_backend.Value(real(b, node, inputs).tensor)  # type: ignore[arg-type]
+    def unpermuted(b: tensorflow_lowering.Builder, node: object, inputs: list[tensorflow_lowering.Value]) -> tensorflow_lowering.Value:
+        return tensorflow_lowering.Value(real(b, node, inputs).tensor)  # type: ignore[arg-type]
 
-    monkeypatch.setitem(tensorflow_backend.LOWERINGS, cnnspec.layers.core.Flatten, unpermuted)
+    monkeypatch.setitem(tensorflow_lowering.LOWERINGS, cnnspec.layers.core.Flatten, unpermuted)
     result = runner.invoke(app, ["verify", "lenet5", "--backends", "numpy,tensorflow"])
     assert result.exit_code == 1
     assert "tensorflow diverges from numpy first at layer 'flatten_1' (flatten)" in result.output

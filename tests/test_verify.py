@@ -13,7 +13,7 @@ from cnnspec.backends import installed_backends
 from cnnspec.cli.app import app
 
 torch = pytest.importorskip("torch")
-from cnnspec.backends import torch_backend  # noqa: E402
+from cnnspec.backends import torch_lowering  # noqa: E402
 
 runner = CliRunner()
 SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
@@ -35,12 +35,12 @@ def test_every_zoo_spec_agrees_across_backends(name: str) -> None:
 
 
 def test_a_broken_lowering_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = torch_backend.SpecPool2d.forward
+    real = torch_lowering.SpecPool2d.forward
 
-    def off_by_a_bit(self: torch_backend.SpecPool2d, x: torch.Tensor) -> torch.Tensor:
+    def off_by_a_bit(self: torch_lowering.SpecPool2d, x: torch.Tensor) -> torch.Tensor:
         return real(self, x) * 1.001  # the classic silent bug: close, but not the same
 
-    monkeypatch.setattr(torch_backend.SpecPool2d, "forward", off_by_a_bit)
+    monkeypatch.setattr(torch_lowering.SpecPool2d, "forward", off_by_a_bit)
     result = runner.invoke(app, ["verify", "lenet5", "--backends", "numpy,torch"])
     assert result.exit_code == 1
     assert "torch diverges from numpy first at layer 's2' (maxpool2d)" in result.output

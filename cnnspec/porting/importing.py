@@ -198,6 +198,7 @@ def _import_onnx(model: Path, out: Path) -> list[str]:
 
     onnx_backend = import_module("onnx_backend", "onnx", "importing ONNX")
     onnx_import = import_module("onnx_import", "onnx", "importing ONNX")
+    normalising = import_module("onnx_normalise", "onnx", "importing ONNX")
     import onnx
 
     from cnnspec.backends.import_common import ImportRefused, spec_name
@@ -213,12 +214,12 @@ def _import_onnx(model: Path, out: Path) -> list[str]:
         imported = onnx_import.import_onnx(loaded, name=loaded.graph.name if ours else spec_name(_stem(model)))
     except ImportRefused as exc:
         raise ImportFailed(f"{model}: {exc}") from None
-    source, notes = onnx_import.without_unused_inputs(loaded), list(imported.notes)
-    if onnx_import.opset(source) >= onnx_import.ORT_OLDEST_OPSET:
+    source, notes = normalising.without_unused_inputs(loaded), list(imported.notes)
+    if normalising.opset(source) >= normalising.ORT_OLDEST_OPSET:
         engine, theirs = "onnxruntime", lambda x: next(iter(onnx_backend.run(source, x).values()))
     else:  # onnxruntime has dropped these operator versions; onnx's own evaluator still runs them as written
-        engine, theirs = "onnx's reference evaluator", lambda x: onnx_import.evaluate(source, x)
-        notes.append(f"opset {onnx_import.opset(source)} is older than onnxruntime runs: checked with onnx's reference evaluator")
+        engine, theirs = "onnx's reference evaluator", lambda x: normalising.evaluate(source, x)
+        notes.append(f"opset {normalising.opset(source)} is older than onnxruntime runs: checked with onnx's reference evaluator")
     return _checked_and_written(model, out, imported.text, imported.weights, engine, theirs, imported.batch, notes)
 
 
