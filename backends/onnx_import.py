@@ -31,7 +31,7 @@ import onnx
 from onnx import helper
 
 from cnnspec.backends.import_common import ImportRefused, decimal, layer_name, padding_arg, pair, rounding, spec_text
-from cnnspec.backends.onnx_normalise import Plain, Shape, normalise
+from cnnspec.backends.onnx_normalise import Plain, Shape, _where, normalise
 from cnnspec.errors import did_you_mean
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
@@ -40,11 +40,6 @@ from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from cnnspec.spec.grammar import INPUT
-
-
-def _where(node: Any) -> str:
-    return f"node '{node.name or node.output[0]}'"
-
 
 # The input ranks whose forms of an operator have a cnnspec kind: images (N x C x H x W),
 # and feature vectors (N x F) for batchnorm; 1-d and 3-d forms have none.

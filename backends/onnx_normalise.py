@@ -23,7 +23,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from cnnspec.backends.import_common import ImportRefused
-from cnnspec.backends.onnx_import import _where
 
 TARGET_OPSET = 13  # Softmax over one axis; older models are converted up to it
 
@@ -216,3 +215,7 @@ def normalise(model: onnx.ModelProto) -> Plain:
     if output in constants:
         raise ImportRefused("the model's output does not depend on its input")
     return Plain(nodes, constants, shapes, model.graph.input[0].name, output, model.producer_name, batch, notes)
+
+
+def _where(node: Any) -> str:
+    return f"node '{node.name or node.output[0]}'"
