@@ -6,7 +6,7 @@ LOCK := requirements-lock.txt
 LOCKED := $(VENV)/.locked
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint ruff typecheck pytest golden bench fuzz lock test-latest clean
+.PHONY: setup demo test lint ruff typecheck pytest docs site golden bench fuzz lock test-latest clean
 
 setup: $(STAMP)
 
@@ -41,8 +41,8 @@ DEMO_RUN := runs/demo-lenet5
 define SAVE_DIGITS
 import sys
 from PIL import Image
-from cnnspec.harness.config import DataConfig
-from cnnspec.harness.data import load_dataset
+from cnnspec.spec.training import DataConfig
+from cnnspec.data.dataset import load_dataset
 data = load_dataset(DataConfig(), (1, 32, 32), 10, 0)
 for i in range(3):
     Image.fromarray(data.x_val[i, 0]).save(f"{sys.argv[1]}/digit-{i}-is-{data.y_val[i]}.png")
@@ -82,8 +82,17 @@ typecheck:
 pytest:
 	$(BIN)/pytest -q
 
+# The reference site (docs/, MkDocs with the Material theme) in build/site/. --strict: a
+# broken link or anchor, or a page missing from mkdocs.yml's navigation, fails the build
+# (not with --quiet: it hides the warnings that --strict counts).
+docs: setup
+	$(MAKE) --no-print-directory site BIN=$(BIN)
+
+site:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 test: setup
-	$(MAKE) --no-print-directory ruff typecheck pytest BIN=$(BIN)
+	$(MAKE) --no-print-directory ruff typecheck site pytest BIN=$(BIN)
 
 # The suite against the newest versions pyproject.toml's ranges allow, in a scratch
 # environment (run by hand, before users meet the drift). torch and tensorflow stay at
@@ -107,7 +116,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c constraints.txt -e '.[all,dev]'
 	$(LATEST)/bin/python -c "$$LOCK_DRIFT" $(LOCK)
-	CNNSPEC_UNLOCKED=1 $(MAKE) --no-print-directory ruff typecheck pytest BIN=$(LATEST)/bin TYPECHECK=build/typecheck-latest
+	CNNSPEC_UNLOCKED=1 $(MAKE) --no-print-directory ruff typecheck site pytest BIN=$(LATEST)/bin TYPECHECK=build/typecheck-latest
 
 # Rewrite the stored `cnnspec check` tables in tests/golden/ after an intended change.
 golden: setup
