@@ -2,15 +2,8 @@
 
 Two stages, so that the rules stay small:
 
-1. ``normalise``: the model made plain with the onnx package's own tools. The opset is
-   raised to 13 when older (``version_converter``, from any opset it reaches);
-   initializers leave the graph inputs (opset 8 and older list them there), and so do
-   inputs no node reads; the batch axis is fixed (to the file's own batch, or 1 where it
-   is symbolic) and the rest of the input must be fixed; shapes are inferred (``shape_inference``, with data
-   propagation); and every node whose inputs are all known is computed once with the
-   reference evaluator (``onnx.reference``): weights built by ``Constant``,
-   ``ConstantOfShape`` or ``Unsqueeze``, ``Shape`` of a fixed shape and the arithmetic
-   on it. ``Identity`` and reshapes that change nothing disappear.
+1. ``normalise`` (in ``onnx_normalise``): the model made plain with the onnx package's own
+   tools: opset raised, batch fixed, shapes inferred, constants folded.
 2. ``read``: ``RULES``, a table keyed by operator. Each rule matches a node, and the
    nodes after it that it needs (``MatMul`` then ``Add`` is a dense layer), and writes
    one spec layer. A node no rule takes is refused, naming the operator, the node and
@@ -31,7 +24,7 @@ import onnx
 from onnx import helper
 
 from cnnspec.backends.import_common import ImportRefused, decimal, layer_name, padding_arg, pair, rounding, spec_text
-from cnnspec.backends.onnx_normalise import Plain, Shape, _where, normalise
+from cnnspec.backends.onnx_normalise import Plain, Shape, node_label, normalise
 from cnnspec.errors import did_you_mean
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
@@ -53,7 +46,7 @@ def _attributes(node: Any) -> dict[str, Any]:
 
 def _explicit(node: Any, a: dict[str, Any]) -> None:
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise ImportRefused(f"{_where(node)}: {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
+        raise ImportRefused(f"{node_label(node)}: {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
 
 
 @dataclasses.dataclass
@@ -111,7 +104,7 @@ class Reader:
         try:
             inputs = [self.producer[tensor] for tensor in reads]
         except KeyError as missing:
-            raise ImportRefused(f"{_where(node)} reads '{missing.args[0]}', which no supported node computes") from None
+            raise ImportRefused(f"{node_label(node)} reads '{missing.args[0]}', which no supported node computes") from None
         layer = {"kind": kind, "args": args, "name": name, "inputs": inputs}
         self.layers.append(layer)
         self.by_name[name] = layer
@@ -124,7 +117,7 @@ class Reader:
                 continue
             shape = self.plain.shapes.get(node.input[0]) if node.input else None
             if shape is not None and len(shape) not in _RANKS.get(node.op_type, (len(shape),)):
-                raise ImportRefused(f"{_where(node)}: ONNX {node.op_type} on a {len(shape)}-d tensor ({'x'.join(map(str, shape))}) "
+                raise ImportRefused(f"{node_label(node)}: ONNX {node.op_type} on a {len(shape)}-d tensor ({'x'.join(map(str, shape))}) "
                                     f"has no cnnspec layer kind (they read images, N x C x H x W{', or vectors' if 2 in _RANKS[node.op_type] else ''})")
             for rule in RULES_BY_OP.get(node.op_type, []):
                 taken = rule.read(self, node)
@@ -147,7 +140,7 @@ class Rule:
 
 
 def _unsupported(node: Any, reader: Reader) -> str:
-    where = _where(node)
+    where = node_label(node)
     shapes = ", ".join("x".join(map(str, reader.plain.shapes[name])) for name in reader.variables(node) if name in reader.plain.shapes)
     rules = RULES_BY_OP.get(node.op_type, [])
     if rules:
@@ -162,7 +155,7 @@ def _conv(r: Reader, node: Any) -> list[Any]:
     _explicit(node, a)
     weight = r.constant(node, 1)
     if weight is None or weight.ndim != 4:
-        raise ImportRefused(f"{_where(node)}: Conv needs a known 4-d weight (a 2-d convolution)")
+        raise ImportRefused(f"{node_label(node)}: Conv needs a known 4-d weight (a 2-d convolution)")
     kernel = list(a.get("kernel_shape", weight.shape[2:]))
     stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
     pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
@@ -419,9 +412,9 @@ def _pool(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
         a = _attributes(node)
         _explicit(node, a)
         if len(node.output) > 1 and node.output[1]:
-            raise ImportRefused(f"{_where(node)}: MaxPool with an indices output is not supported")
+            raise ImportRefused(f"{node_label(node)}: MaxPool with an indices output is not supported")
         if list(a.get("dilations", [1, 1])) != [1, 1]:
-            raise ImportRefused(f"{_where(node)}: {node.op_type} with dilations is not supported")
+            raise ImportRefused(f"{node_label(node)}: {node.op_type} with dilations is not supported")
         kernel = list(a["kernel_shape"])
         stride = list(a.get("strides", [1, 1]))
         pads = [p + q for p, q in zip(a.get("pads", [0, 0, 0, 0]), r.extra_pads.get(node.input[0], [0, 0, 0, 0]), strict=True)]
@@ -519,7 +512,7 @@ def _lrn(r: Reader, node: Any) -> list[Any] | None:
     a = _attributes(node)
     size = int(a["size"])
     if size % 2 == 0:
-        raise ImportRefused(f"{_where(node)}: LRN of even size {size} centres its window differently from cnnspec's")
+        raise ImportRefused(f"{node_label(node)}: LRN of even size {size} centres its window differently from cnnspec's")
     args = {"size": size, "alpha": decimal(float(a.get("alpha", 1e-4))), "beta": decimal(float(a.get("beta", 0.75))),
             "k": decimal(float(a.get("bias", 1.0)))}
     r.add(node, LRN.kind, args, [node.input[0]])

@@ -95,7 +95,7 @@ def _fixed_input(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None, l
         raise ImportRefused(f"the input '{inputs[0].name}' needs a fixed shape after the batch axis, got [{', '.join(shown)}]")
     if len(dims) > 4:
         reader = next(node for node in model.graph.node if inputs[0].name in node.input)
-        raise ImportRefused(f"{_where(reader)}: ONNX {reader.op_type} on a {len(dims)}-d input (a volume, or a sequence of images) "
+        raise ImportRefused(f"{node_label(reader)}: ONNX {reader.op_type} on a {len(dims)}-d input (a volume, or a sequence of images) "
                             "has no cnnspec layer kind: a spec's input is C x H x W at most")
     batch = int(dims[0].dim_value) if dims[0].dim_value > 0 else None
     dims[0].ClearField("dim_param")
@@ -153,7 +153,7 @@ def _evaluate(node: Any, feeds: dict[str, np.ndarray], opset: int) -> list[np.nd
     try:
         return list(ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds))
     except Exception as exc:  # the evaluator's own errors: the node is malformed
-        raise ImportRefused(f"{_where(node)}: {node.op_type} on constant inputs fails: {str(exc).strip()[:200]}") from None
+        raise ImportRefused(f"{node_label(node)}: {node.op_type} on constant inputs fails: {str(exc).strip()[:200]}") from None
 
 
 def _skeleton(model: onnx.ModelProto, nodes: list[Any], constants: dict[str, np.ndarray], output: str) -> onnx.ModelProto:
@@ -217,5 +217,5 @@ def normalise(model: onnx.ModelProto) -> Plain:
     return Plain(nodes, constants, shapes, model.graph.input[0].name, output, model.producer_name, batch, notes)
 
 
-def _where(node: Any) -> str:
+def node_label(node: Any) -> str:
     return f"node '{node.name or node.output[0]}'"

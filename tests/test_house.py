@@ -153,6 +153,7 @@ PUBLIC = {
     "cnnspec.backends": ["load_backend", "installed_backends", "BackendUnavailable"],
     "cnnspec.distributed.spark": ["scoring_udf", "score", "read_images", "session"],
     "cnnspec.calculators": ["conv_out_size", "pool_out_size", "same_padding", "ReceptiveField"],
+    "cnnspec.data": ["Transform", "BadImage", "Listing", "Sample", "decode", "list_source"],
 }
 
 
@@ -161,3 +162,5 @@ def test_public_names_import(module: str) -> None:
     loaded = importlib.import_module(module)
     missing = [name for name in PUBLIC[module] if not hasattr(loaded, name)]
     assert missing == []
+    if module == "cnnspec":
+        assert callable(cnnspec_index_load := loaded.Index.load), cnnspec_index_load  # `cnnspec.Index.load(path)`

@@ -25,17 +25,17 @@ from cnnspec.harness import plots
 from cnnspec.harness.events import EventLog
 from cnnspec.harness.memory import check_memory
 from cnnspec.harness.phases import (
-    _classifier_solve,
-    _group_line,
-    _phase_at,
-    _phase_line,
-    _PhaseSession,
-    _solve_classifier,
+    PhaseSession,
+    classifier_solve,
+    group_line,
+    phase_at,
+    phase_line,
+    solve_classifier,
 )
 from cnnspec.harness.schedule import Plateau, after_epoch, learning_rate
-from cnnspec.harness.starting import _normalised_as_pretrained, _starting_weights
-from cnnspec.inference.evaluation import _evaluate_arrays
-from cnnspec.runs.checkpoints import _write_checkpoint, save_checkpoint
+from cnnspec.harness.starting import normalised_as_pretrained, starting_weights
+from cnnspec.inference.evaluation import evaluate_arrays
+from cnnspec.runs.checkpoints import save_checkpoint, write_checkpoint
 from cnnspec.runs.files import (
     load_arrays,
     read_state,
@@ -44,7 +44,7 @@ from cnnspec.runs.files import (
     write_text,
 )
 from cnnspec.runs.folder import MID_EPOCH, RunDir, command_line, default_run_dir
-from cnnspec.runs.loading import _recorded
+from cnnspec.runs.loading import as_recorded
 from cnnspec.runs.progress import Progress
 from cnnspec.runs.versions import versions
 from cnnspec.runs.weight_files import load_weights
@@ -126,7 +126,7 @@ def train(
 
         graph = logits_graph(graph)  # the loss takes logits: an output softmax is left to predict and exports
     if init is not None and resume is None:
-        data = _normalised_as_pretrained(data, init, progress)
+        data = normalised_as_pretrained(data, init, progress)
     config = config.model_copy(update={"data": data.config})  # the preset applied: what the run records and does
     plan = [(first, end, c.model_copy(update={"data": data.config})) for first, end, c in plan]
     _report_skipped(progress, list(data.skipped))
@@ -164,12 +164,12 @@ def train(
         taken = lead and run.path.exists() and any(run.path.iterdir())
         if group.broadcast(taken):  # rank 0 decides for all: it may create the folder before another process looks
             raise TrainingError(f"{run.path} exists and is not empty: choose another --out, or --resume it")
-        weights = _starting_weights(graph, config.seed, init, progress, data, keep_head)
-    phase = _phase_at(plan, start_epoch)
+        weights = starting_weights(graph, config.seed, init, progress, data, keep_head)
+    phase = phase_at(plan, start_epoch)
     cache = run.path / ".cache" if lead else None
-    opened = _PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile, cache)
+    opened = PhaseSession.open(graph, plan[phase][2], backend_module, weights, data, norm, device, precision, compile, cache)
     session = opened.session
-    solving, unsolved = _classifier_solve(graph, config, plan, opened, group) if latest is None else (None, "")
+    solving, unsolved = classifier_solve(graph, config, plan, opened, group) if latest is None else (None, "")
     if solving is not None:  # one solve in place of the epochs
         config = config.model_copy(update={"epochs": 1, "phases": []})
         plan = [(0, 1, config)]
@@ -188,7 +188,7 @@ def train(
                 "class_names": data.named,
                 "skipped": list(data.skipped[:100]),
                 "normalization": dataclasses.asdict(norm),
-                "train": _recorded(config).model_dump(mode="json"),
+                "train": as_recorded(config).model_dump(mode="json"),
                 "init": None if init is None else str(init),
                 "processes": group.size,
                 "created": datetime.now().isoformat(timespec="seconds"),
@@ -199,7 +199,7 @@ def train(
         seal(run.path, ["spec.yaml", "run.json"])  # every later reader checks them
     elif latest is not None and lead:
         _record_resumption(run, config)
-    if latest is not None and (partial is not None or _phase_at(plan, max(start_epoch - 1, 0)) == phase):  # a new phase starts a new optimizer
+    if latest is not None and (partial is not None or phase_at(plan, max(start_epoch - 1, 0)) == phase):  # a new phase starts a new optimizer
         session.load_optimizer_state(load_arrays(latest / "optimizer.safetensors"), state["optimizer"])
     if lead:
         write_text(run.path / "metrics.jsonl", "".join(strict_json(row) + "\n" for row in history))
@@ -209,28 +209,28 @@ def train(
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {'the classifier solved' if solving is not None else plural(config.epochs, 'epoch')} -> {run.path}"
     )
     if group.size > 1:
-        progress.message(_group_line(graph, config, group, session.device))
+        progress.message(group_line(graph, config, group, session.device))
     progress.message(f"transforms: {data.transforms(graph.input_shape)}")
-    progress.message(_phase_line(graph, plan, phase, opened.note))
+    progress.message(phase_line(graph, plan, phase, opened.note))
     if unsolved:
         progress.message(unsolved)
 
     for epoch in range(start_epoch, config.epochs):
-        if _phase_at(plan, epoch) != phase:  # the next phase: its own frozen layers and a fresh optimizer
-            phase = _phase_at(plan, epoch)
-            opened = _PhaseSession.open(graph, plan[phase][2], backend_module, session.get_weights(), data, norm, device, precision, compile, cache)
+        if phase_at(plan, epoch) != phase:  # the next phase: its own frozen layers and a fresh optimizer
+            phase = phase_at(plan, epoch)
+            opened = PhaseSession.open(graph, plan[phase][2], backend_module, session.get_weights(), data, norm, device, precision, compile, cache)
             session = opened.session
-            progress.message(_phase_line(graph, plan, phase, opened.note))
+            progress.message(phase_line(graph, plan, phase, opened.note))
         phase_config = plan[phase][2]
         lr = learning_rate(config.schedule, phase_config.optimizer.lr, epoch, config.epochs, plateau)
         session.set_learning_rate(lr)
         epoch_state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "plateau": dataclasses.asdict(plateau)}
         if solving is not None:
-            row = _solve_classifier(session, solving, opened.data, config, progress, run if lead else None)
+            row = solve_classifier(session, solving, opened.data, config, progress, run if lead else None)
         else:
             row = _train_epoch(session, opened.data, opened.norm, phase_config, epoch, progress, run, epoch_state, partial, group, graph)
         partial = None
-        val = _evaluate_arrays(
+        val = evaluate_arrays(
             session, opened.data.x_val, opened.data.y_val, opened.norm, config.batch_size, config.top_k, graph.output_shape[0], group
         )
         skipped = list(dict.fromkeys([*data.skipped_so_far(), *opened.data.skipped_so_far()]))
@@ -379,7 +379,7 @@ def _train_epoch(
         every_steps, every_minutes = config.checkpoint_steps, config.checkpoint_minutes
         due = (every_steps is not None and step % every_steps == 0) or (every_minutes is not None and now - last_saved >= 60 * every_minutes)
         if due and epoch_state is not None and group.rank == 0 and step * size < total:
-            _write_checkpoint(run, MID_EPOCH, session, {**epoch_state, "step": step, "sums": [loss_sum, correct, seen]}, _frozen_weights(graph, config) if graph is not None else frozenset())
+            write_checkpoint(run, MID_EPOCH, session, {**epoch_state, "step": step, "sums": [loss_sum, correct, seen]}, _frozen_weights(graph, config) if graph is not None else frozenset())
             last_saved = now
     if not seen:
         raise TrainingError(f"no training image of {data.name} could be read this epoch: {data.skipped_so_far()[:3]}")

@@ -18,7 +18,7 @@ from cnnspec.errors import TrainingError, plural
 from cnnspec.graph import tuning
 from cnnspec.graph.dag import Graph
 from cnnspec.harness import bottleneck, linear_head
-from cnnspec.inference.features import _layer_outputs_on_disk, layer_outputs
+from cnnspec.inference.features import layer_outputs, layer_outputs_on_disk
 from cnnspec.runs.files import (
     seal,
     write_json,
@@ -28,7 +28,7 @@ from cnnspec.runs.progress import Progress
 from cnnspec.spec.training import TrainConfig
 
 
-def _classifier_solve(graph: Graph, config: TrainConfig, plan: list[tuple[int, int, TrainConfig]], opened: _PhaseSession,
+def classifier_solve(graph: Graph, config: TrainConfig, plan: list[tuple[int, int, TrainConfig]], opened: PhaseSession,
                       group: Group) -> tuple[Graph | None, str]:
     """The head to solve in place of the epochs (``train.solve``, set by ``--head-only``),
     or None and, when a solve was asked for, why it cannot be."""
@@ -49,7 +49,7 @@ def _classifier_solve(graph: Graph, config: TrainConfig, plan: list[tuple[int, i
     return None, f"classifier solve off ({why}): the optimizer trains it for {plural(config.epochs, 'epoch')}"
 
 
-def _solve_classifier(session: Session, head: Graph, data: Dataset, config: TrainConfig, progress: Progress, run: RunDir | None) -> dict[str, float]:
+def solve_classifier(session: Session, head: Graph, data: Dataset, config: TrainConfig, progress: Progress, run: RunDir | None) -> dict[str, float]:
     """The epoch of a run whose classifier is solved: the solve on the cached training
     features, its weights set, and what the solver did recorded in run.json."""
     assert config.solve is not None
@@ -70,7 +70,7 @@ def _solve_classifier(session: Session, head: Graph, data: Dataset, config: Trai
     return {"train_loss": solved.loss, "train_accuracy": solved.accuracy, "seconds": solved.seconds, "images_per_second": len(x) / max(solved.seconds, 1e-9)}
 
 
-def _group_line(graph: Graph, config: TrainConfig, group: Group, device: str) -> str:
+def group_line(graph: Graph, config: TrainConfig, group: Group, device: str) -> str:
     """How the processes share the work, and what that means for batch norm."""
     share = config.batch_size // group.size
     line = f"distributed: {group.size} processes ({group.local_size} on this host), each {share} of every batch of {config.batch_size}"
@@ -85,19 +85,19 @@ def _group_line(graph: Graph, config: TrainConfig, group: Group, device: str) ->
     return line
 
 
-def _phase_at(plan: list[tuple[int, int, TrainConfig]], epoch: int) -> int:
+def phase_at(plan: list[tuple[int, int, TrainConfig]], epoch: int) -> int:
     """The phase that trains ``epoch`` (the last one past the end)."""
     return next((i for i, (_, end, _) in enumerate(plan) if epoch < end), len(plan) - 1)
 
 
-def _phase_line(graph: Graph, plan: list[tuple[int, int, TrainConfig]], phase: int, note: str) -> str:
+def phase_line(graph: Graph, plan: list[tuple[int, int, TrainConfig]], phase: int, note: str) -> str:
     first, end, config = plan[phase]
     where = f"phase {phase + 1}/{len(plan)}, epochs {first + 1}-{end}: " if len(plan) > 1 else ""
     return where + _parameters_line(graph, config) + (f"\n{note}" if note else "")
 
 
 @dataclasses.dataclass(frozen=True)
-class _PhaseSession:
+class PhaseSession:
     """The session a phase trains with, and the data and normalisation it takes: the
     images, or the cached outputs of the frozen body."""
 
@@ -110,7 +110,7 @@ class _PhaseSession:
     def open(
         cls, graph: Graph, config: TrainConfig, backend_module: Backend, weights: dict[str, np.ndarray], data: Dataset, norm: Normalization,
         device: str, precision: str, compile: bool, cache: Path | None = None,
-    ) -> _PhaseSession:
+    ) -> PhaseSession:
         session = backend_module.open_session(graph, config, device=device, precision=precision, compile=compile)
         session.set_weights(weights)
         cut = bottleneck.bottleneck(graph, config) if config.bottleneck_cache else None
@@ -145,7 +145,7 @@ def _cache_bottleneck(
     for images, labels in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
         if on_disk:
             assert cache is not None
-            outputs, kept = _layer_outputs_on_disk(cache, session, norm, images, cut, graph[cut].output_shape, config.batch_size)
+            outputs, kept = layer_outputs_on_disk(cache, session, norm, images, cut, graph[cut].output_shape, config.batch_size)
         else:
             outputs, kept = layer_outputs(session, norm, images, cut, config.batch_size)
         if not len(kept):

@@ -23,7 +23,7 @@ from cnnspec.runs.weight_files import load_weights
 from cnnspec.spec.training import Normalize
 
 
-def _starting_weights(graph: Graph, seed: int, init: Path | None, progress: Progress, data: Dataset | None = None,
+def starting_weights(graph: Graph, seed: int, init: Path | None, progress: Progress, data: Dataset | None = None,
                       keep_head: bool = False) -> dict[str, np.ndarray]:
     """The seeded initial weights, with every array of ``init`` (a checkpoint: transfer
     learning) whose name and shape fit; says which stayed fresh. The classifier (the layer
@@ -100,7 +100,7 @@ def _names_a_run(init: Path) -> bool:
     return init.is_dir() or bool(which and base.is_dir())
 
 
-def _normalised_as_pretrained(data: Dataset, init: Path, progress: Progress) -> Dataset:
+def normalised_as_pretrained(data: Dataset, init: Path, progress: Progress) -> Dataset:
     """A run started from another run's weights normalises its inputs as that run did, unless
     ``data.normalize`` is set (or a preset set it): its body's first layer learnt that scale,
     and statistics measured on a few new images would shift every input it sees."""

@@ -17,7 +17,7 @@ from cnnspec.data.normalization import Normalization
 from cnnspec.errors import TrainingError
 from cnnspec.harness import plots
 from cnnspec.inference.engines import _EngineSession, inference_engine, open_run_session
-from cnnspec.runs.loading import LoadedRun, _evaluation_file, load_run
+from cnnspec.runs.loading import LoadedRun, evaluation_file, load_run
 
 
 def batches(count: int, size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -26,7 +26,7 @@ def batches(count: int, size: int, order: np.ndarray | None = None) -> Iterator[
         yield indices[start : start + size]
 
 
-def _evaluate_arrays(
+def evaluate_arrays(
     session: Session, images: np.ndarray | ImageStream, labels: np.ndarray, norm: Normalization, batch_size: int, top_k: int,
     classes: int, group: Group = SINGLE,
 ) -> dict[str, Any]:
@@ -100,8 +100,8 @@ def evaluate(
         said(f"runtime: {which}")
     evaluator: Any = engine if opened else _EngineSession(engine, config)
     width = loaded.graph.output_shape[0]
-    result = _evaluate_arrays(evaluator, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
-    png = confusion_png or (loaded.run.path / "confusion.png" if data is None else _evaluation_file(loaded.run.path, dataset.name, ".png"))
+    result = evaluate_arrays(evaluator, dataset.x_val, dataset.y_val, loaded.normalization, config.batch_size, config.top_k, width)
+    png = confusion_png or (loaded.run.path / "confusion.png" if data is None else evaluation_file(loaded.run.path, dataset.name, ".png"))
     plots.confusion_matrix(result["confusion"], classes, png, f"{loaded.graph.name}: {dataset.name} ({result['images']} images)")
     return {
         "run": str(loaded.run.path),

@@ -87,7 +87,7 @@ def check_layer(loaded: LoadedRun, layer: str) -> None:
         raise TrainingError(f"--layer: '{loaded.graph.name}' has no layer '{layer}'{did_you_mean(layer, names)} (`cnnspec check` lists them)")
 
 
-def _layer_outputs_on_disk(
+def layer_outputs_on_disk(
     folder: Path, session: Any, norm: Normalization, images: np.ndarray | ImageStream, layer: str, shape: tuple[int, ...], batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``layer_outputs`` written batch by batch into a memory-mapped .npy in ``folder``

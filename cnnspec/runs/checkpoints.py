@@ -28,7 +28,7 @@ def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, 
     from cnnspec.runs.weight_files import unused_shared
 
     name = f"epoch-{epoch:04d}"
-    final = _write_checkpoint(run, name, session, state, frozen)
+    final = write_checkpoint(run, name, session, state, frozen)
     write_json(run.checkpoints / "latest.json", {"checkpoint": name, "epoch": epoch})
     if best:
         write_json(run.checkpoints / "best.json", {"checkpoint": name, "epoch": epoch})
@@ -43,7 +43,7 @@ def save_checkpoint(run: RunDir, epoch: int, session: Session, state: dict[str, 
     return final
 
 
-def _write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str, Any], frozen: AbstractSet[str] = frozenset()) -> Path:
+def write_checkpoint(run: RunDir, name: str, session: Session, state: dict[str, Any], frozen: AbstractSet[str] = frozenset()) -> Path:
     """The checkpoint folder ``name``, complete or not at all: written as a staging folder
     and renamed. A write that fails (disk full, no permission, read-only) removes the
     staging folder and says which checkpoint is still intact."""

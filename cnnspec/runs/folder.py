@@ -1,4 +1,17 @@
-"""The run folder: its layout, where a checkpoint is, and what a run records about itself."""
+"""The run folder: its layout, where a checkpoint is, and what a run records about itself.
+
+A run directory holds everything needed to evaluate, resume or export a run:
+
+    spec.yaml            the spec as given
+    run.json             the resolved training config, backend, normalisation, classes
+    metrics.jsonl        one JSON object per epoch
+    events.out.tfevents.*  the same, for TensorBoard (tensorboard --logdir runs/)
+    checkpoints/epoch-NNNN/{weights,optimizer}.safetensors, state.json
+    checkpoints/latest.json   which checkpoint is the newest complete one
+    checkpoints/mid-epoch/    the newest checkpoint inside the current epoch, for --resume
+    curves.png           learning curves
+    final.json           the final metrics
+"""
 
 from __future__ import annotations
 

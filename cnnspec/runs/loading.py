@@ -30,12 +30,12 @@ class LoadedRun:
     spec: Graph  # as written; ``graph`` is what trains and predicts: without an output softmax under cross-entropy (``logits_graph``)
 
 
-def _recorded(config: TrainConfig) -> TrainConfig:
+def as_recorded(config: TrainConfig) -> TrainConfig:
     """``config`` as run.json keeps it: the data's path absolute (found from anywhere)."""
     return config.model_copy(update={"data": config.data.model_copy(update={"source": absolute_source(config.data.source)})})
 
 
-def _evaluation_file(run: Path, data_name: str, suffix: str) -> Path:
+def evaluation_file(run: Path, data_name: str, suffix: str) -> Path:
     """Where an evaluation on other data than the run's writes: its own file, named after
     the data, never over the run's own confusion.png."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", data_name).strip("-") or "data"
