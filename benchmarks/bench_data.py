@@ -59,6 +59,7 @@ def throughput(images: int, rounds: int) -> None:
     from PIL import Image, ImageOps
 
     import cnnspec
+    import cnnspec.graph.weights
     from cnnspec.data.dataset import load_dataset
     from cnnspec.harness.loop import augment
 
@@ -136,6 +137,7 @@ def memory_child(count: int, steps: int) -> None:
     import torch
 
     import cnnspec
+    import cnnspec.graph.weights
     from cnnspec.backends import load_backend
     from cnnspec.data.dataset import load_dataset
     from cnnspec.data.loader import batches
@@ -157,7 +159,7 @@ def memory_child(count: int, steps: int) -> None:
     data = load_dataset(config.data, graph.input_shape, 10, 0)
     norm = normalization_for(config, data.x_train)
     session = load_backend("torch").open_session(graph, config, device="cpu")
-    session.set_weights(cnnspec.harness.weights.initial_weights(graph, 0))
+    session.set_weights(cnnspec.graph.weights.initial_weights(graph, 0))
     order = np.random.default_rng(0).permutation(len(data.x_train))[: steps * config.batch_size]
     for index, x in batches(data.x_train, order, config.batch_size):
         session.train_step(norm.apply(x), data.y_train[index])
@@ -197,6 +199,7 @@ def overlap(images: int, rounds: int) -> None:
     import torch
 
     import cnnspec
+    import cnnspec.graph.weights
     from cnnspec.backends import load_backend
     from cnnspec.data.dataset import load_dataset
     from cnnspec.data.normalization import normalization_for
@@ -212,7 +215,7 @@ def overlap(images: int, rounds: int) -> None:
                                                   "data.fit": "resize", "batch_size": 64, "data.validation": 0.01})
         data = load_dataset(config.data, graph.input_shape, graph.output_shape[0], 0)
         session = load_backend("torch").open_session(graph, config, device="cpu")
-        session.set_weights(cnnspec.harness.weights.initial_weights(graph, 0))
+        session.set_weights(cnnspec.graph.weights.initial_weights(graph, 0))
         runs[stream] = (session, data, normalization_for(config, data.x_train), config)
 
     class Quiet:

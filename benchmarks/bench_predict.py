@@ -38,8 +38,8 @@ import sys, numpy as np, torch
 from pathlib import Path
 from PIL import Image
 from cnnspec.backends import torch_backend
-from cnnspec.harness.run import load_run
-from cnnspec.harness.weights import load_arrays
+from cnnspec.runs.loading import load_run
+from cnnspec.runs.files import load_arrays
 run, batch, out, inputs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 loaded = load_run(run)
 module = torch_backend._eval_module(loaded.graph, load_arrays(loaded.checkpoint / "weights.safetensors"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cnnspec
+import cnnspec.graph.weights
 from cnnspec.data.dataset import Dataset, load_dataset
 from cnnspec.data.normalization import Normalization, normalization_for
 from cnnspec.harness.loop import _train_epoch
@@ -35,7 +36,7 @@ def lenet5_on_mnist(backend: str) -> tuple[Any, Dataset, Normalization, Epoch]:
     data = load_dataset(config.data, graph.input_shape, 10, 0)
     norm = normalization_for(config, data.x_train)
     session = load_backend(backend).open_session(graph, config, device="cpu")
-    session.set_weights(cnnspec.harness.weights.initial_weights(graph, 0))
+    session.set_weights(cnnspec.graph.weights.initial_weights(graph, 0))
     run = RunDir(Path("/nonexistent"))
 
     def epoch(round_: int) -> float:

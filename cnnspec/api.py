@@ -227,7 +227,7 @@ def predict(
     runtime: str = "backend", said: Any = None, batch_size: int | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
     """Top-k classes per input (image files or .npy batches) and the raw outputs; ``runtime``
-    auto, backend or onnxruntime (see ``harness.run.inference_engine``)."""
+    auto, backend or onnxruntime (see ``inference.engines.inference_engine``)."""
     from cnnspec.inference.prediction import predict as run_prediction
     from cnnspec.runs.loading import load_run
 

@@ -156,7 +156,7 @@ def test_no_framework_on_the_check_path() -> None:
     assert not imported & {"torch", "tensorflow", "keras", "jax", "onnx", "onnxruntime", "numpy", "PIL", "faiss"}
     assert not imported & {"typer", "click", "rich"}  # the CLI framework costs more than the check
     # vgg16 has no train: section, so the training models are neither imported nor built
-    assert "cnnspec.layers.conv" in modules and not modules & {"cnnspec.harness.config", "cnnspec.harness.tuning"}
+    assert "cnnspec.layers.conv" in modules and not modules & {"cnnspec.spec.training", "cnnspec.graph.tuning"}
 
 
 def test_piped_output_never_cuts_names_or_numbers() -> None:

@@ -345,8 +345,8 @@ def test_a_plain_script_can_stream_and_leaves_no_shared_memory(tmp_path: Path) -
     photo_folder(tmp_path / "photos", per_class=6, broken=False)
     script = tmp_path / "mine.py"
     script.write_text(
-        "import gc, os\nimport numpy as np\nfrom cnnspec.harness.config import DataConfig\n"
-        "from cnnspec.harness.data import load_dataset\nfrom cnnspec.data.loader import batches\n"
+        "import gc, os\nimport numpy as np\nfrom cnnspec.spec.training import DataConfig\n"
+        "from cnnspec.data.dataset import load_dataset\nfrom cnnspec.data.loader import batches\n"
         "for round_ in range(3):\n"
         "    data = load_dataset(DataConfig(source='photos', stream='always', workers=2), (3, 8, 8), 3, 0)\n"
         "    seen = sum(len(i) for i, _ in batches(data.x_train, np.arange(len(data.x_train)), 4))\n"

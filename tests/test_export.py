@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import cnnspec
 from cnnspec import Graph
 from cnnspec.cli.app import app
+from cnnspec.graph.load import with_input_size
 from cnnspec.graph.weights import initial_weights
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.pool import Pool2d
@@ -80,7 +81,7 @@ def test_every_zoo_spec_exports_to_onnx_and_matches_onnxruntime(name: str, tmp_p
 def test_onnx_round_trip_gives_an_equal_spec_and_equal_outputs(name: str, tmp_path: Path) -> None:
     graph = cnnspec.load_spec(name)
     if SIZES[name]:
-        graph = cnnspec.load.with_input_size(graph, tuple(int(v) for v in SIZES[name].split(",")))  # type: ignore[arg-type]
+        graph = with_input_size(graph, tuple(int(v) for v in SIZES[name].split(",")))  # type: ignore[arg-type]
     weights = initial_weights(graph, 3)
     onnx.save(onnx_backend.to_onnx(graph, weights), str(tmp_path / "model.onnx"))
     result = runner.invoke(app, ["import", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "back.yaml")])

@@ -164,3 +164,48 @@ def test_public_names_import(module: str) -> None:
     assert missing == []
     if module == "cnnspec":
         assert callable(cnnspec_index_load := loaded.Index.load), cnnspec_index_load  # `cnnspec.Index.load(path)`
+
+
+def _cnnspec_references(tree: ast.AST) -> set[str]:
+    """Every ``from cnnspec.x import y`` as ``cnnspec.x:y`` and every ``cnnspec.a.b.c`` chain a file names."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cnnspec" and not node.level:
+            found.update(f"{node.module}:{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Store):
+            parts: list[str] = []
+            inner: ast.expr = node
+            while isinstance(inner, ast.Attribute):
+                parts.insert(0, inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id == "cnnspec" and len(parts) > 1:
+                found.add(".".join(["cnnspec", *parts]))
+    return found
+
+
+def _resolves(reference: str) -> bool:
+    module, _, name = reference.partition(":")
+    parts = (module + ("." + name if name else "")).split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def test_benchmarks_and_tests_name_only_what_exists() -> None:
+    """Benchmarks run only under ``make bench``: a moved module would break them unseen, so every
+    name they and the tests import from cnnspec is looked up here."""
+    files = sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "tests").glob("*.py"))
+    missing = {f"{path.relative_to(REPO)}: {reference}"
+               for path in files for reference in _cnnspec_references(ast.parse(path.read_text()))
+               if not _resolves(reference)}
+    assert not missing, sorted(missing)
+    assert not _resolves("cnnspec.harness.weights:initial_weights")  # the lookup can fail
+    assert _resolves("cnnspec.graph.weights:initial_weights")

@@ -55,7 +55,7 @@ def test_lenet5_on_real_mnist_reaches_97_5_percent_in_5_epochs(tmp_path: Path) -
     assert final["val_accuracy"] >= 0.975
 
 
-def small(tmp_path: Path, name: str, **overrides: object) -> cnnspec.harness.run.TrainResult:
+def small(tmp_path: Path, name: str, **overrides: object) -> cnnspec.harness.loop.TrainResult:
     settings = {"epochs": 3, "data.limit": 256, "batch_size": 32, "keep": "all", **overrides}
     return cnnspec.train("lenet5", out=tmp_path / name, **settings)  # type: ignore[arg-type]
 

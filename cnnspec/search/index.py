@@ -279,7 +279,7 @@ def embed(
     """Embed every image of ``data`` with ``run``'s network at ``layer``. With
     ``previous`` (an index of the same run, layer and preprocessing), only new and changed
     images are embedded: the rest keep their rows, and deleted files drop out. ``runtime``
-    chooses what computes the layer (``harness.run.inference_engine``)."""
+    chooses what computes the layer (``inference.engines.inference_engine``)."""
     from cnnspec.inference.engines import inference_engine, open_run_session
     from cnnspec.inference.features import check_layer, collection, layer_outputs
     from cnnspec.runs.loading import load_run

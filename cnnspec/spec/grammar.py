@@ -72,7 +72,7 @@ class SpecHeader(_Strict):
     blocks: dict[str, Any] = {}
     layers: Annotated[list[Any], Field(min_length=1)]
     expect: NetworkExpect | None = None
-    # Checked on its own (cnnspec.harness.config.TrainConfig), and only when present:
+    # Checked on its own (cnnspec.spec.training.TrainConfig), and only when present:
     # a spec without one is checked without building the training models.
     train: dict[str, Any] | None = None
 
