@@ -25,7 +25,20 @@ from cnnspec.backends import keras_layers  # noqa: F401  (registers cnnspec's ow
 from cnnspec.backends.import_common import ImportRefused, Layer, decimal, layer_name, pair, rounding, spec_text
 from cnnspec.backends.tf_quiet import keras
 from cnnspec.errors import did_you_mean
-from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.activation import (
+    ELU,
+    GELU,
+    HardSigmoid,
+    HardSwish,
+    LeakyReLU,
+    PReLU,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
@@ -172,8 +185,10 @@ def _activation_arg(name: Any) -> Any:
     if isinstance(name, dict):  # a serialised function: {"class_name": "function", "config": ReLU.kind, ...}
         name = name.get("config") if isinstance(name.get("config"), str) else name.get("class_name")
     # Keras names these as cnnspec does; Keras' leaky_relu function slopes 0.2
-    known: dict[str, Any] = {"linear": None} | {cls.kind: cls.kind for cls in (ReLU, ReLU6, Sigmoid, Tanh, Softmax, ELU)}
+    known: dict[str, Any] = {"linear": None} | {cls.kind: cls.kind for cls in (ReLU, ReLU6, Sigmoid, Tanh, Softmax, ELU, SiLU, HardSigmoid, HardSwish, GELU)}
     known[LeakyReLU.kind] = {LeakyReLU.kind: {"negative_slope": 0.2}}
+    # Keras 3's names for the same functions (its hard_sigmoid is relu6(x + 3) / 6, PyTorch's)
+    known |= {"swish": SiLU.kind, "hard_silu": HardSwish.kind}
     if name not in known:
         raise ImportRefused(f"activation {name!r} has no cnnspec kind{did_you_mean(str(name), known)}; "
                             f"supported: {', '.join(known)}")

@@ -1,7 +1,7 @@
 """Keras layers for what Keras lacks, each matching the spec's (PyTorch's) definition:
 -inf padding for max pooling, PyTorch's average-pool divisor, grouped convolution with
-gradients on CPU, LRN of even size, batchnorm with the unbiased running variance, and a
-feature reorder. All are registered for serialization under the 'cnnspec' package, so a
+gradients on CPU, LRN of even size, batchnorm with the unbiased running variance, a
+feature reorder, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
 saved ``.keras`` model loads where cnnspec is installed."""
 
 from __future__ import annotations
@@ -219,3 +219,33 @@ class Reorder(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"order": self.order}
+
+
+@keras.saving.register_keras_serializable(package="cnnspec")
+class ClipAffine(keras.layers.Layer):
+    """clip(alpha * x + beta, 0, 1): a hard sigmoid of any slope (Keras 3's is 1/6 only)."""
+
+    def __init__(self, alpha: float, beta: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def call(self, x: Any) -> Any:
+        return tf.clip_by_value(self.alpha * x + self.beta, 0.0, 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package="cnnspec")
+class Gelu(keras.layers.Layer):
+    """GELU, the erf form or (``approximate``) the tanh one, as a layer that saves its form."""
+
+    def __init__(self, approximate: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.approximate = bool(approximate)
+
+    def call(self, x: Any) -> Any:
+        return keras.activations.gelu(x, approximate=self.approximate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "approximate": self.approximate}

@@ -1,6 +1,6 @@
 """The NumPy backend: cnnspec's executable reference, forward and backward in NumPy.
 
-Every layer kind lowers to an op in ``numpy_ops`` through ``LOWERINGS`` (keyed by layer
+Every layer kind lowers to an op in ``numpy_ops`` (activations: ``numpy_activations``) through ``LOWERINGS`` (keyed by layer
 class). Losses and optimizers follow PyTorch's definitions exactly (same update from the
 same state, and the same state names, so optimizer state moves between backends).
 ``--device cuda`` runs the same code on CuPy arrays when CuPy is installed.
@@ -14,12 +14,26 @@ from typing import Any
 
 import numpy as np
 
+from cnnspec.backends import numpy_activations as acts
 from cnnspec.backends import numpy_ops as ops
 from cnnspec.backends.protocol import BackendError
 from cnnspec.graph.dag import Graph
 from cnnspec.graph.tuning import frozen_norm_layers, multipliers
 from cnnspec.layers import Layer, Shape
-from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.activation import (
+    ELU,
+    GELU,
+    HardSigmoid,
+    HardSwish,
+    LeakyReLU,
+    PReLU,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
@@ -39,7 +53,7 @@ def _activation(activation: Any, rng: Any) -> ops.Op:
 
 
 def _with_activation(op: ops.Op, activation: Any, rng: Any) -> ops.Op:
-    return op if activation is None else ops.WithActivation(op, _activation(activation, rng))
+    return op if activation is None else acts.WithActivation(op, _activation(activation, rng))
 
 
 def _conv(layer: Conv2d, shapes: list[Shape], out: Shape, rng: Any) -> ops.Op:
@@ -77,14 +91,18 @@ LOWERINGS.update(
         ChannelShuffle: lambda layer, shapes, out, rng: ops.ChannelShuffle(layer.order(shapes[0][0])),
         Add: lambda layer, shapes, out, rng: ops.Add(),
         Concat: lambda layer, shapes, out, rng: ops.Concat(),
-        ReLU: lambda layer, shapes, out, rng: ops.Elementwise(*ops.RECTIFIER),
-        ReLU6: lambda layer, shapes, out, rng: ops.Elementwise(*ops.RECTIFIER6),
-        Sigmoid: lambda layer, shapes, out, rng: ops.Elementwise(*ops.LOGISTIC),
-        Tanh: lambda layer, shapes, out, rng: ops.Elementwise(*ops.HYPERBOLIC_TANGENT),
-        LeakyReLU: lambda layer, shapes, out, rng: ops.leaky_relu(layer.negative_slope),
-        ELU: lambda layer, shapes, out, rng: ops.elu(layer.alpha),
-        PReLU: lambda layer, shapes, out, rng: ops.PReLU(),
-        Softmax: lambda layer, shapes, out, rng: ops.Softmax(),
+        ReLU: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER),
+        ReLU6: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER6),
+        Sigmoid: lambda layer, shapes, out, rng: acts.Elementwise(*acts.LOGISTIC),
+        Tanh: lambda layer, shapes, out, rng: acts.Elementwise(*acts.HYPERBOLIC_TANGENT),
+        SiLU: lambda layer, shapes, out, rng: acts.Elementwise(*acts.SWISH),
+        HardSwish: lambda layer, shapes, out, rng: acts.Elementwise(*acts.HARD_SWISH),
+        HardSigmoid: lambda layer, shapes, out, rng: acts.hard_sigmoid(layer.alpha, layer.beta),
+        GELU: lambda layer, shapes, out, rng: acts.gelu(layer.approximate),
+        LeakyReLU: lambda layer, shapes, out, rng: acts.leaky_relu(layer.negative_slope),
+        ELU: lambda layer, shapes, out, rng: acts.elu(layer.alpha),
+        PReLU: lambda layer, shapes, out, rng: acts.PReLU(),
+        Softmax: lambda layer, shapes, out, rng: acts.Softmax(),
     }
 )
 

@@ -12,6 +12,7 @@ drops its 1 x 1 axes). The batch axis is dynamic ('N').
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -22,7 +23,21 @@ from onnx import TensorProto, helper, numpy_helper
 from cnnspec.errors import CnnspecError
 from cnnspec.graph.dag import Graph, Node
 from cnnspec.layers import Layer
-from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.activation import (
+    ELU,
+    GELU,
+    Activation,
+    HardSigmoid,
+    HardSwish,
+    LeakyReLU,
+    PReLU,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
@@ -44,6 +59,7 @@ class Emitter:
     """Collects nodes and initializers while a graph is lowered."""
 
     weights: dict[str, np.ndarray]
+    opset: int = DEFAULT_OPSET
     nodes: list[Any] = dataclasses.field(default_factory=list)
     initializers: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -79,7 +95,31 @@ _ACTIVATIONS: dict[type[Activation], Callable[[Any], tuple[str, dict[str, Any]]]
     Sigmoid: lambda a: ("Sigmoid", {}),
     Tanh: lambda a: ("Tanh", {}),
     Softmax: lambda a: ("Softmax", {"axis": 1}),  # over channels, or features
+    HardSigmoid: lambda a: ("HardSigmoid", {"alpha": a.alpha, "beta": a.beta}),
 }
+
+
+def _scalar(e: Emitter, name: str, value: float) -> str:
+    return e.constant(name, np.array(value, np.float32))
+
+
+def _emit_gelu(e: Emitter, activation: GELU, source: str, output: str, name: str) -> str:
+    """Opset 20's Gelu; before it the chain torch's exporter writes: x * 0.5 * (1 + erf(x / sqrt 2)),
+    or the tanh form's."""
+    if e.opset >= 20:
+        return e.node("Gelu", [source], output, name, approximate=activation.approximate)
+    if activation.approximate != "none":
+        cube = e.node("Mul", [e.node("Mul", [source, source], f"{name}:x2", f"{name}:x2"), source], f"{name}:x3", f"{name}:x3")
+        inner = e.node("Add", [source, e.node("Mul", [cube, _scalar(e, f"{name}:k", 0.044715)], f"{name}:kx3", f"{name}:kx3")],
+                       f"{name}:inner", f"{name}:inner")
+        core = e.node("Tanh", [e.node("Mul", [inner, _scalar(e, f"{name}:c", math.sqrt(2 / math.pi))], f"{name}:u", f"{name}:u")],
+                      f"{name}:core", f"{name}:core")
+    else:
+        core = e.node("Erf", [e.node("Div", [source, _scalar(e, f"{name}:sqrt2", math.sqrt(2))], f"{name}:scaled", f"{name}:scaled")],
+                      f"{name}:core", f"{name}:core")
+    one_plus = e.node("Add", [core, _scalar(e, f"{name}:one", 1.0)], f"{name}:one_plus", f"{name}:one_plus")
+    half = e.node("Mul", [source, _scalar(e, f"{name}:half", 0.5)], f"{name}:half_x", f"{name}:half_x")
+    return e.node("Mul", [half, one_plus], output, name)
 
 
 def _emit_activation(e: Emitter, activation: Activation, source: str, output: str, name: str, weight: str,
@@ -92,6 +132,15 @@ def _emit_activation(e: Emitter, activation: Activation, source: str, output: st
         count = e.weights[weight].shape[0]
         shape = (count, *([1] * (rank - 1))) if activation.channelwise else (1,)
         return e.node("PRelu", [source, e.weight(weight, shape)], output, name)
+    if isinstance(activation, SiLU):  # no operator before opset 24: the pair torch writes
+        return e.node("Mul", [source, e.node("Sigmoid", [source], f"{name}:sigmoid", f"{name}:sigmoid")], output, name)
+    if isinstance(activation, HardSwish):
+        if e.opset >= 14:
+            return e.node("HardSwish", [source], output, name)
+        gate = e.node("HardSigmoid", [source], f"{name}:gate", f"{name}:gate", alpha=1 / 6, beta=0.5)
+        return e.node("Mul", [source, gate], output, name)
+    if isinstance(activation, GELU):
+        return _emit_gelu(e, activation, source, output, name)
     op, attributes = _ACTIVATIONS[type(activation)](activation)
     return e.node(op, [source], output, name, **attributes)
 
@@ -237,7 +286,7 @@ LOWERINGS.update(
         Concat: lambda e, node, inputs, graph: e.node("Concat", inputs, node.name, node.name, axis=1),
     }
 )
-_ACTIVATION_KINDS: tuple[type[Layer], ...] = (*_ACTIVATIONS, ReLU6, PReLU)
+_ACTIVATION_KINDS: tuple[type[Layer], ...] = (*_ACTIVATIONS, ReLU6, PReLU, SiLU, HardSwish, GELU)
 for _kind in _ACTIVATION_KINDS:
     LOWERINGS[_kind] = _activation_layer
 
@@ -250,7 +299,7 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = DEFAULT_O
     ONNX cannot represent, or an ``outputs`` name the graph does not have."""
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportRefused(f"opset {opset} is not supported: use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
-    emitter = Emitter(weights)
+    emitter = Emitter(weights, opset)
     for node in graph.nodes:
         lowering = LOWERINGS.get(type(node.layer))
         if lowering is None:

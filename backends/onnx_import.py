@@ -21,138 +21,22 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from cnnspec.backends.import_common import ImportRefused, decimal, layer_name, padding_arg, pair, rounding, spec_text
-from cnnspec.backends.onnx_normalise import Plain, Shape, node_label, normalise
-from cnnspec.errors import did_you_mean
+from cnnspec.backends.import_common import ImportRefused, decimal, padding_arg, pair, rounding, spec_text
+from cnnspec.backends.onnx_modern_rules import MODERN_RULES
+from cnnspec.backends.onnx_normalise import Shape, node_label, normalise
+from cnnspec.backends.onnx_reader import Reader, Rule, attributes, explicit
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
-from cnnspec.spec.grammar import INPUT
-
-# The input ranks whose forms of an operator have a cnnspec kind: images (N x C x H x W),
-# and feature vectors (N x F) for batchnorm; 1-d and 3-d forms have none.
-_RANKS: dict[str, tuple[int, ...]] = {op: (4,) for op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "LRN")}
-_RANKS["BatchNormalization"] = (2, 4)
-
-
-def _attributes(node: Any) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _explicit(node: Any, a: dict[str, Any]) -> None:
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise ImportRefused(f"{node_label(node)}: {node.op_type} with auto_pad {a['auto_pad']!r}; export with explicit pads")
-
-
-@dataclasses.dataclass
-class Reader:
-    """Turns the nodes of a ``Plain`` model into spec layers, one rule at a time."""
-
-    plain: Plain
-    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    by_name: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the same layers, by name
-    weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    producer: dict[str, str] = dataclasses.field(default_factory=dict)  # tensor -> layer name
-    extra_pads: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # tensor -> a Pad folded into its consumer
-    done: set[int] = dataclasses.field(default_factory=set)  # ids of nodes a rule has taken
-
-    def __post_init__(self) -> None:
-        self.producer[self.plain.input] = INPUT
-        self.consumers: dict[str, list[Any]] = {}
-        for node in self.plain.nodes:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-
-    # what rules ask
-    def shape(self, tensor: str) -> Shape:
-        if tensor not in self.plain.shapes:
-            raise ImportRefused(f"tensor '{tensor}' has no fixed shape after normalising; the model computes shapes from its input data")
-        return self.plain.shapes[tensor]
-
-    def constant(self, node: Any, index: int) -> np.ndarray | None:
-        """Input ``index`` of ``node`` when it is known, else None."""
-        if len(node.input) <= index or not node.input[index]:
-            return None
-        return self.plain.constants.get(node.input[index])
-
-    def variables(self, node: Any) -> list[str]:
-        """The inputs that are not known constants: the tensors the layer reads."""
-        return [name for name in node.input if name and name not in self.plain.constants]
-
-    def next_one(self, node: Any, op: str | tuple[str, ...]) -> Any | None:
-        """The only node reading ``node``'s output, when its operator is ``op`` and that
-        output is not the model's."""
-        users = self.consumers.get(node.output[0], [])
-        ops = (op,) if isinstance(op, str) else op
-        if len(users) == 1 and users[0].op_type in ops and node.output[0] != self.plain.output:
-            return users[0]
-        return None
-
-    # what rules write
-    def name_for(self, node: Any, kind: str) -> str:
-        return layer_name(node.name.partition(":")[0] if node.name else "", kind, self.by_name)
-
-    def add(self, node: Any, kind: str, args: dict[str, Any], reads: list[str], writes: str | None = None) -> str:
-        """A layer named after ``node``, reading tensors ``reads``, whose output is tensor
-        ``writes`` (default: the node's)."""
-        name = self.name_for(node, kind)
-        try:
-            inputs = [self.producer[tensor] for tensor in reads]
-        except KeyError as missing:
-            raise ImportRefused(f"{node_label(node)} reads '{missing.args[0]}', which no supported node computes") from None
-        layer = {"kind": kind, "args": args, "name": name, "inputs": inputs}
-        self.layers.append(layer)
-        self.by_name[name] = layer
-        self.producer[writes or node.output[0]] = name
-        return name
-
-    def read(self) -> None:
-        for node in self.plain.nodes:
-            if id(node) in self.done:
-                continue
-            shape = self.plain.shapes.get(node.input[0]) if node.input else None
-            if shape is not None and len(shape) not in _RANKS.get(node.op_type, (len(shape),)):
-                raise ImportRefused(f"{node_label(node)}: ONNX {node.op_type} on a {len(shape)}-d tensor ({'x'.join(map(str, shape))}) "
-                                    f"has no cnnspec layer kind (they read images, N x C x H x W{', or vectors' if 2 in _RANKS[node.op_type] else ''})")
-            for rule in RULES_BY_OP.get(node.op_type, []):
-                taken = rule.read(self, node)
-                if taken is not None:
-                    self.done.update(id(n) for n in taken)
-                    break
-            else:
-                raise ImportRefused(_unsupported(node, self))
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """``pattern`` (operators in order) becomes a ``kind`` layer; ``read`` returns the
-    nodes it took, or None where the pattern does not hold here (the next rule tries)."""
-
-    pattern: tuple[str, ...]
-    kind: str
-    read: Callable[[Reader, Any], list[Any] | None]
-    when: str = ""  # the condition, for the refusal message
-
-
-def _unsupported(node: Any, reader: Reader) -> str:
-    where = node_label(node)
-    shapes = ", ".join("x".join(map(str, reader.plain.shapes[name])) for name in reader.variables(node) if name in reader.plain.shapes)
-    rules = RULES_BY_OP.get(node.op_type, [])
-    if rules:
-        nearest = "; ".join(f"{' + '.join(r.pattern)} -> {r.kind}{f' ({r.when})' if r.when else ''}" for r in rules)
-        return f"{where}: ONNX {node.op_type}{f' on {shapes}' if shapes else ''} matches no pattern cnnspec reads; supported: {nearest}"
-    hint = did_you_mean(node.op_type, sorted(RULES_BY_OP))
-    return f"{where}: ONNX operator {node.op_type} has no cnnspec layer kind{hint}"
 
 
 def _conv(r: Reader, node: Any) -> list[Any]:
-    a = _attributes(node)
-    _explicit(node, a)
+    a = attributes(node)
+    explicit(node, a)
     weight = r.constant(node, 1)
     if weight is None or weight.ndim != 4:
         raise ImportRefused(f"{node_label(node)}: Conv needs a known 4-d weight (a 2-d convolution)")
@@ -194,7 +78,7 @@ def _dense_from(r: Reader, node: Any, weight: np.ndarray, bias: np.ndarray | Non
 
 
 def _gemm(r: Reader, node: Any) -> list[Any] | None:
-    a = _attributes(node)
+    a = attributes(node)
     weight = r.constant(node, 1)
     if a.get("transA", 0) or weight is None or len(r.variables(node)) != 1:
         return None
@@ -276,7 +160,7 @@ def _merge(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
 
 def _concat(r: Reader, node: Any) -> list[Any] | None:
     sources = r.variables(node)
-    axis = _attributes(node).get("axis")
+    axis = attributes(node).get("axis")
     rank = len(r.shape(sources[0]))
     if len(sources) != len(node.input) or axis not in (1, 1 - rank):
         return None
@@ -291,7 +175,7 @@ def _flattens(r: Reader, node: Any) -> bool:
 
 
 def _flatten(r: Reader, node: Any) -> list[Any] | None:
-    if not _flattens(r, node) or (node.op_type == "Flatten" and _attributes(node).get("axis", 1) != 1):
+    if not _flattens(r, node) or (node.op_type == "Flatten" and attributes(node).get("axis", 1) != 1):
         return None
     r.add(node, Flatten.kind, {}, [node.input[0]])
     return [node]
@@ -304,7 +188,7 @@ def _shuffle(r: Reader, node: Any) -> list[Any] | None:
     back = r.next_one(swap, "Reshape") if swap is not None else None
     if swap is None or back is None or len(shape) != 4 or split is None or len(split) != 5:
         return None
-    if (split[1] * split[2] != shape[1] or split[3:] != shape[2:] or list(_attributes(swap).get("perm", [])) != [0, 2, 1, 3, 4]
+    if (split[1] * split[2] != shape[1] or split[3:] != shape[2:] or list(attributes(swap).get("perm", [])) != [0, 2, 1, 3, 4]
             or r.plain.shapes.get(back.output[0]) != shape):
         return None
     r.add(node, ChannelShuffle.kind, {"groups": int(split[1])}, [node.input[0]], back.output[0])
@@ -326,13 +210,13 @@ def _softmax_of_map(r: Reader, node: Any) -> list[Any] | None:
 def _softmax_transposed(r: Reader, node: Any) -> list[Any] | None:
     """Transpose, Softmax over the axis the channels moved to, Transpose back: what
     torch.onnx writes for a channel softmax before opset 13."""
-    perm = list(_attributes(node).get("perm", []))
+    perm = list(attributes(node).get("perm", []))
     softmax = r.next_one(node, "Softmax")
     back = r.next_one(softmax, "Transpose") if softmax is not None else None
     if back is None or len(perm) != 4:
         return None
-    axis = int(_attributes(softmax).get("axis", -1)) % 4
-    if perm[axis] != 1 or [perm[i] for i in _attributes(back).get("perm", [])] != [0, 1, 2, 3]:
+    axis = int(attributes(softmax).get("axis", -1)) % 4
+    if perm[axis] != 1 or [perm[i] for i in attributes(back).get("perm", [])] != [0, 1, 2, 3]:
         return None
     r.add(softmax, Softmax.kind, {}, [node.input[0]], back.output[0])
     return [node, softmax, back]
@@ -340,7 +224,7 @@ def _softmax_transposed(r: Reader, node: Any) -> list[Any] | None:
 
 def _softmax(r: Reader, node: Any) -> list[Any] | None:
     rank = len(r.shape(node.input[0]))
-    if _attributes(node).get("axis", -1) not in (1, 1 - rank) and not (rank == 2 and _attributes(node).get("axis", -1) == -1):
+    if attributes(node).get("axis", -1) not in (1, 1 - rank) and not (rank == 2 and attributes(node).get("axis", -1) == -1):
         return None
     r.add(node, Softmax.kind, {}, [node.input[0]])
     return [node]
@@ -358,7 +242,7 @@ _ACTIVATIONS: dict[str, Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]] 
 def _activation_of(r: Reader, node: Any) -> tuple[str, dict[str, Any], np.ndarray | None] | None:
     op = node.op_type
     if op in _ACTIVATIONS:
-        return (*_ACTIVATIONS[op](_attributes(node)), None)
+        return (*_ACTIVATIONS[op](attributes(node)), None)
     if op == "Clip":
         low, high = r.constant(node, 1), r.constant(node, 2)
         if low is None or high is None or (float(low), float(high)) != (0.0, 6.0):
@@ -375,18 +259,7 @@ def _activation(r: Reader, node: Any) -> list[Any] | None:
     found = _activation_of(r, node)
     if found is None:
         return None
-    kind, args, weight = found
-    prefix, _, role = node.name.partition(":")
-    owner = r.by_name.get(prefix) if role == "activation" else None
-    if owner is not None:  # cnnspec's own export: the activation argument of a conv2d or dense
-        owner["args"]["activation"] = {kind: args} if args else kind
-        if weight is not None:
-            r.weights[f"{prefix}.activation.weight"] = weight
-        r.producer[node.output[0]] = prefix
-        return [node]
-    name = r.add(node, kind, args, r.variables(node)[:1])
-    if weight is not None:
-        r.weights[f"{name}.weight"] = weight
+    r.add_activation(node, *found)
     return [node]
 
 
@@ -409,8 +282,8 @@ def _ceil_emulated(size: Shape, kernel: list[int], stride: list[int], pads: list
 
 def _pool(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
     def read(r: Reader, node: Any) -> list[Any] | None:
-        a = _attributes(node)
-        _explicit(node, a)
+        a = attributes(node)
+        explicit(node, a)
         if len(node.output) > 1 and node.output[1]:
             raise ImportRefused(f"{node_label(node)}: MaxPool with an indices output is not supported")
         if list(a.get("dilations", [1, 1])) != [1, 1]:
@@ -454,7 +327,7 @@ def _reduce(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
     """ReduceMean or ReduceMax over height and width: a global pool (``x.mean((2, 3))``)."""
 
     def read(r: Reader, node: Any) -> list[Any] | None:
-        a = _attributes(node)
+        a = attributes(node)
         given = r.constant(node, 1)
         axes = sorted(int(i) % 4 for i in (given if given is not None else a.get("axes", [])))
         if len(r.shape(node.input[0])) != 4 or axes != [2, 3]:
@@ -466,7 +339,7 @@ def _reduce(kind: str) -> Callable[[Reader, Any], list[Any] | None]:
 
 
 def _pad(r: Reader, node: Any) -> list[Any] | None:
-    a = _attributes(node)
+    a = attributes(node)
     given = r.constant(node, 1)
     pads = [int(p) for p in (given if given is not None else a.get("pads", []))]
     fill = r.constant(node, 2)
@@ -477,7 +350,7 @@ def _pad(r: Reader, node: Any) -> list[Any] | None:
     after = r.next_one(node, ("Conv", "AveragePool", "MaxPool"))
     folds = after is not None and (
         (after.op_type == "Conv" and value == 0.0)
-        or (after.op_type == "AveragePool" and value == 0.0 and not any(_attributes(after).get("pads", [0])))
+        or (after.op_type == "AveragePool" and value == 0.0 and not any(attributes(after).get("pads", [0])))
         or (after.op_type == "MaxPool" and value == -np.inf)
     )
     if folds:  # the padding becomes the next layer's own
@@ -495,7 +368,7 @@ def _batchnorm(r: Reader, node: Any) -> list[Any] | None:
     parts = [r.constant(node, i) for i in range(1, 5)]
     if any(p is None for p in parts):
         return None
-    a = _attributes(node)
+    a = attributes(node)
     eps, momentum = float(a.get("epsilon", 1e-5)), 1.0 - float(a.get("momentum", 0.9))
     args: dict[str, Any] = {}
     if not np.isclose(eps, 1e-5, rtol=1e-6):
@@ -509,7 +382,7 @@ def _batchnorm(r: Reader, node: Any) -> list[Any] | None:
 
 
 def _lrn(r: Reader, node: Any) -> list[Any] | None:
-    a = _attributes(node)
+    a = attributes(node)
     size = int(a["size"])
     if size % 2 == 0:
         raise ImportRefused(f"{node_label(node)}: LRN of even size {size} centres its window differently from cnnspec's")
@@ -522,7 +395,7 @@ def _lrn(r: Reader, node: Any) -> list[Any] | None:
 def _dropout(r: Reader, node: Any) -> list[Any]:
     """Kept as a layer (an identity in inference; fine-tuning wants it back)."""
     rate = r.constant(node, 1)
-    r.add(node, Dropout.kind, {"rate": decimal(float(rate) if rate is not None else float(_attributes(node).get("ratio", 0.5)))},
+    r.add(node, Dropout.kind, {"rate": decimal(float(rate) if rate is not None else float(attributes(node).get("ratio", 0.5)))},
           [node.input[0]])
     return [node]
 
@@ -560,7 +433,7 @@ RULES: list[Rule] = [
 RULES_BY_OP: dict[str, list[Rule]] = {}
 
 
-for _rule in RULES:
+for _rule in [*MODERN_RULES, *RULES]:  # the longer patterns of the newer kinds first (Sigmoid + Mul before Sigmoid)
     RULES_BY_OP.setdefault(_rule.pattern[0], []).append(_rule)
 
 
@@ -578,7 +451,7 @@ class Imported:
 def import_onnx(model: onnx.ModelProto, name: str | None = None) -> Imported:
     """The spec and canonical weights of an ONNX model."""
     plain = normalise(model)
-    reader = Reader(plain)
+    reader = Reader(plain, rules=RULES_BY_OP)
     reader.read()
     output = reader.producer.get(plain.output)
     if output is None or not reader.layers or output != reader.layers[-1]["name"]:

@@ -27,7 +27,9 @@ import numpy as np
 from cnnspec.backends.keras_layers import (
     NO_PADDING,
     ChannelAffine,
+    ClipAffine,
     DivisorAvgPool2D,
+    Gelu,
     GroupedConv2D,
     LocalResponseNorm,
     PaddedMaxPool2D,
@@ -39,7 +41,21 @@ from cnnspec.backends.protocol import BackendError
 from cnnspec.backends.tf_quiet import keras, tf
 from cnnspec.graph.dag import Graph, Node
 from cnnspec.layers import Layer
-from cnnspec.layers.activation import ELU, Activation, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from cnnspec.layers.activation import (
+    ELU,
+    GELU,
+    Activation,
+    HardSigmoid,
+    HardSwish,
+    LeakyReLU,
+    PReLU,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
@@ -113,6 +129,7 @@ LOWERINGS: dict[type[Layer], Lowering] = {}
 # Activations Keras computes exactly as the spec defines them, by name, inside conv2d/dense.
 _INLINE: dict[type[Activation], Callable[[Any], Any]] = {
     ReLU: keras.activations.relu, Sigmoid: keras.activations.sigmoid, Tanh: keras.activations.tanh,
+    SiLU: keras.activations.silu, HardSwish: keras.activations.hard_silu,
 }
 
 
@@ -124,6 +141,10 @@ _ACTIVATION_LAYERS: dict[type[Activation], Callable[[Any, str], keras.layers.Lay
     Sigmoid: lambda a, name: keras.layers.Activation(keras.activations.sigmoid, name=name),
     Tanh: lambda a, name: keras.layers.Activation(keras.activations.tanh, name=name),
     Softmax: lambda a, name: keras.layers.Softmax(axis=-1, name=name),  # channels (NHWC) or features
+    SiLU: lambda a, name: keras.layers.Activation(keras.activations.silu, name=name),
+    HardSwish: lambda a, name: keras.layers.Activation(keras.activations.hard_silu, name=name),
+    HardSigmoid: lambda a, name: ClipAffine(a.alpha, a.beta, name=name),  # Keras 3's hard_sigmoid only for 1/6
+    GELU: lambda a, name: Gelu(a.approximate != "none", name=name),
 }
 
 

@@ -21,12 +21,16 @@ from cnnspec.graph.dag import Graph
 from cnnspec.layers import Layer, Shape
 from cnnspec.layers.activation import (
     ELU,
+    GELU,
     Activation,
+    HardSigmoid,
+    HardSwish,
     LeakyReLU,
     PReLU,
     ReLU,
     ReLU6,
     Sigmoid,
+    SiLU,
     Softmax,
     Tanh,
 )
@@ -64,7 +68,22 @@ _SIMPLE: dict[type[Activation], Callable[[Any], nn.Module]] = {
     Sigmoid: lambda a: nn.Sigmoid(),
     Tanh: lambda a: nn.Tanh(),
     Softmax: lambda a: nn.Softmax(dim=1),  # over channels
+    SiLU: lambda a: nn.SiLU(),
+    HardSwish: lambda a: nn.Hardswish(),
+    HardSigmoid: lambda a: nn.Hardsigmoid() if (a.alpha, a.beta) == (1 / 6, 0.5) else _HardSigmoid(a.alpha, a.beta),
+    GELU: lambda a: nn.GELU(approximate=a.approximate),
 }
+
+
+class _HardSigmoid(nn.Module):
+    """clip(alpha * x + beta, 0, 1) for slopes other than PyTorch's 1/6 (ONNX's 0.2, Keras 2's)."""
+
+    def __init__(self, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.alpha * x + self.beta, 0.0, 1.0)
 
 
 def _activation(activation: Activation, shape: Shape) -> nn.Module:

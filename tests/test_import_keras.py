@@ -118,6 +118,25 @@ def test_a_functional_model_with_every_layer_imports_with_its_outputs(tmp_path: 
                      "concat", "leaky_relu", "global_maxpool2d", "flatten", "dense", "dropout", "softmax"}
 
 
+def test_the_newer_activations_import_by_their_keras_names(tmp_path: Path) -> None:
+    """swish, silu, hard_silu, hard_sigmoid and gelu, as arguments and as Activation layers."""
+    inp = keras.Input((9, 8, 3))
+    x = layers.Conv2D(6, 3, activation="swish")(inp)
+    x = layers.Activation("hard_silu")(x)
+    a = layers.Conv2D(6, 1, activation="hard_sigmoid")(x)
+    x = layers.Activation("silu")(layers.Add()([a, x]))
+    x = layers.Dense(4, activation="gelu")(x)  # on a map: a 1x1 convolution
+    model = randomised(keras.Model(inp, layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "m.keras")
+    imported = keras_import.import_keras(keras_import.load(tmp_path / "m.keras"), "m")
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32) * 3
+    graph, ours = our_output(imported, x)
+    assert_agrees(ours, np.asarray(model(x.transpose(0, 2, 3, 1), training=False)))
+    said = {node.layer.kind for node in graph.nodes} | {type(node.layer.activation).__name__ for node in graph.nodes
+                                                        if getattr(node.layer, "activation", None) is not None}
+    assert said >= {"SiLU", "hard_swish", "HardSigmoid", "silu", "GELU"}
+
+
 def test_a_nested_frozen_base_stays_frozen_and_counts_match_keras(tmp_path: Path) -> None:
     source = frozen_base()
     path = tmp_path / "classifier.keras"
@@ -204,8 +223,8 @@ def test_a_shared_layer_is_refused(tmp_path: Path) -> None:
 
 def test_an_unsupported_activation_and_a_free_image_size_are_refused(tmp_path: Path) -> None:
     inp = keras.Input((8, 8, 3))
-    message = refusal(keras.Model(inp, layers.Conv2D(4, 3, activation="gelu", name="c")(inp)), tmp_path)
-    assert message.startswith("layer 'c' (Conv2D): activation 'gelu' has no cnnspec kind")
+    message = refusal(keras.Model(inp, layers.Conv2D(4, 3, activation="selu", name="c")(inp)), tmp_path)
+    assert message.startswith("layer 'c' (Conv2D): activation 'selu' has no cnnspec kind")
     inp = keras.Input((None, None, 3))
     message = refusal(keras.Model(inp, layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inp))), tmp_path)
     assert message == "the input needs a fixed height x width x channels shape, got (?, ?, 3)"

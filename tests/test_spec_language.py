@@ -172,7 +172,8 @@ def test_every_activation_is_usable_both_ways(parse_spec: Parse) -> None:
     from cnnspec.layers.activation import Activation
 
     names = [kind for kind, cls in LAYERS.items() if issubclass(cls, Activation)]
-    assert set(names) == {"relu", "relu6", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax"}
+    assert set(names) == {"relu", "relu6", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax", "silu", "hard_sigmoid",
+                          "hard_swish", "gelu"}
     body = "".join(f"  - {name}: {{}}\n  - dense: {{units: 3, activation: {name}}}\n" for name in names)
     graph = parse_spec("name: net\ninput: {shape: [3]}\nlayers:\n" + body)
     assert len(graph.nodes) == 2 * len(names)

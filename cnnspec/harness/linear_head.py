@@ -92,7 +92,7 @@ def solve(x: np.ndarray, y: np.ndarray, classes: int, settings: ClassifierSolve,
     """The weights minimising the objective above for features ``x`` (N x D) and labels
     ``y``, started from zero (the optimum is unique, so where the layer started does not
     matter)."""
-    from scipy.optimize import minimize  # type: ignore[import-untyped]
+    from scipy.optimize import minimize
 
     started = time.perf_counter()
     count, width = x.shape

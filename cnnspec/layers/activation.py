@@ -1,13 +1,14 @@
 """Activations, usable as layers (``- relu: {}``) and as the ``activation:`` argument of
 conv2d and dense (``activation: relu`` or ``activation: {leaky_relu: {negative_slope: 0.2}}``).
 
-Semantics follow PyTorch's modules of the same names (``torch.nn.ReLU`` and so on);
-softmax runs over the channel axis.
+Semantics follow PyTorch's modules of the same names (``torch.nn.ReLU``, ``nn.SiLU``,
+``nn.Hardsigmoid``, ``nn.Hardswish``, ``nn.GELU`` and so on); softmax runs over the
+channel axis.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, final
+from typing import Annotated, Any, ClassVar, Literal, final
 
 from pydantic import BeforeValidator, Field, StrictBool, WithJsonSchema
 
@@ -77,6 +78,46 @@ class Sigmoid(Activation):
 @register
 class Tanh(Activation):
     kind = "tanh"
+
+
+@final
+@register
+class SiLU(Activation):
+    """x * sigmoid(x): Keras' ``swish``, EfficientNet's activation."""
+
+    kind = "silu"
+
+
+@final
+@register
+class HardSigmoid(Activation):
+    """clip(alpha * x + beta, 0, 1). The defaults are PyTorch's and Keras 3's,
+    relu6(x + 3) / 6; ONNX's operator defaults to alpha 0.2 (Keras 2's)."""
+
+    kind = "hard_sigmoid"
+    alpha: Number = 1 / 6
+    beta: Number = 0.5
+
+
+@final
+@register
+class HardSwish(Activation):
+    """x * relu6(x + 3) / 6: MobileNetV3's activation, Keras' ``hard_silu``."""
+
+    kind = "hard_swish"
+
+
+GeluForm = Literal["none", "tanh"]
+
+
+@final
+@register
+class GELU(Activation):
+    """x * Phi(x), Phi the standard normal's distribution function (the erf form);
+    ``approximate: tanh`` for 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+
+    kind = "gelu"
+    approximate: GeluForm = "none"
 
 
 @final

@@ -1,0 +1,204 @@
+"""ONNX import rules for the kinds of networks after 2016: the activations they use,
+whichever way an exporter spells them.
+
+Exporters write the same activation many ways: ``HardSwish`` as one operator (torch,
+opset 14+), as ``x * HardSigmoid(x)``, or as ``x * Clip(x + 3, 0, 6) / 6`` (Keras 3's
+raw operations through tf2onnx); GELU as opset 20's ``Gelu`` or as a chain around
+``Erf`` in any order of its multiplications; SiLU as ``Sigmoid`` then ``Mul``. So a chain
+of element-wise operators is read by what it computes, not by how it is written: the
+nodes that read only one tensor ``x`` (and scalar constants) are gathered, evaluated in
+float64 on probe values, and compared with each candidate activation by the project's
+agreement rule at a tolerance far below the gap between any two candidates (the tanh
+form of GELU is within 1e-4 of the erf form; float32 constants within 1e-7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, get_args
+
+import numpy as np
+
+from cnnspec.agreement import agrees
+from cnnspec.backends.import_common import decimal
+from cnnspec.backends.onnx_reader import Reader, Rule, attributes
+from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, SiLU
+
+_, _TANH_FORM = get_args(GeluForm)
+_PROBE = np.concatenate([np.linspace(-5.0, 5.0, 201), [-3.0, 3.0, -2.5, 2.5]])
+_IDENTIFY = 1e-6  # relative to the values' magnitude; candidates differ by 1e-4 or more
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return np.asarray(erf(x))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1)
+
+
+def _clip(x: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    return np.clip(x, -np.inf if low is None else low, np.inf if high is None else high)
+
+
+# Element-wise operators: f(inputs, attributes); constants arrive as float64 scalars.
+_EVALUATE: dict[str, Callable[[list[Any], dict[str, Any]], np.ndarray]] = {
+    "Add": lambda v, a: v[0] + v[1],
+    "Sub": lambda v, a: v[0] - v[1],
+    "Mul": lambda v, a: v[0] * v[1],
+    "Div": lambda v, a: v[0] / v[1],
+    "Pow": lambda v, a: np.power(v[0], v[1]),
+    "Neg": lambda v, a: -v[0],
+    "Sqrt": lambda v, a: np.sqrt(v[0]),
+    "Exp": lambda v, a: np.exp(v[0]),
+    "Erf": lambda v, a: _erf(v[0]),
+    "Tanh": lambda v, a: np.tanh(v[0]),
+    "Sigmoid": lambda v, a: _sigmoid(v[0]),
+    "Relu": lambda v, a: np.maximum(v[0], 0),
+    "Clip": lambda v, a: _clip(v[0], v[1] if len(v) > 1 else None, v[2] if len(v) > 2 else None),
+    "Min": lambda v, a: np.minimum(v[0], v[1]),
+    "Max": lambda v, a: np.maximum(v[0], v[1]),
+    "HardSigmoid": lambda v, a: np.clip(a.get("alpha", 0.2) * v[0] + a.get("beta", 0.5), 0, 1),
+    "HardSwish": lambda v, a: v[0] * np.clip(v[0] / 6 + 0.5, 0, 1),
+}
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + _erf(x / np.sqrt(2)))
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+# (kind, arguments, function): what a chain may compute.
+_CANDIDATES: list[tuple[str, dict[str, Any], Callable[[np.ndarray], np.ndarray]]] = [
+    (SiLU.kind, {}, lambda x: x * _sigmoid(x)),
+    (HardSwish.kind, {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    (GELU.kind, {}, _gelu),
+    (GELU.kind, {"approximate": _TANH_FORM}, _gelu_tanh),
+]
+
+
+def _hard_sigmoid_args(y: np.ndarray) -> dict[str, Any] | None:
+    """alpha and beta of clip(alpha * x + beta, 0, 1) when ``y`` is one; PyTorch's 1/6, 1/2 as
+    the defaults (no arguments)."""
+    inside = (y > 1e-6) & (y < 1 - 1e-6)
+    if inside.sum() < 2:
+        return None
+    alpha, beta = np.polyfit(_PROBE[inside], y[inside], 1)
+    if alpha <= 0 or not agrees(y, np.clip(alpha * _PROBE + beta, 0, 1), _IDENTIFY):
+        return None
+    if abs(alpha - 1 / 6) < 1e-6 and abs(beta - 0.5) < 1e-6:
+        return {}
+    return {"alpha": decimal(float(alpha)), "beta": decimal(float(beta))}
+
+
+def _identify(y: np.ndarray) -> tuple[str, dict[str, Any]] | None:
+    for kind, args, function in _CANDIDATES:
+        if agrees(y, function(_PROBE), _IDENTIFY):
+            return kind, args
+    slope = _hard_sigmoid_args(y)
+    return None if slope is None else (HardSigmoid.kind, slope)
+
+
+def _scalar(r: Reader, name: str) -> float | None:
+    value = r.plain.constants.get(name)
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _region(r: Reader, x: str) -> list[Any]:
+    """Every element-wise node, in model order, that reads only ``x``, scalar constants and
+    other such nodes' outputs."""
+    inside: set[str] = {x}
+    nodes: list[Any] = []
+    for node in r.plain.nodes:  # topological order: one pass gathers the closure
+        if id(node) in r.done or node.op_type not in _EVALUATE:
+            continue
+        names = [name for name in node.input if name]
+        if names and all(name in inside or _scalar(r, name) is not None for name in names) and any(n in inside for n in names):
+            nodes.append(node)
+            inside.add(node.output[0])
+    return nodes
+
+
+def _evaluate(r: Reader, x: str, nodes: list[Any]) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {x: _PROBE}
+    with np.errstate(all="ignore"):
+        for node in nodes:
+            inputs = [values[name] if name in values else _scalar(r, name) for name in node.input if name]
+            values[node.output[0]] = np.broadcast_to(_EVALUATE[node.op_type](inputs, attributes(node)), _PROBE.shape)
+    return values
+
+
+def _ancestors(nodes: list[Any], last: Any) -> list[Any]:
+    producer = {node.output[0]: node for node in nodes}
+    wanted, stack = {id(last)}, [last]
+    while stack:
+        for name in stack.pop().input:
+            if name in producer and id(producer[name]) not in wanted:
+                wanted.add(id(producer[name]))
+                stack.append(producer[name])
+    return [node for node in nodes if id(node) in wanted]
+
+
+def _closed(r: Reader, taken: list[Any], last: Any) -> bool:
+    """No tensor inside ``taken`` but its last is read outside it or is the model's output."""
+    ids = {id(node) for node in taken}
+    for node in taken:
+        if node is last:
+            continue
+        if node.output[0] == r.plain.output or any(id(user) not in ids for user in r.consumers.get(node.output[0], [])):
+            return False
+    return True
+
+
+def _elementwise_chain(r: Reader, node: Any) -> list[Any] | None:
+    """Two or more element-wise nodes, starting at ``node``, that compute a known activation
+    of one tensor: the largest such chain."""
+    variables = set(r.variables(node))
+    if len(variables) != 1:
+        return None
+    x = variables.pop()
+    region = _region(r, x)
+    if len(region) < 2 or node not in region:
+        return None
+    values = _evaluate(r, x, region)
+    for last in reversed(region):
+        taken = _ancestors(region, last)
+        if len(taken) < 2 or node not in taken or not _closed(r, taken, last):
+            continue
+        found = _identify(values[last.output[0]])
+        if found is not None:
+            r.add_activation(node, *found, reads=x, last=last)
+            return taken
+    return None
+
+
+def _single(r: Reader, node: Any) -> list[Any] | None:
+    a = attributes(node)
+    if node.op_type == "HardSwish":
+        kind, args = HardSwish.kind, {}
+    elif node.op_type == "Gelu":
+        form = a.get("approximate", b"none")
+        kind, args = GELU.kind, ({"approximate": _TANH_FORM} if (form.decode() if isinstance(form, bytes) else form) == _TANH_FORM else {})
+    else:  # HardSigmoid, ONNX's defaults 0.2 and 0.5
+        slope = _hard_sigmoid_args(np.clip(float(a.get("alpha", 0.2)) * _PROBE + float(a.get("beta", 0.5)), 0, 1))
+        if slope is None:
+            return None
+        kind, args = HardSigmoid.kind, slope
+    r.add_activation(node, kind, args)
+    return [node]
+
+
+_CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
+
+MODERN_RULES: list[Rule] = [
+    *(Rule((op,), _CHAIN_KINDS, _elementwise_chain, "element-wise operators of one tensor that compute one of them")
+      for op in sorted(_EVALUATE)),
+    Rule(("HardSwish",), HardSwish.kind, _single),
+    Rule(("HardSigmoid",), HardSigmoid.kind, _single, "with a positive alpha"),
+    Rule(("Gelu",), GELU.kind, _single),
+]

@@ -1,0 +1,135 @@
+"""The activations of networks after 2016 (SiLU, hard sigmoid, hard swish, GELU in both
+forms) as torch's two exporters write them, and as element-wise chains other tools write:
+each imports to its one cnnspec kind, with torch's outputs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
+nn = torch.nn
+
+from typer.testing import CliRunner  # noqa: E402
+
+import cnnspec  # noqa: E402
+from cnnspec.agreement import assert_agrees  # noqa: E402
+from cnnspec.backends import numpy_backend, onnx_backend, onnx_import  # noqa: E402
+from cnnspec.cli.app import app  # noqa: E402
+from cnnspec.runs.files import load_arrays  # noqa: E402
+from cnnspec.spec.training import TrainConfig  # noqa: E402
+
+runner = CliRunner()
+
+
+class Raw(nn.Module):
+    """An activation written out in raw operations, as Keras 3 and hand-written code do."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "swish":
+            return x * torch.sigmoid(x)
+        if self.form == "hard_swish_keras":  # Keras 3: x * (relu6(x + 3) * (1/6))
+            return x * (torch.nn.functional.relu6(x + 3.0) * (1.0 / 6.0))
+        if self.form == "hard_sigmoid_keras":
+            return torch.nn.functional.relu6(x + 3.0) / 6.0
+        assert self.form == "gelu_by_hand"  # x * Phi(x), the multiplications in another order
+        return x * (0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))))
+
+
+# name -> (module, the kind and arguments the spec must say)
+ACTIVATIONS = {
+    "silu": (nn.SiLU, "silu"),
+    "hardswish": (nn.Hardswish, "hard_swish"),
+    "hardsigmoid": (nn.Hardsigmoid, "hard_sigmoid"),
+    "gelu": (nn.GELU, "gelu"),
+    "gelu-tanh": (lambda: nn.GELU(approximate="tanh"), "gelu: {approximate: tanh}"),
+    "swish-raw": (lambda: Raw("swish"), "silu"),
+    "hard_swish-keras": (lambda: Raw("hard_swish_keras"), "hard_swish"),
+    "hard_sigmoid-keras": (lambda: Raw("hard_sigmoid_keras"), "hard_sigmoid"),
+    "gelu-by-hand": (lambda: Raw("gelu_by_hand"), "gelu"),
+}
+
+
+def block(activation: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), activation, nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(1.0, 3.0)  # values reach the kinks at -3 and 3
+    return model.eval()
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13", "torchscript-17"])
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_torch_exports_of_modern_activations_import_as_one_kind(tmp_path: Path, name: str, exporter: str) -> None:
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    build, said = ACTIVATIONS[name]
+    model = block(build())
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "default":
+            torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), str(path))
+        else:
+            torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, opset_version=int(exporter[-2:]))
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "m.yaml").read_text()
+    kind = said.partition(":")[0]
+    assert f"- {said}" in text or f"- {kind}:" in text, text
+    graph = cnnspec.load_spec(tmp_path / "m.yaml")
+    kinds = [node.kind for node in graph.nodes]  # the exporters may fold the batch norm into the convolution
+    assert kinds.count(kind) == 1 and set(kinds) <= {"conv2d", "batchnorm", kind}, kinds  # the chain is one layer
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "m.safetensors"))
+    x = np.random.default_rng(3).standard_normal((4, 3, 8, 8)).astype(np.float32) * 2
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+
+
+def _one_node(op: str, **attributes: float) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name="act", **attributes)], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize(("op", "attributes", "expected"), [
+    ("HardSigmoid", {}, {"hard_sigmoid": {"alpha": 0.2, "beta": 0.5}}),  # ONNX's defaults are not PyTorch's
+    ("HardSigmoid", {"alpha": 1 / 6}, "hard_sigmoid"),
+    ("HardSigmoid", {"alpha": 0.25, "beta": 0.25}, {"hard_sigmoid": {"alpha": 0.25, "beta": 0.25}}),
+    ("Gelu", {}, "gelu"),
+    ("HardSwish", {}, "hard_swish"),
+])
+def test_single_operators_read_their_attributes(op: str, attributes: dict[str, float], expected: object) -> None:
+    model = _one_node(op, **attributes)
+    imported = onnx_import.import_onnx(model, name="one")
+    graph = cnnspec.parse_spec(imported.text, "one.yaml")
+    (node,) = graph.nodes
+    kind, args = (expected, {}) if isinstance(expected, str) else next(iter(expected.items()))  # type: ignore[union-attr]
+    assert node.kind == kind
+    assert {k: round(v, 6) for k, v in node.layer.model_dump(exclude={"kind"}).items() if k in args} == args
+    x = np.random.default_rng(0).uniform(-6, 6, (1, 3, 4, 4)).astype(np.float32)
+    session = numpy_backend.open_session(graph, TrainConfig())
+    assert_agrees(session.predict(x), next(iter(onnx_backend.run(model, x).values())))
+
+
+def test_a_chain_that_computes_no_known_activation_is_refused_by_name() -> None:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="gate"), helper.make_node("Mul", ["s", "s"], ["y"], name="square")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(onnx_import.ImportRefused, match=r"node 'square': ONNX Mul on 1x3x4x4, 1x3x4x4 matches no pattern"):
+        onnx_import.import_onnx(model)
