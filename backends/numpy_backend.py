@@ -36,7 +36,7 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
-from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
@@ -91,6 +91,7 @@ LOWERINGS.update(
         ChannelShuffle: lambda layer, shapes, out, rng: ops.ChannelShuffle(layer.order(shapes[0][0])),
         Add: lambda layer, shapes, out, rng: ops.Add(),
         Concat: lambda layer, shapes, out, rng: ops.Concat(),
+        Multiply: lambda layer, shapes, out, rng: ops.Multiply(),
         ReLU: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER),
         ReLU6: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER6),
         Sigmoid: lambda layer, shapes, out, rng: acts.Elementwise(*acts.LOGISTIC),

@@ -449,6 +449,22 @@ class Add(Op):
         return [grad] * self._count
 
 
+class Multiply(Op):
+    """A product of two tensors; a C x 1 x 1 gate broadcasts, and its gradient sums over H x W."""
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        self._a, self._b = inputs
+        return self._a * self._b
+
+    def backward(self, grad: Array) -> list[Array]:
+        return [_unbroadcast(grad * self._b, self._a.shape), _unbroadcast(grad * self._a, self._b.shape)]
+
+
+def _unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
+    axes = tuple(i for i, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1)
+    return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
 class Concat(Op):
     def forward(self, inputs: list[Array], training: bool) -> Array:
         self._splits = [x.shape[1] for x in inputs]

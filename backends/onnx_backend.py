@@ -41,7 +41,7 @@ from cnnspec.layers.activation import (
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
-from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.spec.grammar import INPUT
@@ -284,6 +284,7 @@ LOWERINGS.update(
         Dropout: _dropout,
         Add: lambda e, node, inputs, graph: e.node("Sum", inputs, node.name, node.name),
         Concat: lambda e, node, inputs, graph: e.node("Concat", inputs, node.name, node.name, axis=1),
+        Multiply: lambda e, node, inputs, graph: e.node("Mul", inputs, node.name, node.name),  # the gate broadcasts
     }
 )
 _ACTIVATION_KINDS: tuple[type[Layer], ...] = (*_ACTIVATIONS, ReLU6, PReLU, SiLU, HardSwish, GELU)

@@ -1,5 +1,5 @@
 """ONNX import rules for the kinds of networks after 2016: the activations they use,
-whichever way an exporter spells them.
+whichever way an exporter spells them, and the product of two tensors (a gate).
 
 Exporters write the same activation many ways: ``HardSwish`` as one operator (torch,
 opset 14+), as ``x * HardSigmoid(x)``, or as ``x * Clip(x + 3, 0, 6) / 6`` (Keras 3's
@@ -23,6 +23,7 @@ from cnnspec.agreement import agrees
 from cnnspec.backends.import_common import decimal
 from cnnspec.backends.onnx_reader import Reader, Rule, attributes
 from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, SiLU
+from cnnspec.layers.merge import Multiply
 
 _, _TANH_FORM = get_args(GeluForm)
 _PROBE = np.concatenate([np.linspace(-5.0, 5.0, 201), [-3.0, 3.0, -2.5, 2.5]])
@@ -193,6 +194,18 @@ def _single(r: Reader, node: Any) -> list[Any] | None:
     return [node]
 
 
+def _multiply(r: Reader, node: Any) -> list[Any] | None:
+    reads = r.variables(node)
+    if len(reads) != 2 or len(node.input) != 2:
+        return None
+    first, second = (r.shape(name) for name in reads)
+    gate = first if first[2:] == (1, 1) else second
+    if first != second and not (len(first) == len(second) == 4 and gate[2:] == (1, 1) and first[:2] == second[:2]):
+        return None
+    r.add(node, Multiply.kind, {}, reads)
+    return [node]
+
+
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
 
 MODERN_RULES: list[Rule] = [
@@ -201,4 +214,5 @@ MODERN_RULES: list[Rule] = [
     Rule(("HardSwish",), HardSwish.kind, _single),
     Rule(("HardSigmoid",), HardSigmoid.kind, _single, "with a positive alpha"),
     Rule(("Gelu",), GELU.kind, _single),
+    Rule(("Mul",), Multiply.kind, _multiply, "of two tensors of one shape, or of a map by an N x C x 1 x 1 gate"),
 ]

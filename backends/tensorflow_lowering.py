@@ -59,7 +59,7 @@ from cnnspec.layers.activation import (
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
-from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
@@ -323,12 +323,18 @@ def _canonical_vector(node: Node, index: int, value: Value) -> Any:
     return Reorder(_inverse(value.perm).tolist(), name=f".{node.name}.order{index}")(value.tensor)
 
 
-def _add(b: Builder, node: Node, inputs: list[Value]) -> Value:
-    first = inputs[0].perm
-    if all(v.perm is None for v in inputs) or (first is not None and all(v.perm is not None and np.array_equal(v.perm, first) for v in inputs)):
-        return Value(keras.layers.Add(name=node.name)([value.tensor for value in inputs]), first)
-    tensors = [_canonical_vector(node, i, value) for i, value in enumerate(inputs)]
-    return Value(keras.layers.Add(name=node.name)(tensors))
+def _elementwise(merge: Callable[..., Any]) -> Lowering:
+    """Add or Multiply: on the tensors as they are where every input is in one order, else
+    each in canonical order first. A C x 1 x 1 gate is 1 x 1 x C in NHWC and broadcasts."""
+
+    def lower(b: Builder, node: Node, inputs: list[Value]) -> Value:
+        first = inputs[0].perm
+        if all(v.perm is None for v in inputs) or (first is not None and all(v.perm is not None and np.array_equal(v.perm, first) for v in inputs)):
+            return Value(merge(name=node.name)([value.tensor for value in inputs]), first)
+        tensors = [_canonical_vector(node, i, value) for i, value in enumerate(inputs)]
+        return Value(merge(name=node.name)(tensors))
+
+    return lower
 
 
 def _concat(b: Builder, node: Node, inputs: list[Value]) -> Value:
@@ -367,7 +373,8 @@ LOWERINGS.update(
         ZeroPadding2d: _zero_padding,
         Affine: _affine,
         ChannelShuffle: _channel_shuffle,
-        Add: _add,
+        Add: _elementwise(keras.layers.Add),
+        Multiply: _elementwise(keras.layers.Multiply),
         Concat: _concat,
         GlobalAvgPool2d: _global_pool,
         GlobalMaxPool2d: _global_pool,

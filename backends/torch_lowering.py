@@ -36,7 +36,7 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
-from cnnspec.layers.merge import Add, Concat
+from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding, window_out
@@ -203,6 +203,11 @@ class Sum(nn.Module):
         return total
 
 
+class Product(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 class ChannelConcat(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return torch.cat(inputs, dim=1)
@@ -253,6 +258,7 @@ LOWERINGS.update(
         ChannelShuffle: lambda layer, shapes: SpecChannelShuffle(layer.groups),
         Add: lambda layer, shapes: Sum(),
         Concat: lambda layer, shapes: ChannelConcat(),
+        Multiply: lambda layer, shapes: Product(),
     }
 )
 

@@ -33,6 +33,13 @@ KINDS = {
     "zero_padding2d": "[2, 3, 3]|- zero_padding2d: {padding: [[1, 0], [2, 1]]}",
     "add": "[3, 4, 4]|- conv2d: {filters: 3, kernel: 1}\n  name: a\n- add: {}\n  inputs: [a, input]",
     "concat": "[3, 4, 4]|- conv2d: {filters: 2, kernel: 1}\n  name: a\n- concat: {}\n  inputs: [input, a]",
+    "multiply": "[3, 4, 4]|- conv2d: {filters: 3, kernel: 1}\n  name: a\n- multiply: {}\n  inputs: [a, input]",
+    "multiply-gate": "[4, 5, 3]|- global_avgpool2d: {keepdims: true}\n- conv2d: {filters: 2, kernel: 1, activation: relu}\n"
+                     "- conv2d: {filters: 4, kernel: 1, activation: hard_sigmoid}\n  name: gate\n- multiply: {}\n  inputs: [input, gate]",
+    "multiply-gate-first": "[4, 3, 3]|- global_maxpool2d: {keepdims: true}\n  name: g\n- sigmoid: {}\n  name: gate\n"
+                           "- multiply: {}\n  inputs: [gate, input]",
+    "multiply-vectors": "[2, 3, 2]|- flatten: {}\n  name: f\n- dense: {units: 12, activation: sigmoid}\n  name: d\n"
+                        "- multiply: {}\n  inputs: [f, d]\n- dense: {units: 3}",
     "relu": "[4, 3]|- relu: {}",
     "relu6": "[4, 3]|- relu6: {}",
     "leaky_relu": "[4, 3]|- leaky_relu: {}",

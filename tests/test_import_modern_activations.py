@@ -129,7 +129,49 @@ def test_single_operators_read_their_attributes(op: str, attributes: dict[str, f
 def test_a_chain_that_computes_no_known_activation_is_refused_by_name() -> None:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="gate"), helper.make_node("Mul", ["s", "s"], ["y"], name="square")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
-    with pytest.raises(onnx_import.ImportRefused, match=r"node 'square': ONNX Mul on 1x3x4x4, 1x3x4x4 matches no pattern"):
+    three = numpy_helper.from_array(np.array(3.0, np.float32), "three")
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="gate"), helper.make_node("Pow", ["s", "three"], ["y"], name="cube")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[three]), opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(onnx_import.ImportRefused, match=r"node 'cube': ONNX Pow on 1x3x4x4 matches no pattern cnnspec reads; "
+                                                         r"supported: Pow -> silu, hard_swish, hard_sigmoid or gelu"):
         onnx_import.import_onnx(model)
+
+
+class SqueezeExcite(nn.Module):
+    """torchvision's SqueezeExcitation, with the gate activation each family uses."""
+
+    def __init__(self, channels: int, squeeze: int, gate: nn.Module) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
+        self.activation, self.scale_activation = nn.SiLU(), gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+def test_a_squeeze_and_excitation_block_imports_as_pool_convs_gate_and_multiply(tmp_path: Path, gate: str, exporter: str) -> None:
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), SqueezeExcite(8, 4, nn.Sigmoid() if gate == "sigmoid" else nn.Hardsigmoid())).eval()
+    path = tmp_path / "se.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "default":
+            torch.onnx.export(model, (torch.randn(1, 3, 9, 9),), str(path))
+        else:
+            torch.onnx.export(model, (torch.randn(1, 3, 9, 9),), str(path), dynamo=False, opset_version=13)
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "se.yaml")])
+    assert result.exit_code == 0, result.output
+    graph = cnnspec.load_spec(tmp_path / "se.yaml")
+    assert [node.kind for node in graph.nodes] == ["conv2d", "global_avgpool2d", "conv2d", "silu", "conv2d",
+                                                   "sigmoid" if gate == "sigmoid" else "hard_sigmoid", "multiply"]
+    assert graph.params == sum(p.numel() for p in model.parameters())
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "se.safetensors"))
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())

@@ -1,4 +1,4 @@
-"""Layers that join branches of a DAG: residual add and channel concat."""
+"""Layers that join branches of a DAG: residual add, channel concat and multiply (a gate)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,30 @@ class Concat(Layer):
                     f"{format_shape(shape)}; concat joins channels and needs equal H x W"
                 )
         return LayerInfo(output_shape=(sum(shape[0] for shape in inputs), *first[1:]))
+
+
+@final
+@register
+class Multiply(Layer):
+    """Element-wise product of two inputs of identical shape, or of a C x H x W map by a
+    C x 1 x 1 gate in either place (squeeze-and-excitation's scaling); the output is the
+    map's shape."""
+
+    kind = "multiply"
+    arity = (2, 2)
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        first, second = inputs
+        if first == second:
+            return LayerInfo(output_shape=first)
+        gate, other = (first, second) if _is_gate(first) else (second, first)
+        if len(other) == 3 and _is_gate(gate) and gate[0] == other[0]:
+            return LayerInfo(output_shape=other)
+        raise ShapeError(
+            f"cannot multiply a {format_shape(first)} input by a {format_shape(second)} input: multiply takes two "
+            f"inputs of one shape, or a C x H x W map and a C x 1 x 1 gate"
+        )
+
+
+def _is_gate(shape: Shape) -> bool:
+    return len(shape) == 3 and shape[1:] == (1, 1)
