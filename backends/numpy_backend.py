@@ -35,7 +35,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -84,6 +84,7 @@ LOWERINGS.update(
         GlobalMaxPool2d: lambda layer, shapes, out, rng: ops.GlobalPool(True, layer.keepdims),
         Flatten: lambda layer, shapes, out, rng: ops.Flatten(),
         Dropout: lambda layer, shapes, out, rng: ops.Dropout(layer.rate, rng),
+        DropPath: lambda layer, shapes, out, rng: ops.DropPath(layer.rate, rng),
         BatchNorm: lambda layer, shapes, out, rng: ops.BatchNorm(layer.eps, layer.momentum),
         LRN: lambda layer, shapes, out, rng: ops.LRN(layer.size, layer.alpha, layer.beta, layer.k),
         ZeroPadding2d: _zero_padding,

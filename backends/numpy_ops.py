@@ -316,6 +316,19 @@ class Dropout(Op):
         return [grad if self._mask is None else grad * self._mask]
 
 
+class DropPath(Dropout):
+    """Dropout of whole samples: one draw per batch item."""
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        x = inputs[0]
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        keep = xp_of(x).asarray(self.rng.random((x.shape[0], *([1] * (x.ndim - 1)))) >= self.rate)
+        self._mask = keep.astype(x.dtype) / (1 - self.rate)
+        return x * self._mask
+
+
 class BatchNorm(Op):
     """PyTorch's semantics: normalise by the biased batch variance, keep the unbiased
     one in the running statistics, running = (1 - momentum) * running + momentum * batch."""

@@ -40,7 +40,7 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -260,11 +260,17 @@ def _channel_shuffle(e: Emitter, node: Node, inputs: list[str], graph: Graph) ->
     return e.node("Reshape", [swapped, merged], node.name, node.name)
 
 
+DROP_PATH_NOTE = "stochastic depth: whole samples dropped"
+
+
 def _dropout(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     layer = node.layer
-    assert isinstance(layer, Dropout)  # an identity at inference; the rate is kept for import
+    assert isinstance(layer, (Dropout, DropPath))  # an identity at inference; the rate is kept for import
     ratio = e.constant(f"{node.name}:ratio", np.array(layer.rate, np.float32))
-    return e.node("Dropout", [inputs[0], ratio], node.name, node.name)
+    output = e.node("Dropout", [inputs[0], ratio], node.name, node.name)
+    if isinstance(layer, DropPath):  # ONNX has no operator for it: a Dropout that says what it was
+        e.nodes[-1].doc_string = DROP_PATH_NOTE
+    return output
 
 
 LOWERINGS.update(
@@ -282,6 +288,7 @@ LOWERINGS.update(
         Affine: _affine,
         ChannelShuffle: _channel_shuffle,
         Dropout: _dropout,
+        DropPath: _dropout,
         Add: lambda e, node, inputs, graph: e.node("Sum", inputs, node.name, node.name),
         Concat: lambda e, node, inputs, graph: e.node("Concat", inputs, node.name, node.name, axis=1),
         Multiply: lambda e, node, inputs, graph: e.node("Mul", inputs, node.name, node.name),  # the gate broadcasts

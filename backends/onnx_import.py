@@ -23,12 +23,13 @@ import numpy as np
 import onnx
 
 from cnnspec.backends.import_common import ImportRefused, decimal, padding_arg, pair, rounding, spec_text
+from cnnspec.backends.onnx_backend import DROP_PATH_NOTE
 from cnnspec.backends.onnx_modern_rules import MODERN_RULES
 from cnnspec.backends.onnx_normalise import Shape, node_label, normalise
 from cnnspec.backends.onnx_reader import Reader, Rule, attributes, explicit
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
@@ -395,7 +396,8 @@ def _lrn(r: Reader, node: Any) -> list[Any] | None:
 def _dropout(r: Reader, node: Any) -> list[Any]:
     """Kept as a layer (an identity in inference; fine-tuning wants it back)."""
     rate = r.constant(node, 1)
-    r.add(node, Dropout.kind, {"rate": decimal(float(rate) if rate is not None else float(attributes(node).get("ratio", 0.5)))},
+    kind = DropPath.kind if node.doc_string == DROP_PATH_NOTE else Dropout.kind  # cnnspec's own export of drop_path
+    r.add(node, kind, {"rate": decimal(float(rate) if rate is not None else float(attributes(node).get("ratio", 0.5)))},
           [node.input[0]])
     return [node]
 

@@ -58,7 +58,7 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -306,9 +306,11 @@ def _channel_shuffle(b: Builder, node: Node, inputs: list[Value]) -> Value:
 
 def _dropout(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
-    assert isinstance(layer, Dropout)
+    assert isinstance(layer, (Dropout, DropPath))
     seed = b.seed + b.graph.nodes.index(node)
-    return Value(keras.layers.Dropout(layer.rate, seed=seed, name=node.name)(inputs[0].tensor), inputs[0].perm)
+    rank = len(inputs[0].tensor.shape)  # drop_path: one draw per sample, Keras' noise_shape
+    noise = (None, *([1] * (rank - 1))) if isinstance(layer, DropPath) else None
+    return Value(keras.layers.Dropout(layer.rate, noise_shape=noise, seed=seed, name=node.name)(inputs[0].tensor), inputs[0].perm)
 
 
 def _zero_padding(b: Builder, node: Node, inputs: list[Value]) -> Value:
@@ -370,6 +372,7 @@ LOWERINGS.update(
         Dense: _dense,
         BatchNorm: _batchnorm,
         Dropout: _dropout,
+        DropPath: _dropout,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,
         ChannelShuffle: _channel_shuffle,

@@ -35,7 +35,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -203,6 +203,20 @@ class Sum(nn.Module):
         return total
 
 
+class StochasticDepth(nn.Module):
+    """torchvision's ``StochasticDepth`` in mode "row", without torchvision."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = torch.empty((x.shape[0], *([1] * (x.ndim - 1))), dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.rate)
+        return x * keep / (1.0 - self.rate)
+
+
 class Product(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
@@ -249,6 +263,7 @@ LOWERINGS.update(
         GlobalMaxPool2d: lambda layer, shapes: GlobalPool(True, layer.keepdims),
         Flatten: lambda layer, shapes: nn.Flatten(),
         Dropout: lambda layer, shapes: nn.Dropout(layer.rate),
+        DropPath: lambda layer, shapes: StochasticDepth(layer.rate),
         BatchNorm: lambda layer, shapes: (nn.BatchNorm2d if len(shapes[0]) == 3 else nn.BatchNorm1d)(
             shapes[0][0], eps=layer.eps, momentum=layer.momentum
         ),

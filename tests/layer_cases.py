@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
+import pytest
+
 import cnnspec
 from cnnspec import Graph
 
@@ -57,6 +60,8 @@ KINDS = {
     "conv2d-activation-hard_swish": "[2, 6, 6]|- conv2d: {filters: 3, kernel: 3, activation: hard_swish}",
     "dense-activation-silu": "[6]|- dense: {units: 4, activation: silu}",
     "dropout-eval": "[4, 3]|- dropout: {rate: 0.5}",
+    "drop_path-eval": "[3, 4, 4]|- conv2d: {filters: 3, kernel: 1}\n- drop_path: {rate: 0.3}\n  name: branch\n- add: {}\n"
+                      "  inputs: [branch, input]",
     "affine": "[3, 4, 5]|- affine: {}",
     "affine-no-bias-vector": "[3, 2, 2]|- flatten: {}\n- affine: {bias: false}\n- dense: {units: 3}",
     "channel_shuffle": "[6, 3, 2]|- conv2d: {filters: 6, kernel: 1, groups: 3}\n- channel_shuffle: {groups: 3}\n- conv2d: {filters: 4, kernel: 1, groups: 2}",
@@ -74,6 +79,17 @@ def kind_graph(name: str) -> Graph:
     shape, body = KINDS[name].split("|")
     layers = textwrap.indent(body, "  ")
     return cnnspec.parse_spec(f"name: k\ninput: {{shape: {shape}}}\nlayers:\n{layers}\n", f"{name}.yaml")
+
+
+def drop_path_graph() -> Graph:
+    return cnnspec.parse_spec("name: d\ninput: {shape: [3, 4, 4]}\nlayers:\n  - drop_path: {rate: 0.3}\n", "d.yaml")
+
+
+def assert_whole_samples_dropped(out: np.ndarray) -> None:
+    """Each sample all zero or all 1 / (1 - 0.3); about 30% zero."""
+    per_sample = out.reshape(len(out), -1)
+    assert np.all((per_sample == 0).all(axis=1) | np.isclose(per_sample, 1 / 0.7).all(axis=1))
+    assert (per_sample[:, 0] == 0).mean() == pytest.approx(0.3, abs=0.04)
 
 
 # Optimizer settings that reach every branch of the update rules.

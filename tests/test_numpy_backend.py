@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layer_cases import KINDS, OPTIMIZER_CASES, case_id, kind_graph
+from layer_cases import KINDS, OPTIMIZER_CASES, assert_whole_samples_dropped, case_id, drop_path_graph, kind_graph
 
 import cnnspec
 from cnnspec import Graph
@@ -71,7 +71,7 @@ def compare(graph: Graph, batch: int, training: bool, tolerance: float, seed: in
 
 # Dropout is compared in evaluation mode only: in training the two backends draw their
 # masks from different generators (test_dropout_statistics covers training).
-MODES = [(name, training) for name in sorted(KINDS) for training in (True, False) if not (name == "dropout-eval" and training)]
+MODES = [(name, training) for name in sorted(KINDS) for training in (True, False) if not (name.endswith("-eval") and training)]
 
 
 @pytest.mark.parametrize(("name", "training"), MODES)
@@ -150,6 +150,18 @@ def test_dropout_statistics() -> None:
     assert (out == 0).mean() == pytest.approx(0.5, abs=0.02)
     assert set(np.unique(out)) == {0.0, 2.0}  # kept values scaled by 1/(1 - rate)
     assert np.array_equal(network.backward(np.ones_like(out)), out)  # the same mask
+
+
+def test_drop_path_drops_whole_samples_in_numpy_and_torch() -> None:
+    x = np.ones((2000, 3, 4, 4), np.float32)
+    network = numpy_backend.Network(drop_path_graph(), np, np.float32, seed=0)
+    out = network.forward(x, training=True)
+    assert_whole_samples_dropped(out)
+    assert np.array_equal(network.backward(np.ones_like(out)), out)
+    assert np.array_equal(network.forward(x, training=False), x)
+    module = torch_backend.build(drop_path_graph()).train()
+    assert_whole_samples_dropped(module(torch.from_numpy(x)).detach().numpy())
+    assert np.array_equal(module.eval()(torch.from_numpy(x)).detach().numpy(), x)
 
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layer_cases import KINDS, OPTIMIZER_CASES, case_id, kind_graph
+from layer_cases import KINDS, OPTIMIZER_CASES, assert_whole_samples_dropped, case_id, drop_path_graph, kind_graph
 from typer.testing import CliRunner
 
 import cnnspec
@@ -77,7 +77,7 @@ def compare(graph: Graph, training: bool, tolerance: float, batch: int = 3) -> N
                 close(ours[name], reference.weights[name], name)
 
 
-MODES = [(name, training) for name in sorted(KINDS) for training in (True, False) if not (name == "dropout-eval" and training)]
+MODES = [(name, training) for name in sorted(KINDS) for training in (True, False) if not (name.endswith("-eval") and training)]
 
 
 @pytest.mark.parametrize(("name", "training"), MODES)
@@ -308,3 +308,10 @@ def test_real_warnings_still_pass_the_filter(capfd: pytest.CaptureFixture[str]) 
     captured = capfd.readouterr().err
     assert "something real went wrong" in captured
     assert "absl::InitializeLog" not in captured
+
+
+def test_drop_path_drops_whole_samples_in_tensorflow() -> None:
+    model = tensorflow_backend.build(drop_path_graph())
+    x = np.ones((2000, 3, 4, 4), np.float32)
+    assert_whole_samples_dropped(np.asarray(model(x, training=True)))
+    assert np.array_equal(np.asarray(model(x, training=False)), x)

@@ -90,6 +90,21 @@ class Dropout(Layer):
 
 @final
 @register
+class DropPath(Layer):
+    """Stochastic depth (Huang et al. 2016) on a residual branch: in training each sample's
+    whole branch is zeroed with probability ``rate`` and the kept ones scaled by
+    1 / (1 - rate) (torchvision's ``StochasticDepth``, mode "row"); the identity at
+    evaluation."""
+
+    kind = "drop_path"
+    rate: Rate = 0.0
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        return LayerInfo(output_shape=inputs[0])
+
+
+@final
+@register
 class ZeroPadding2d(Layer):
     kind = "zero_padding2d"
     aliases = ("ZeroPad2d",)
