@@ -35,9 +35,9 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
-from cnnspec.layers.norm import LRN, Affine, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
 from cnnspec.spec.grammar import INPUT
@@ -89,6 +89,7 @@ LOWERINGS.update(
         LRN: lambda layer, shapes, out, rng: ops.LRN(layer.size, layer.alpha, layer.beta, layer.k),
         ZeroPadding2d: _zero_padding,
         Affine: lambda layer, shapes, out, rng: ops.Affine(layer.bias),
+        LayerNorm: lambda layer, shapes, out, rng: ops.LayerNorm(layer.eps),
         ChannelShuffle: lambda layer, shapes, out, rng: ops.ChannelShuffle(layer.order(shapes[0][0])),
         Add: lambda layer, shapes, out, rng: ops.Add(),
         Concat: lambda layer, shapes, out, rng: ops.Concat(),

@@ -369,6 +369,34 @@ class BatchNorm(Op):
         return [(grad_norm - mean_grad - normalized * mean_grad_norm) * inv_std.reshape(shape)]
 
 
+class LayerNorm(Op):
+    """Over axis 1 (the channels at each position, or a vector's features), then a scale
+    and shift per channel."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def _per_channel(self, array: Array, ndim: int) -> Array:
+        return array.reshape(1, -1, *([1] * (ndim - 2)))
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        x = inputs[0]
+        centred = x - x.mean(axis=1, keepdims=True)
+        self._inverse = 1 / xp_of(x).sqrt((centred * centred).mean(axis=1, keepdims=True) + self.eps)
+        self._normal = centred * self._inverse
+        return self._normal * self._per_channel(self.weights["weight"], x.ndim) + self._per_channel(self.weights["bias"], x.ndim)
+
+    def backward(self, grad: Array) -> list[Array]:
+        normal, axes = self._normal, tuple(i for i in range(grad.ndim) if i != 1)
+        self.grads["weight"] = (grad * normal).sum(axis=axes)
+        self.grads["bias"] = grad.sum(axis=axes)
+        d_normal = grad * self._per_channel(self.weights["weight"], grad.ndim)
+        mean_d = d_normal.mean(axis=1, keepdims=True)
+        mean_dn = (d_normal * normal).mean(axis=1, keepdims=True)
+        return [self._inverse * (d_normal - mean_d - normal * mean_dn)]
+
+
 class Affine(Op):
     """y = weight[c] * x + bias[c] over the channel axis (axis 1) of a map or vector."""
 

@@ -40,9 +40,9 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
-from cnnspec.layers.norm import LRN, Affine, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.spec.grammar import INPUT
 
@@ -216,6 +216,21 @@ def _batchnorm(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
                   momentum=1.0 - layer.momentum)
 
 
+def _layer_norm(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
+    """LayerNormalization normalises the axes from ``axis`` on: a map's channels are moved
+    last and back, as torch's exporter writes ConvNeXt's LayerNorm2d."""
+    layer = node.layer
+    assert isinstance(layer, LayerNorm)
+    if e.opset < 17:
+        raise ExportRefused(f"layer_norm '{node.name}': ONNX has LayerNormalization from opset 17; export with --opset 17 or later")
+    scale, bias = e.weight(f"{node.name}.weight"), e.weight(f"{node.name}.bias")
+    if len(node.output_shape) == 1:
+        return e.node("LayerNormalization", [inputs[0], scale, bias], node.name, node.name, axis=-1, epsilon=layer.eps)
+    last = e.node("Transpose", [inputs[0]], f"{node.name}:nhwc", f"{node.name}:nhwc", perm=[0, 2, 3, 1])
+    normal = e.node("LayerNormalization", [last, scale, bias], f"{node.name}:normal", f"{node.name}:normal", axis=-1, epsilon=layer.eps)
+    return e.node("Transpose", [normal], node.name, node.name, perm=[0, 3, 1, 2])
+
+
 def _lrn(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     layer = node.layer
     assert isinstance(layer, LRN)
@@ -283,6 +298,7 @@ LOWERINGS.update(
         GlobalAvgPool2d: _global_pool,
         GlobalMaxPool2d: _global_pool,
         BatchNorm: _batchnorm,
+        LayerNorm: _layer_norm,
         LRN: _lrn,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,

@@ -1,5 +1,6 @@
 """ONNX import rules for the kinds of networks after 2016: the activations they use,
-whichever way an exporter spells them, and the product of two tensors (a gate).
+whichever way an exporter spells them, the product of two tensors (a gate), and layer
+normalisation over channels.
 
 Exporters write the same activation many ways: ``HardSwish`` as one operator (torch,
 opset 14+), as ``x * HardSigmoid(x)``, or as ``x * Clip(x + 3, 0, 6) / 6`` (Keras 3's
@@ -24,6 +25,7 @@ from cnnspec.backends.import_common import decimal
 from cnnspec.backends.onnx_reader import Reader, Rule, attributes
 from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, SiLU
 from cnnspec.layers.merge import Multiply
+from cnnspec.layers.norm import LayerNorm
 
 _, _TANH_FORM = get_args(GeluForm)
 _PROBE = np.concatenate([np.linspace(-5.0, 5.0, 201), [-3.0, 3.0, -2.5, 2.5]])
@@ -206,6 +208,38 @@ def _multiply(r: Reader, node: Any) -> list[Any] | None:
     return [node]
 
 
+def _layer_norm_args(r: Reader, node: Any, channels: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+    a = attributes(node)
+    scale, bias = r.constant(node, 1), r.constant(node, 2)
+    if scale is None or scale.size != channels or a.get("axis", -1) not in (-1, len(r.shape(node.input[0])) - 1):
+        return None
+    bias = np.zeros(channels, np.float32) if bias is None else bias
+    eps = float(a.get("epsilon", 1e-5))
+    return ({} if np.isclose(eps, 1e-5, rtol=1e-3) else {"eps": decimal(eps)}), scale.reshape(-1), bias.reshape(-1)
+
+
+def _layer_norm(r: Reader, node: Any) -> list[Any] | None:
+    """LayerNormalization over the last axis: of a vector; or between Transposes that move a
+    map's channels last and back (how exporters write LayerNorm2d)."""
+    if node.op_type == "LayerNormalization":  # on N x F
+        shape = r.shape(node.input[0])
+        found = _layer_norm_args(r, node, shape[-1]) if len(shape) == 2 else None
+        taken, reads, last = [node], node.input[0], node
+    else:
+        norm = r.next_one(node, "LayerNormalization")
+        back = r.next_one(norm, "Transpose") if norm is not None else None
+        if back is None or list(attributes(node).get("perm", [])) != [0, 2, 3, 1] or list(attributes(back).get("perm", [])) != [0, 3, 1, 2]:
+            return None
+        found = _layer_norm_args(r, norm, r.shape(node.input[0])[1])
+        taken, reads, last = [node, norm, back], node.input[0], back
+    if found is None:
+        return None
+    args, scale, bias = found
+    name = r.add(last, LayerNorm.kind, args, [reads])
+    r.weights[f"{name}.weight"], r.weights[f"{name}.bias"] = scale.astype(np.float32), bias.astype(np.float32)
+    return taken
+
+
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
 
 MODERN_RULES: list[Rule] = [
@@ -214,5 +248,7 @@ MODERN_RULES: list[Rule] = [
     Rule(("HardSwish",), HardSwish.kind, _single),
     Rule(("HardSigmoid",), HardSigmoid.kind, _single, "with a positive alpha"),
     Rule(("Gelu",), GELU.kind, _single),
+    Rule(("Transpose", "LayerNormalization", "Transpose"), LayerNorm.kind, _layer_norm, "channels moved last, normalised, moved back"),
+    Rule(("LayerNormalization",), LayerNorm.kind, _layer_norm, "of a vector, with a known scale"),
     Rule(("Mul",), Multiply.kind, _multiply, "of two tensors of one shape, or of a map by an N x C x 1 x 1 gate"),
 ]

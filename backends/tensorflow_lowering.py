@@ -58,9 +58,9 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
-from cnnspec.layers.norm import LRN, Affine, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding
 from cnnspec.spec.grammar import INPUT
@@ -287,6 +287,16 @@ def _batchnorm(b: Builder, node: Node, inputs: list[Value]) -> Value:
     return Value(tensor, perm)
 
 
+def _layer_norm(b: Builder, node: Node, inputs: list[Value]) -> Value:
+    layer = node.layer
+    assert isinstance(layer, LayerNorm)  # channels last in NHWC: Keras' own layer, over axis -1
+    norm = keras.layers.LayerNormalization(axis=-1, epsilon=layer.eps, name=node.name)
+    tensor = norm(inputs[0].tensor)
+    b.bind_vector(f"{node.name}.weight", norm.gamma, inputs[0].perm)
+    b.bind_vector(f"{node.name}.bias", norm.beta, inputs[0].perm)
+    return Value(tensor, inputs[0].perm)
+
+
 def _affine(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
     assert isinstance(layer, Affine)
@@ -375,6 +385,7 @@ LOWERINGS.update(
         DropPath: _dropout,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,
+        LayerNorm: _layer_norm,
         ChannelShuffle: _channel_shuffle,
         Add: _elementwise(keras.layers.Add),
         Multiply: _elementwise(keras.layers.Multiply),

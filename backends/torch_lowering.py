@@ -35,9 +35,9 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, DropPath, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
-from cnnspec.layers.norm import LRN, Affine, BatchNorm
+from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding, window_out
 from cnnspec.spec.grammar import INPUT
@@ -217,6 +217,16 @@ class StochasticDepth(nn.Module):
         return x * keep / (1.0 - self.rate)
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """``LayerNorm(C)`` over the channels of an N x C x H x W map (torchvision's
+    ``LayerNorm2d``), or over a vector's features; parameters ``weight`` and ``bias``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return super().forward(x)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class Product(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
@@ -270,6 +280,7 @@ LOWERINGS.update(
         LRN: lambda layer, shapes: nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k),
         ZeroPadding2d: lambda layer, shapes: nn.ZeroPad2d(_zero_padding(layer)),
         Affine: lambda layer, shapes: ChannelAffine(shapes[0][0], layer.bias),
+        LayerNorm: lambda layer, shapes: ChannelLayerNorm(shapes[0][0], layer.eps),
         ChannelShuffle: lambda layer, shapes: SpecChannelShuffle(layer.groups),
         Add: lambda layer, shapes: Sum(),
         Concat: lambda layer, shapes: ChannelConcat(),

@@ -31,6 +31,8 @@ KINDS = {
     "dense-no-bias": "[7]|- dense: {units: 4, bias: false, activation: elu}",
     "batchnorm-2d": "[3, 4, 4]|- batchnorm: {eps: 0.001, momentum: 0.3}",
     "batchnorm-1d": "[5]|- batchnorm: {}",
+    "layer_norm": "[5, 3, 2]|- layer_norm: {eps: 0.000001}",
+    "layer_norm-vector": "[2, 3, 2]|- flatten: {}\n- layer_norm: {}\n- dense: {units: 3}",
     "lrn": "[6, 3, 3]|- lrn: {size: 3, alpha: 0.01, beta: 0.75, k: 2}",
     "lrn-even": "[5, 2, 2]|- lrn: {size: 4, alpha: 0.1}",
     "zero_padding2d": "[2, 3, 3]|- zero_padding2d: {padding: [[1, 0], [2, 1]]}",

@@ -51,6 +51,26 @@ class BatchNorm(Layer):
 
 @final
 @register
+class LayerNorm(Layer):
+    """Normalisation over the channels at each position (over the features of a vector),
+    with a learned scale and shift per channel: PyTorch's ``LayerNorm(C)`` on a
+    channels-last map, ConvNeXt's ``LayerNorm2d`` (its eps is 1e-6), Keras'
+    ``LayerNormalization(axis=-1)``."""
+
+    kind = "layer_norm"
+    aliases = ("LayerNorm", "LayerNormalization", "LayerNorm2d")
+    eps: PositiveNumber = 1e-5
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        return LayerInfo(output_shape=inputs[0], params=affine_params(channels_of(inputs[0])))
+
+    def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
+        channels = (inputs[0][0],)
+        return {"weight": WeightSpec(channels, "constant", value=1.0), "bias": WeightSpec(channels, "zeros")}
+
+
+@final
+@register
 class LRN(Layer):
     """Local response normalisation across channels (Krizhevsky et al. 2012), with
     PyTorch's ``LocalResponseNorm`` semantics: b = a / (k + alpha/size * sum a^2)^beta."""

@@ -1,6 +1,7 @@
-"""The activations of networks after 2016 (SiLU, hard sigmoid, hard swish, GELU in both
-forms) as torch's two exporters write them, and as element-wise chains other tools write:
-each imports to its one cnnspec kind, with torch's outputs."""
+"""The blocks of networks after 2016 as torch's two exporters write them: activations
+(SiLU, hard sigmoid, hard swish, GELU in both forms, also as element-wise chains other
+tools write), squeeze-and-excitation, ConvNeXt's LayerNorm2d. Each imports to its cnnspec
+kinds, with torch's outputs."""
 
 from __future__ import annotations
 
@@ -173,5 +174,41 @@ def test_a_squeeze_and_excitation_block_imports_as_pool_convs_gate_and_multiply(
     session = numpy_backend.open_session(graph, TrainConfig())
     session.set_weights(load_arrays(tmp_path / "se.safetensors"))
     x = np.random.default_rng(3).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: channels moved last, normalised, moved back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-17"])
+def test_convnext_layer_norm_imports_as_layer_norm(tmp_path: Path, exporter: str) -> None:
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), LayerNorm2d(8, eps=1e-6), nn.Conv2d(8, 8, 7, padding=3, groups=8)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    path = tmp_path / "ln.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "default":
+            torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path))
+        else:
+            torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17)
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "ln.yaml")])
+    assert result.exit_code == 0, result.output
+    graph = cnnspec.load_spec(tmp_path / "ln.yaml")
+    assert [node.kind for node in graph.nodes] == ["conv2d", "layer_norm", "conv2d"]
+    assert graph.nodes[1].layer.eps == pytest.approx(1e-6)
+    assert graph.params == sum(p.numel() for p in model.parameters())
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "ln.safetensors"))
+    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():
         assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
