@@ -1,7 +1,7 @@
 """Keras layers for what Keras lacks, each matching the spec's (PyTorch's) definition:
 -inf padding for max pooling, PyTorch's average-pool divisor, grouped convolution with
 gradients on CPU, LRN of even size, batchnorm with the unbiased running variance, a
-feature reorder, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
+feature reorder, a channel slice, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
 saved ``.keras`` model loads where cnnspec is installed."""
 
 from __future__ import annotations
@@ -219,6 +219,21 @@ class Reorder(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"order": self.order}
+
+
+@keras.saving.register_keras_serializable(package="cnnspec")
+class ChannelSlice(keras.layers.Layer):
+    """Channels (the last axis) ``start`` to ``stop``."""
+
+    def __init__(self, start: int, stop: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, x: Any) -> Any:
+        return x[..., self.start : self.stop]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
 
 
 @keras.saving.register_keras_serializable(package="cnnspec")

@@ -35,7 +35,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -94,6 +94,7 @@ LOWERINGS.update(
         Add: lambda layer, shapes, out, rng: ops.Add(),
         Concat: lambda layer, shapes, out, rng: ops.Concat(),
         Multiply: lambda layer, shapes, out, rng: ops.Multiply(),
+        Slice: lambda layer, shapes, out, rng: ops.Slice(layer.start, layer.stop),
         ReLU: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER),
         ReLU6: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER6),
         Sigmoid: lambda layer, shapes, out, rng: acts.Elementwise(*acts.LOGISTIC),

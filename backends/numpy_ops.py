@@ -490,6 +490,21 @@ class Add(Op):
         return [grad] * self._count
 
 
+class Slice(Op):
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        self._shape = inputs[0].shape
+        return inputs[0][:, self.start : self.stop]
+
+    def backward(self, grad: Array) -> list[Array]:
+        full = xp_of(grad).zeros(self._shape, grad.dtype)
+        full[:, self.start : self.stop] = grad
+        return [full]
+
+
 class Multiply(Op):
     """A product of two tensors; a C x 1 x 1 gate broadcasts, and its gradient sums over H x W."""
 

@@ -40,7 +40,7 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -216,6 +216,14 @@ def _batchnorm(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
                   momentum=1.0 - layer.momentum)
 
 
+def _slice(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
+    layer = node.layer
+    assert isinstance(layer, Slice)
+    bounds = [e.constant(f"{node.name}:{what}", np.array([value], np.int64))
+              for what, value in (("starts", layer.start), ("ends", layer.stop), ("axes", 1))]
+    return e.node("Slice", [inputs[0], *bounds], node.name, node.name)
+
+
 def _layer_norm(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     """LayerNormalization normalises the axes from ``axis`` on: a map's channels are moved
     last and back, as torch's exporter writes ConvNeXt's LayerNorm2d."""
@@ -299,6 +307,7 @@ LOWERINGS.update(
         GlobalMaxPool2d: _global_pool,
         BatchNorm: _batchnorm,
         LayerNorm: _layer_norm,
+        Slice: _slice,
         LRN: _lrn,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,

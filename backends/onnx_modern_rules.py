@@ -1,6 +1,6 @@
 """ONNX import rules for the kinds of networks after 2016: the activations they use,
-whichever way an exporter spells them, the product of two tensors (a gate), and layer
-normalisation over channels.
+whichever way an exporter spells them, the product of two tensors (a gate), layer
+normalisation over channels, and slices of channels (ShuffleNetV2's split).
 
 Exporters write the same activation many ways: ``HardSwish`` as one operator (torch,
 opset 14+), as ``x * HardSigmoid(x)``, or as ``x * Clip(x + 3, 0, 6) / 6`` (Keras 3's
@@ -24,6 +24,7 @@ from cnnspec.agreement import agrees
 from cnnspec.backends.import_common import decimal
 from cnnspec.backends.onnx_reader import Reader, Rule, attributes
 from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, SiLU
+from cnnspec.layers.core import Slice
 from cnnspec.layers.merge import Multiply
 from cnnspec.layers.norm import LayerNorm
 
@@ -240,6 +241,45 @@ def _layer_norm(r: Reader, node: Any) -> list[Any] | None:
     return taken
 
 
+def _channel_range(start: int, stop: int, channels: int) -> tuple[int, int]:
+    """Python's slice rule: negatives count from the end; ends past it (torch writes
+    2**63 - 1 for ``x[:, 2:]``) stop at it."""
+    start, stop = (value + channels if value < 0 else value for value in (start, stop))
+    return max(0, min(start, channels)), max(0, min(stop, channels))
+
+
+def _slice(r: Reader, node: Any) -> list[Any] | None:
+    starts, ends, axes, steps = (r.constant(node, index) for index in (1, 2, 3, 4))
+    if starts is None or ends is None or axes is None or starts.size != 1 or [int(v) for v in axes.reshape(-1)] not in ([1], [-3]):
+        return None
+    if (len(r.shape(node.input[0])) == 2 and int(axes.reshape(-1)[0]) != 1) or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+        return None
+    start, stop = _channel_range(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), r.shape(node.input[0])[1])
+    if start >= stop:
+        return None
+    r.add(node, Slice.kind, {"start": start, "stop": stop} if start else {"stop": stop}, [node.input[0]])
+    return [node]
+
+
+def _split(r: Reader, node: Any) -> list[Any] | None:
+    """One slice layer per output of a Split over channels."""
+    a, channels = attributes(node), r.shape(node.input[0])[1]
+    if a.get("axis", 0) not in (1, -3 if len(r.shape(node.input[0])) == 4 else 1):
+        return None
+    sizes = r.constant(node, 1)
+    parts = [int(v) for v in (sizes.reshape(-1) if sizes is not None else a.get("split", []))]
+    if not parts:  # equal parts (opset 18's num_outputs: the last may be smaller)
+        each = -(-channels // len(node.output))
+        parts = [min(each, channels - i * each) for i in range(len(node.output))]
+    if sum(parts) != channels or len(parts) != len(node.output):
+        return None
+    start = 0
+    for size, output in zip(parts, node.output, strict=True):
+        r.add(node, Slice.kind, {"start": start, "stop": start + size} if start else {"stop": size}, [node.input[0]], output)
+        start += size
+    return [node]
+
+
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
 
 MODERN_RULES: list[Rule] = [
@@ -250,5 +290,7 @@ MODERN_RULES: list[Rule] = [
     Rule(("Gelu",), GELU.kind, _single),
     Rule(("Transpose", "LayerNormalization", "Transpose"), LayerNorm.kind, _layer_norm, "channels moved last, normalised, moved back"),
     Rule(("LayerNormalization",), LayerNorm.kind, _layer_norm, "of a vector, with a known scale"),
+    Rule(("Slice",), Slice.kind, _slice, "of channels, by known bounds, step 1"),
+    Rule(("Split",), Slice.kind, _split, "over channels: a slice per output"),
     Rule(("Mul",), Multiply.kind, _multiply, "of two tensors of one shape, or of a map by an N x C x 1 x 1 gate"),
 ]

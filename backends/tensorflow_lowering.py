@@ -27,6 +27,7 @@ import numpy as np
 from cnnspec.backends.keras_layers import (
     NO_PADDING,
     ChannelAffine,
+    ChannelSlice,
     ClipAffine,
     DivisorAvgPool2D,
     Gelu,
@@ -58,7 +59,7 @@ from cnnspec.layers.activation import (
 )
 from cnnspec.layers.base import Padding4
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -287,6 +288,12 @@ def _batchnorm(b: Builder, node: Node, inputs: list[Value]) -> Value:
     return Value(tensor, perm)
 
 
+def _slice(b: Builder, node: Node, inputs: list[Value]) -> Value:
+    layer = node.layer
+    assert isinstance(layer, Slice)  # a vector in Keras' flatten order is put in canonical order first
+    return Value(ChannelSlice(layer.start, layer.stop, name=node.name)(_canonical_vector(node, 0, inputs[0])))
+
+
 def _layer_norm(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
     assert isinstance(layer, LayerNorm)  # channels last in NHWC: Keras' own layer, over axis -1
@@ -386,6 +393,7 @@ LOWERINGS.update(
         ZeroPadding2d: _zero_padding,
         Affine: _affine,
         LayerNorm: _layer_norm,
+        Slice: _slice,
         ChannelShuffle: _channel_shuffle,
         Add: _elementwise(keras.layers.Add),
         Multiply: _elementwise(keras.layers.Multiply),

@@ -35,7 +35,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
+from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
@@ -227,6 +227,15 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class ChannelSlice(nn.Module):
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start : self.stop]
+
+
 class Product(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
@@ -285,6 +294,7 @@ LOWERINGS.update(
         Add: lambda layer, shapes: Sum(),
         Concat: lambda layer, shapes: ChannelConcat(),
         Multiply: lambda layer, shapes: Product(),
+        Slice: lambda layer, shapes: ChannelSlice(layer.start, layer.stop),
     }
 )
 

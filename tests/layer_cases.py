@@ -66,6 +66,10 @@ KINDS = {
                       "  inputs: [branch, input]",
     "affine": "[3, 4, 5]|- affine: {}",
     "affine-no-bias-vector": "[3, 2, 2]|- flatten: {}\n- affine: {bias: false}\n- dense: {units: 3}",
+    "slice": "[6, 3, 2]|- slice: {start: 2, stop: 5}",
+    "slice-halves": "[4, 3, 3]|- slice: {stop: 2}\n  name: a\n- slice: {start: 2, stop: 4}\n  inputs: [input]\n  name: b\n"
+                    "- conv2d: {filters: 2, kernel: 1}\n- concat: {}\n  inputs: [a, conv2d_1]\n- channel_shuffle: {groups: 2}",
+    "slice-vector": "[2, 3, 2]|- flatten: {}\n- slice: {start: 3, stop: 9}\n- dense: {units: 3}",
     "channel_shuffle": "[6, 3, 2]|- conv2d: {filters: 6, kernel: 1, groups: 3}\n- channel_shuffle: {groups: 3}\n- conv2d: {filters: 4, kernel: 1, groups: 2}",
     # A flatten of a non-square map, then layers that see the flattened features one by
     # one: a backend that flattens in another order must permute all their weights.

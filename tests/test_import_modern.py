@@ -212,3 +212,45 @@ def test_convnext_layer_norm_imports_as_layer_norm(tmp_path: Path, exporter: str
     x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():
         assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's ShuffleNetV2 InvertedResidual at stride 1: half the channels pass, half
+    go through the branch; joined, then shuffled in two groups."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.branch2 = nn.Sequential(nn.Conv2d(half, half, 1), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1, groups=half),
+                                     nn.Conv2d(half, half, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=1)
+        out = torch.cat((x1, self.branch2(x2)), dim=1)
+        b, c, h, w = out.shape
+        return out.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
+def test_a_shufflenet_v2_unit_imports_with_slices_concat_and_shuffle(tmp_path: Path, exporter: str) -> None:
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), ShuffleUnit(8), nn.Conv2d(8, 4, 1)).eval()
+    path = tmp_path / "shuffle.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "default":
+            torch.onnx.export(model, (torch.randn(1, 3, 6, 6),), str(path))
+        else:
+            torch.onnx.export(model, (torch.randn(1, 3, 6, 6),), str(path), dynamo=False, opset_version=13)
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 0, result.output
+    graph = cnnspec.load_spec(tmp_path / "s.yaml")
+    kinds = [node.kind for node in graph.nodes]
+    assert kinds.count("slice") == 2 and "concat" in kinds and "channel_shuffle" in kinds, kinds
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "s.safetensors"))
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())

@@ -13,6 +13,7 @@ from cnnspec.layers.base import (
     InitArg,
     Layer,
     LayerInfo,
+    NonNegativeInt,
     Padding,
     PositiveInt,
     Rate,
@@ -119,6 +120,26 @@ class ZeroPadding2d(Layer):
             output_shape=(channels, height + top + bottom, width + left + right),
             window=Window(kernel=(1, 1), stride=(1, 1)),
         )
+
+
+@final
+@register
+class Slice(Layer):
+    """Channels ``start`` to ``stop`` (excluded) of a map, or features of a vector:
+    ShuffleNetV2's ``x.chunk(2, dim=1)`` is two slices of one input."""
+
+    kind = "slice"
+    aliases = ("Split", "chunk")
+    start: NonNegativeInt = 0
+    stop: PositiveInt
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels = inputs[0][0]
+        if self.stop > channels:
+            raise ShapeError(f"stop {self.stop} is past the input's {channels} channels", "stop")
+        if self.start >= self.stop:
+            raise ShapeError(f"start {self.start} is not before stop {self.stop}: the slice would be empty", "start")
+        return LayerInfo(output_shape=(self.stop - self.start, *inputs[0][1:]))
 
 
 @final
