@@ -81,6 +81,31 @@ def test_blocks_parameters_repeat_and_names(parse_spec: Parse) -> None:
     assert [w.message for w in graph.warnings] == ["add 'res_1.add_1': output is never used"]
 
 
+def test_a_block_parameter_may_stand_for_a_layer_kind(parse_spec: Parse, spec_errors: Callable[[str], list[str]]) -> None:
+    """MobileNetV3's blocks differ only in their activation: ``- $activation: {}``."""
+    text = """
+        name: net
+        input: {shape: [4, 8, 8]}
+        blocks:
+          conv_act:
+            params: {filters: required, activation: relu}
+            layers:
+              - conv2d: {filters: $filters, kernel: 1}
+              - $activation: {}
+                name: act
+        layers:
+          - conv_act: {filters: 4}
+            name: a
+          - conv_act: {filters: 4, activation: hard_swish}
+            name: b
+          - conv_act: {filters: 4, activation: %s}
+        """
+    graph = parse_spec(text % "gelu")
+    assert [graph[name].kind for name in ("a.act", "b.act", "conv_act_1.act")] == ["relu", "hard_swish", "gelu"]
+    assert spec_errors(text % "hard_swishy") == ["15:40: unknown layer kind 'hard_swishy' (did you mean 'hard_swish'?)"]
+    assert spec_errors(text % "[1]") == ["15:40: '$activation' stands for a layer kind here, but is bound to [1], not a kind name"]
+
+
 def test_block_instance_name_means_its_output_and_expect_sums_its_layers(parse_spec: Parse) -> None:
     graph = parse_spec(
         """

@@ -303,6 +303,15 @@ class Expander:
             return None
         kind = str(kinds[0])
         kind_loc = entry.key_locations[kinds[0]]
+        if PARAM_REFERENCE.match(kind):  # a block parameter standing for the kind: `- $activation: {}`
+            given = self._bound_location(kind, scope) or kind_loc
+            bound = self._substitute(kind, given, scope)
+            if bound is None:
+                return None  # reported
+            if not isinstance(bound, str):
+                self.error(given, f"'{kind}' stands for a layer kind here, but is bound to {bound!r}, not a kind name")
+                return None
+            kind, kind_loc = bound, given
         block = self.blocks.get(kind)
         if kind not in LAYERS and block is None:
             head = kind.replace("{", " ").split()[0] if kind.strip() else kind
