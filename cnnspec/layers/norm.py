@@ -97,11 +97,12 @@ class Affine(Layer):
 
     kind = "affine"
     bias: StrictBool = True
+    init: Number = 1.0  # the scale's starting value (ConvNeXt's layer scale starts at 1e-6)
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
         return LayerInfo(output_shape=inputs[0], params=affine_params(channels_of(inputs[0]), self.bias))
 
     def weights(self, inputs: list[Shape]) -> dict[str, WeightSpec]:
         channels = (inputs[0][0],)
-        scale = {"weight": WeightSpec(channels, "constant", value=1.0)}
+        scale = {"weight": WeightSpec(channels, "constant", value=self.init)}
         return scale | {"bias": WeightSpec(channels, "zeros")} if self.bias else scale
