@@ -29,7 +29,8 @@ def _spatial_padding(padding: Padding4) -> list[list[int]]:
 
 @keras.saving.register_keras_serializable(package="cnnspec")
 class GroupedConv2D(keras.layers.Layer):
-    """Convolution in ``groups`` independent channel groups, with explicit padding, and
+    """Convolution in ``groups`` independent channel groups (depthwise where each group is
+    one channel), with explicit padding, and
     stride together with dilation (TensorFlow's CPU kernels have no gradient for grouped
     convolution, and Keras refuses stride > 1 with dilation > 1). Kernel H x W x I/g x O."""
 
@@ -50,6 +51,13 @@ class GroupedConv2D(keras.layers.Layer):
             x = tf.pad(x, _spatial_padding(self.padding))
         both = max(self.strides) > 1 and max(self.dilation_rate) > 1
         strides = (1, 1) if both else self.strides
+        if self.groups > 1 and self.groups == x.shape[-1]:  # depthwise: one op, not one per channel
+            kh, kw = self.kernel_size
+            kernel = tf.reshape(self.kernel, (kh, kw, self.groups, self.filters // self.groups))  # filter c*m + j
+            y = tf.nn.depthwise_conv2d(x, kernel, (1, *strides, 1), "VALID", dilations=self.dilation_rate)
+            if both:
+                y = y[:, :: self.strides[0], :: self.strides[1], :]
+            return y if self.bias is None else tf.nn.bias_add(y, self.bias)
         inputs = tf.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
         kernels = tf.split(self.kernel, self.groups, axis=-1) if self.groups > 1 else [self.kernel]
         parts = [tf.nn.convolution(xg, kg, strides, "VALID", dilations=self.dilation_rate) for xg, kg in zip(inputs, kernels, strict=True)]

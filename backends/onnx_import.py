@@ -370,7 +370,7 @@ def _batchnorm(r: Reader, node: Any) -> list[Any] | None:
     if any(p is None for p in parts):
         return None
     a = attributes(node)
-    eps, momentum = float(a.get("epsilon", 1e-5)), 1.0 - float(a.get("momentum", 0.9))
+    eps, momentum = float(a.get("epsilon", 1e-5)), 1.0 - decimal(float(a.get("momentum", 0.9)))  # 0.99 as written, then 0.01
     args: dict[str, Any] = {}
     if not np.isclose(eps, 1e-5, rtol=1e-6):
         args["eps"] = decimal(eps)

@@ -17,6 +17,8 @@ KINDS = {
     "conv2d": "[3, 9, 8]|- conv2d: {filters: 4, kernel: 3, padding: 1}",
     "conv2d-stride-dilation": "[3, 11, 10]|- conv2d: {filters: 4, kernel: [3, 2], stride: [2, 1], dilation: 2, padding: [2, 1]}",
     "conv2d-groups": "[4, 7, 7]|- conv2d: {filters: 6, kernel: 3, groups: 2, bias: false}",
+    "conv2d-depthwise-multiplier": "[3, 7, 7]|- conv2d: {filters: 6, kernel: 3, groups: 3, stride: 2, padding: 1}",
+    "conv2d-depthwise-stride-dilation": "[4, 11, 11]|- conv2d: {filters: 4, kernel: 3, groups: 4, stride: 2, dilation: 2, padding: 2, bias: false}",
     "conv2d-same-asymmetric": "[2, 8, 7]|- conv2d: {filters: 3, kernel: 4, stride: 2, padding: same}",
     "conv2d-ceil": "[2, 7, 7]|- conv2d: {filters: 3, kernel: 3, stride: 3, rounding: ceil}",
     "conv2d-activation-prelu": "[2, 6, 6]|- conv2d: {filters: 3, kernel: 3, activation: {prelu: {channelwise: true}}}",

@@ -28,7 +28,9 @@ from cnnspec.backends import numpy_backend, onnx_backend, onnx_import  # noqa: E
 
 runner = CliRunner()
 SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
-         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64"}
+         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64",
+         # the networks after 2016, at 64 x 64 (their heads pool globally, so any size runs)
+         "convnext_tiny": "64,64", "densenet121": "64,64", "efficientnet_b0": "64,64", "mobilenet_v2": "64,64", "mobilenet_v3_large": "64,64", "mobilenet_v3_small": "64,64", "regnet_y_400mf": "64,64", "shufflenet_v2_x1_0": "64,64", "squeezenet1_1": "64,64"}
 
 
 def reference(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

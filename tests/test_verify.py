@@ -17,7 +17,9 @@ from cnnspec.backends import torch_lowering  # noqa: E402
 
 runner = CliRunner()
 SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
-         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64"}
+         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64",
+         # the networks after 2016, at 64 x 64 (their heads pool globally, so any size runs)
+         "convnext_tiny": "64,64", "densenet121": "64,64", "efficientnet_b0": "64,64", "mobilenet_v2": "64,64", "mobilenet_v3_large": "64,64", "mobilenet_v3_small": "64,64", "regnet_y_400mf": "64,64", "shufflenet_v2_x1_0": "64,64", "squeezenet1_1": "64,64"}
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
