@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnspec.backends import keras_layers  # noqa: F401  (registers cnnspec's own layers, so its exports load)
+from cnnspec.backends import (
+    keras_layers,  # noqa: F401  (registers cnnspec's own layers, so its exports load)
+    keras_modern,
+)
 from cnnspec.backends.import_common import ImportRefused, Layer, decimal, layer_name, pair, rounding, spec_text
 from cnnspec.backends.tf_quiet import keras
 from cnnspec.errors import did_you_mean
@@ -40,7 +43,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.conv import Conv2d
-from cnnspec.layers.core import Dense, Dropout, Flatten, ZeroPadding2d
+from cnnspec.layers.core import Dense, Dropout, DropPath, Flatten, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat
 from cnnspec.layers.norm import Affine, BatchNorm
 from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
@@ -134,6 +137,10 @@ class Reader:
             if len(nodes) > 1:
                 raise ImportRefused(f"layer '{entry['name']}' is called {len(nodes)} times (shared weights); a spec layer runs once")
             reads = [values[h] for h in _histories([nodes[0].get("args", []), nodes[0].get("kwargs", {})])]
+            if str(entry.get("module", "")).startswith("keras.src.ops"):  # arithmetic on tensors, not a layer
+                constants = [a for a in nodes[0].get("args", []) if not _histories(a)]
+                values[(entry["name"], 0, 0)] = keras_modern.operation(self, entry, reads, constants)
+                continue
             values[(entry["name"], 0, 0)] = self.layer(model.get_layer(entry["name"]), reads)
         return values[_histories(config["output_layers"])[0]]  # one output: _input_value checked
 
@@ -314,10 +321,14 @@ def _flatten(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value])
 
 
 def _reshape(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
-    target = tuple(config["target_shape"])
-    if len(target) == 1 and target[0] in (-1, int(np.prod(inputs[0].shape))):
+    target, value = tuple(config["target_shape"]), inputs[0]
+    if len(target) == 1 and target[0] in (-1, int(np.prod(value.shape))):
         return _flatten(r, layer, config, inputs)
-    raise ImportRefused(f"Reshape to {target}; supported: a reshape to one axis (a flatten)")
+    pooled = r.by_name.get(value.layer)
+    if target == (1, 1, *value.shape) and pooled is not None and pooled["kind"] in (GlobalAvgPool2d.kind, GlobalMaxPool2d.kind):
+        pooled["args"]["keepdims"] = True  # EfficientNet's squeeze: pool, then Reshape to 1 x 1 x C
+        return Value(value.layer, target)
+    raise ImportRefused(f"Reshape to {target}; supported: a reshape to one axis (a flatten), or a global pool's C to 1 x 1 x C")
 
 
 def _permute(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
@@ -491,7 +502,11 @@ def _concatenate(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Val
 
 
 def _dropout(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
-    return r.add(layer.name, Dropout.kind, {"rate": decimal(float(config["rate"]))}, inputs, inputs[0].shape, inputs[0].perm)
+    """Dropout; of whole samples (``noise_shape`` (None, 1, 1, 1), EfficientNet's stochastic depth), drop_path."""
+    noise = config.get("noise_shape")
+    whole = noise is not None and len(noise) == len(inputs[0].shape) + 1 and all(d == 1 for d in noise[1:])
+    kind = DropPath.kind if whole else Dropout.kind
+    return r.add(layer.name, kind, {"rate": decimal(float(config["rate"]))}, inputs, inputs[0].shape, inputs[0].perm)
 
 
 CONVERTERS: dict[str, Converter] = {
@@ -519,6 +534,7 @@ CONVERTERS: dict[str, Converter] = {
     "Add": _add,
     "Concatenate": _concatenate,
     "Dropout": _dropout,
+    **keras_modern.CONVERTERS,
 }
 
 
@@ -548,6 +564,7 @@ def import_keras(model: Any, name: str) -> Imported:
     source = _input_value(model)
     reader = Reader()
     output = reader.model(model, [source])
+    keras_modern.fuse_hard_sigmoid(reader.layers, reader.weights, reader.frozen)
     if not reader.layers or output.layer != reader.layers[-1]["name"]:
         raise ImportRefused(f"the model's output comes from '{output.layer}', not from its last layer; a spec ends at its output")
     description = f"imported from Keras ({type(model).__name__} '{model.name}') by cnnspec import"

@@ -31,7 +31,8 @@ APPLICATIONS = {  # name: (builder, image size)
     "VGG16": ("VGG16", 224), "ResNet50": ("ResNet50", 224), "ResNet50V2": ("ResNet50V2", 224),
     "InceptionV3": ("InceptionV3", 299), "Xception": ("Xception", 299), "DenseNet121": ("DenseNet121", 224),
     "MobileNet": ("MobileNet", 224), "MobileNetV2": ("MobileNetV2", 224), "EfficientNetB0": ("EfficientNetB0", 224),
-    "MobileNetV3Small": ("MobileNetV3Small", 224), "ConvNeXtTiny": ("ConvNeXtTiny", 224),
+    "MobileNetV3Small": ("MobileNetV3Small", 224), "MobileNetV3Large": ("MobileNetV3Large", 224),
+    "EfficientNetV2B0": ("EfficientNetV2B0", 224), "ConvNeXtTiny": ("ConvNeXtTiny", 224),
 }
 
 
