@@ -135,6 +135,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_torch_train.py
 	$(BIN)/python benchmarks/bench_tensorflow_train.py
 	$(BIN)/python benchmarks/bench_numpy.py
+	$(BIN)/python benchmarks/bench_modern.py
+	$(BIN)/python benchmarks/bench_memory_format.py 3 --modern
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_transfer.py
 	$(BIN)/python benchmarks/bench_transfer.py --speed
