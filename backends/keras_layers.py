@@ -1,7 +1,7 @@
 """Keras layers for what Keras lacks, each matching the spec's (PyTorch's) definition:
 -inf padding for max pooling, PyTorch's average-pool divisor, grouped convolution with
 gradients on CPU, LRN of even size, batchnorm with the unbiased running variance, a
-feature reorder, a channel slice, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
+feature reorder, adaptive average pooling, a channel slice, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
 saved ``.keras`` model loads where cnnspec is installed."""
 
 from __future__ import annotations
@@ -227,6 +227,22 @@ class Reorder(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"order": self.order}
+
+
+@keras.saving.register_keras_serializable(package="cnnspec")
+class SeparableAverage(keras.layers.Layer):
+    """Adaptive average pooling as y = rows @ x @ columns^T over height and width (NHWC)."""
+
+    def __init__(self, rows: Sequence[Sequence[float]], columns: Sequence[Sequence[float]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rows, self.columns = [list(map(float, r)) for r in rows], [list(map(float, c)) for c in columns]
+
+    def call(self, x: Any) -> Any:
+        rows, columns = tf.constant(self.rows, x.dtype), tf.constant(self.columns, x.dtype)
+        return tf.einsum("ih,nhwc,jw->nijc", rows, x, columns)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rows": self.rows, "columns": self.columns}
 
 
 @keras.saving.register_keras_serializable(package="cnnspec")

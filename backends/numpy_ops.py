@@ -490,6 +490,24 @@ class Add(Op):
         return [grad] * self._count
 
 
+class SeparableAverage(Op):
+    """y = rows @ x @ columns^T on every map: adaptive average pooling, whose windows
+    are separable (an average over a rectangle is one over its rows, then its columns)."""
+
+    def __init__(self, rows: Array, columns: Array) -> None:
+        super().__init__()
+        self.rows, self.columns = rows, columns
+
+    def forward(self, inputs: list[Array], training: bool) -> Array:
+        x = inputs[0]
+        rows, columns = (xp_of(x).asarray(m, dtype=x.dtype) for m in (self.rows, self.columns))
+        return rows @ x @ columns.T  # (h, H) @ (N, C, H, W) @ (W, w)
+
+    def backward(self, grad: Array) -> list[Array]:
+        rows, columns = (xp_of(grad).asarray(m, dtype=grad.dtype) for m in (self.rows, self.columns))
+        return [rows.T @ grad @ columns]
+
+
 class Slice(Op):
     def __init__(self, start: int, stop: int) -> None:
         super().__init__()

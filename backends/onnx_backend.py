@@ -43,7 +43,7 @@ from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
-from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.spec.grammar import INPUT
 
 MIN_OPSET = 13  # Softmax over one axis (channels) needs 13; Clip's min/max inputs 11
@@ -216,6 +216,18 @@ def _batchnorm(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
                   momentum=1.0 - layer.momentum)
 
 
+def _adaptive_pool(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
+    """Exact for every size, as two products with constant averaging matrices: x @ columns^T,
+    then rows @ that (ONNX's pools cannot overlap their windows as PyTorch's adaptive rule
+    does where the size does not divide)."""
+    layer = node.layer
+    assert isinstance(layer, AdaptiveAvgPool2d)
+    rows, columns = (np.array(m, np.float32) for m in layer.averaging(*graph.input_shapes(node)[0][1:]))
+    across = e.node("MatMul", [inputs[0], e.constant(f"{node.name}:columns", columns.T.copy())], f"{node.name}:across",
+                    f"{node.name}:across")
+    return e.node("MatMul", [e.constant(f"{node.name}:rows", rows), across], node.name, node.name)
+
+
 def _slice(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     layer = node.layer
     assert isinstance(layer, Slice)
@@ -308,6 +320,7 @@ LOWERINGS.update(
         BatchNorm: _batchnorm,
         LayerNorm: _layer_norm,
         Slice: _slice,
+        AdaptiveAvgPool2d: _adaptive_pool,
         LRN: _lrn,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,

@@ -1,6 +1,7 @@
 """ONNX import rules for the kinds of networks after 2016: the activations they use,
 whichever way an exporter spells them, the product of two tensors (a gate), layer
-normalisation over channels, and slices of channels (ShuffleNetV2's split).
+normalisation over channels, slices of channels (ShuffleNetV2's split), and adaptive
+average pooling.
 
 Exporters write the same activation many ways: ``HardSwish`` as one operator (torch,
 opset 14+), as ``x * HardSigmoid(x)``, or as ``x * Clip(x + 3, 0, 6) / 6`` (Keras 3's
@@ -27,6 +28,7 @@ from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, Si
 from cnnspec.layers.core import Slice
 from cnnspec.layers.merge import Multiply
 from cnnspec.layers.norm import LayerNorm
+from cnnspec.layers.pool import AdaptiveAvgPool2d
 
 _, _TANH_FORM = get_args(GeluForm)
 _PROBE = np.concatenate([np.linspace(-5.0, 5.0, 201), [-3.0, 3.0, -2.5, 2.5]])
@@ -280,6 +282,25 @@ def _split(r: Reader, node: Any) -> list[Any] | None:
     return [node]
 
 
+def _adaptive_pool(r: Reader, node: Any) -> list[Any] | None:
+    """x @ C, then R @ that, with constant averaging matrices: adaptive average pooling
+    (cnnspec's export of it), when R and C are exactly PyTorch's windows."""
+    shape = r.shape(node.input[0])
+    columns, rows_node = r.constant(node, 1), r.next_one(node, "MatMul")
+    if len(shape) != 4 or columns is None or columns.ndim != 2 or rows_node is None or rows_node.input[1] != node.output[0]:
+        return None
+    rows = r.constant(rows_node, 0)
+    if rows is None or rows.ndim != 2 or rows.shape[1] != shape[2] or columns.shape[0] != shape[3]:
+        return None
+    size = (rows.shape[0], columns.shape[1])
+    layer = AdaptiveAvgPool2d(size=size)
+    expected_rows, expected_columns = (np.array(m) for m in layer.averaging(shape[2], shape[3]))
+    if not (np.allclose(rows, expected_rows, atol=1e-7) and np.allclose(columns.T, expected_columns, atol=1e-7)):
+        return None
+    r.add(rows_node, AdaptiveAvgPool2d.kind, {"size": size[0] if size[0] == size[1] else list(size)}, [node.input[0]])
+    return [node, rows_node]
+
+
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
 
 MODERN_RULES: list[Rule] = [
@@ -290,6 +311,7 @@ MODERN_RULES: list[Rule] = [
     Rule(("Gelu",), GELU.kind, _single),
     Rule(("Transpose", "LayerNormalization", "Transpose"), LayerNorm.kind, _layer_norm, "channels moved last, normalised, moved back"),
     Rule(("LayerNormalization",), LayerNorm.kind, _layer_norm, "of a vector, with a known scale"),
+    Rule(("MatMul", "MatMul"), AdaptiveAvgPool2d.kind, _adaptive_pool, "by constant averaging matrices on either side"),
     Rule(("Slice",), Slice.kind, _slice, "of channels, by known bounds, step 1"),
     Rule(("Split",), Slice.kind, _split, "over channels: a slice per output"),
     Rule(("Mul",), Multiply.kind, _multiply, "of two tensors of one shape, or of a map by an N x C x 1 x 1 gate"),

@@ -38,7 +38,7 @@ from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
-from cnnspec.layers.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
 from cnnspec.layers.window import resolve_padding, window_out
 from cnnspec.spec.grammar import INPUT
 
@@ -295,6 +295,7 @@ LOWERINGS.update(
         Concat: lambda layer, shapes: ChannelConcat(),
         Multiply: lambda layer, shapes: Product(),
         Slice: lambda layer, shapes: ChannelSlice(layer.start, layer.stop),
+        AdaptiveAvgPool2d: lambda layer, shapes: nn.AdaptiveAvgPool2d(layer.size),
     }
 )
 

@@ -128,3 +128,13 @@ def _kernel_text(kernel: int, dilation: int) -> str:
 def _mixed(value: Fraction) -> str:
     """7/3 as '7/3 = 2.33'."""
     return f"{value.numerator}/{value.denominator} = {float(value):.2f}"
+
+
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """The input range [start, end) each of ``out`` outputs averages over ``size`` inputs,
+    PyTorch's adaptive pooling rule: start = floor(i * size / out), end = ceil((i + 1) *
+    size / out). Where ``out`` divides ``size`` the windows tile it (a pool with kernel and
+    stride size / out); elsewhere neighbouring windows overlap by one."""
+    if out < 1 or size < 1:
+        raise SizeError(f"adaptive pooling of {size} inputs to {out} outputs: both must be positive")
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]

@@ -27,6 +27,8 @@ KINDS = {
     "maxpool2d-same": "[2, 5, 6]|- maxpool2d: {kernel: 2, stride: 1, padding: same}",
     "avgpool2d": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, rounding: ceil}",
     "avgpool2d-exclude-pad": "[2, 7, 7]|- avgpool2d: {kernel: 3, stride: 2, padding: 1, count_include_pad: false}",
+    "adaptive_avgpool2d": "[3, 7, 5]|- adaptive_avgpool2d: {size: [3, 2]}",
+    "adaptive_avgpool2d-divides": "[2, 8, 6]|- adaptive_avgpool2d: {size: [4, 3]}\n- flatten: {}\n- dense: {units: 3}",
     "global_avgpool2d": "[3, 5, 4]|- global_avgpool2d: {}",
     "global_maxpool2d": "[3, 5, 4]|- global_maxpool2d: {keepdims: true}",
     "flatten-dense": "[2, 3, 3]|- flatten: {}\n- dense: {units: 5, activation: {leaky_relu: {negative_slope: 0.1}}}",

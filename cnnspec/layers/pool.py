@@ -6,6 +6,7 @@ from typing import final
 
 from pydantic import StrictBool
 
+from cnnspec.calculators import adaptive_windows
 from cnnspec.layers.base import (
     Layer,
     LayerInfo,
@@ -76,7 +77,7 @@ class GlobalPool2d(Layer):
 @register
 class GlobalAvgPool2d(GlobalPool2d):
     kind = "global_avgpool2d"
-    aliases = ("GlobalAveragePooling2D", "AdaptiveAvgPool2d")
+    aliases = ("GlobalAveragePooling2D",)
 
 
 @final
@@ -84,3 +85,32 @@ class GlobalAvgPool2d(GlobalPool2d):
 class GlobalMaxPool2d(GlobalPool2d):
     kind = "global_maxpool2d"
     aliases = ("GlobalMaxPooling2D", "AdaptiveMaxPool2d")
+
+
+@final
+@register
+class AdaptiveAvgPool2d(Layer):
+    """Average pooling to a fixed ``size`` [h, w] from any input size, PyTorch's
+    ``AdaptiveAvgPool2d``: output i of o averages inputs floor(i n / o) to ceil((i + 1) n / o)
+    (exclusive). Where o divides n that is a pool of kernel and stride n / o; where it does
+    not, neighbouring windows overlap by one input. VGG's and AlexNet's heads use it, so
+    they run at any input size."""
+
+    kind = "adaptive_avgpool2d"
+    aliases = ("AdaptiveAvgPool2d", "AdaptiveAveragePooling2D")
+    size: Size2
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, height, width = feature_map(self, inputs[0])
+        return LayerInfo(output_shape=(channels, *self.size))
+
+    def averaging(self, height: int, width: int) -> tuple[list[list[float]], list[list[float]]]:
+        """(rows, columns): out_h x H and out_w x W matrices, y = rows @ x @ columns^T per channel."""
+        return _averaging(height, self.size[0]), _averaging(width, self.size[1])
+
+
+def _averaging(size: int, out: int) -> list[list[float]]:
+    rows = []
+    for start, end in adaptive_windows(size, out):
+        rows.append([1.0 / (end - start) if start <= i < end else 0.0 for i in range(size)])
+    return rows
