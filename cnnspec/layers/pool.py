@@ -101,7 +101,7 @@ class AdaptiveAvgPool2d(Layer):
     size: Size2
 
     def infer(self, inputs: list[Shape]) -> LayerInfo:
-        channels, height, width = feature_map(self, inputs[0])
+        channels, _, _ = feature_map(self, inputs[0])
         return LayerInfo(output_shape=(channels, *self.size))
 
     def averaging(self, height: int, width: int) -> tuple[list[list[float]], list[list[float]]]:
