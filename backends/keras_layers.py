@@ -230,8 +230,9 @@ class Reorder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cnnspec")
-class SeparableAverage(keras.layers.Layer):
-    """Adaptive average pooling as y = rows @ x @ columns^T over height and width (NHWC)."""
+class SeparableLinear(keras.layers.Layer):
+    """y = rows @ x @ columns^T over height and width (NHWC): adaptive average pooling and
+    upsampling, whose weights along the two axes are separable."""
 
     def __init__(self, rows: Sequence[Sequence[float]], columns: Sequence[Sequence[float]], **kwargs: Any) -> None:
         super().__init__(**kwargs)

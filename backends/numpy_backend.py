@@ -38,7 +38,15 @@ from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
-from cnnspec.layers.pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.pool import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    MaxPool2d,
+    Pool2d,
+    Upsample2d,
+)
 from cnnspec.layers.window import resolve_padding
 from cnnspec.spec.grammar import INPUT
 from cnnspec.spec.training import OptimizerConfig, TrainConfig
@@ -95,7 +103,8 @@ LOWERINGS.update(
         Concat: lambda layer, shapes, out, rng: ops.Concat(),
         Multiply: lambda layer, shapes, out, rng: ops.Multiply(),
         Slice: lambda layer, shapes, out, rng: ops.Slice(layer.start, layer.stop),
-        AdaptiveAvgPool2d: lambda layer, shapes, out, rng: ops.SeparableAverage(*map(np.array, layer.averaging(*shapes[0][1:]))),
+        AdaptiveAvgPool2d: lambda layer, shapes, out, rng: ops.SeparableLinear(*map(np.array, layer.averaging(*shapes[0][1:]))),
+        Upsample2d: lambda layer, shapes, out, rng: ops.SeparableLinear(*map(np.array, layer.matrices(*shapes[0][1:]))),
         ReLU: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER),
         ReLU6: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER6),
         Sigmoid: lambda layer, shapes, out, rng: acts.Elementwise(*acts.LOGISTIC),

@@ -490,9 +490,10 @@ class Add(Op):
         return [grad] * self._count
 
 
-class SeparableAverage(Op):
-    """y = rows @ x @ columns^T on every map: adaptive average pooling, whose windows
-    are separable (an average over a rectangle is one over its rows, then its columns)."""
+class SeparableLinear(Op):
+    """y = rows @ x @ columns^T on every map: adaptive average pooling (an average over a
+    rectangle is one over its rows, then its columns) and upsampling (nearest and bilinear
+    interpolation are separable too)."""
 
     def __init__(self, rows: Array, columns: Array) -> None:
         super().__init__()

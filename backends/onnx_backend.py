@@ -43,7 +43,15 @@ from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
-from cnnspec.layers.pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.pool import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    MaxPool2d,
+    Pool2d,
+    Upsample2d,
+)
 from cnnspec.spec.grammar import INPUT
 
 MIN_OPSET = 13  # Softmax over one axis (channels) needs 13; Clip's min/max inputs 11
@@ -228,6 +236,18 @@ def _adaptive_pool(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> s
     return e.node("MatMul", [e.constant(f"{node.name}:rows", rows), across], node.name, node.name)
 
 
+def _upsample(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
+    """ONNX's Resize, in the coordinate mode that is PyTorch's rule for the layer's mode."""
+    layer = node.layer
+    assert isinstance(layer, Upsample2d)
+    scales = e.constant(f"{node.name}:scales", np.array([1.0, 1.0, *layer.scale], np.float32))
+    if layer.mode == "nearest":
+        return e.node("Resize", [inputs[0], "", scales], node.name, node.name, mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    return e.node("Resize", [inputs[0], "", scales], node.name, node.name, mode="linear",
+                  coordinate_transformation_mode="align_corners" if layer.align_corners else "half_pixel")
+
+
 def _slice(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     layer = node.layer
     assert isinstance(layer, Slice)
@@ -321,6 +341,7 @@ LOWERINGS.update(
         LayerNorm: _layer_norm,
         Slice: _slice,
         AdaptiveAvgPool2d: _adaptive_pool,
+        Upsample2d: _upsample,
         LRN: _lrn,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,

@@ -28,7 +28,7 @@ from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, Si
 from cnnspec.layers.core import Slice
 from cnnspec.layers.merge import Multiply
 from cnnspec.layers.norm import LayerNorm
-from cnnspec.layers.pool import AdaptiveAvgPool2d
+from cnnspec.layers.pool import AdaptiveAvgPool2d, Upsample2d
 
 _, _TANH_FORM = get_args(GeluForm)
 _PROBE = np.concatenate([np.linspace(-5.0, 5.0, 201), [-3.0, 3.0, -2.5, 2.5]])
@@ -301,6 +301,34 @@ def _adaptive_pool(r: Reader, node: Any) -> list[Any] | None:
     return [node, rows_node]
 
 
+_COORDINATES = {("nearest", "asymmetric"): ("nearest", False), ("linear", "half_pixel"): ("bilinear", False),
+                ("linear", "pytorch_half_pixel"): ("bilinear", False), ("linear", "align_corners"): ("bilinear", True)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _resize(r: Reader, node: Any) -> list[Any] | None:
+    """Resize by integer scales in the modes PyTorch's Upsample writes (nearest flooring)."""
+    a, shape = attributes(node), r.shape(node.input[0])
+    found = _COORDINATES.get((_text(a.get("mode", "nearest")), _text(a.get("coordinate_transformation_mode", "half_pixel"))))
+    if found is None or len(shape) != 4 or (_text(a.get("nearest_mode", "floor")) != "floor" and found[0] == "nearest"):
+        return None
+    out = r.shape(node.output[0])
+    scale = [out[2] / shape[2], out[3] / shape[3]]
+    if out[:2] != shape[:2] or any(s != int(s) or s < 1 for s in scale):
+        return None
+    mode, align = found
+    args: dict[str, Any] = {"scale": int(scale[0]) if scale[0] == scale[1] else [int(s) for s in scale]}
+    if mode != "nearest":
+        args["mode"] = mode
+    if align:
+        args["align_corners"] = True
+    r.add(node, Upsample2d.kind, args, [node.input[0]])
+    return [node]
+
+
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
 
 MODERN_RULES: list[Rule] = [
@@ -312,6 +340,7 @@ MODERN_RULES: list[Rule] = [
     Rule(("Transpose", "LayerNormalization", "Transpose"), LayerNorm.kind, _layer_norm, "channels moved last, normalised, moved back"),
     Rule(("LayerNormalization",), LayerNorm.kind, _layer_norm, "of a vector, with a known scale"),
     Rule(("MatMul", "MatMul"), AdaptiveAvgPool2d.kind, _adaptive_pool, "by constant averaging matrices on either side"),
+    Rule(("Resize",), Upsample2d.kind, _resize, "by integer scales: nearest (asymmetric, floor) or linear (half_pixel, align_corners)"),
     Rule(("Slice",), Slice.kind, _slice, "of channels, by known bounds, step 1"),
     Rule(("Split",), Slice.kind, _split, "over channels: a slice per output"),
     Rule(("Mul",), Multiply.kind, _multiply, "of two tensors of one shape, or of a map by an N x C x 1 x 1 gate"),

@@ -35,7 +35,7 @@ from cnnspec.backends.keras_layers import (
     LocalResponseNorm,
     PaddedMaxPool2D,
     Reorder,
-    SeparableAverage,
+    SeparableLinear,
     TorchBatchNorm,
     window_counts,
 )
@@ -63,7 +63,15 @@ from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
-from cnnspec.layers.pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.pool import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    MaxPool2d,
+    Pool2d,
+    Upsample2d,
+)
 from cnnspec.layers.window import resolve_padding
 from cnnspec.spec.grammar import INPUT
 
@@ -289,11 +297,13 @@ def _batchnorm(b: Builder, node: Node, inputs: list[Value]) -> Value:
     return Value(tensor, perm)
 
 
-def _adaptive_pool(b: Builder, node: Node, inputs: list[Value]) -> Value:
+def _separable(b: Builder, node: Node, inputs: list[Value]) -> Value:
+    """Adaptive average pooling and upsampling: constant weights along height and width."""
     layer = node.layer
-    assert isinstance(layer, AdaptiveAvgPool2d)
-    rows, columns = layer.averaging(*b.graph.input_shapes(node)[0][1:])
-    return Value(SeparableAverage(rows, columns, name=node.name)(inputs[0].tensor))
+    assert isinstance(layer, (AdaptiveAvgPool2d, Upsample2d))
+    size = b.graph.input_shapes(node)[0][1:]
+    rows, columns = layer.averaging(*size) if isinstance(layer, AdaptiveAvgPool2d) else layer.matrices(*size)
+    return Value(SeparableLinear(rows, columns, name=node.name)(inputs[0].tensor))
 
 
 def _slice(b: Builder, node: Node, inputs: list[Value]) -> Value:
@@ -402,7 +412,8 @@ LOWERINGS.update(
         Affine: _affine,
         LayerNorm: _layer_norm,
         Slice: _slice,
-        AdaptiveAvgPool2d: _adaptive_pool,
+        AdaptiveAvgPool2d: _separable,
+        Upsample2d: _separable,
         ChannelShuffle: _channel_shuffle,
         Add: _elementwise(keras.layers.Add),
         Multiply: _elementwise(keras.layers.Multiply),

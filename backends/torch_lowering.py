@@ -38,7 +38,15 @@ from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
-from cnnspec.layers.pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pool2d
+from cnnspec.layers.pool import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    MaxPool2d,
+    Pool2d,
+    Upsample2d,
+)
 from cnnspec.layers.window import resolve_padding, window_out
 from cnnspec.spec.grammar import INPUT
 
@@ -296,6 +304,8 @@ LOWERINGS.update(
         Multiply: lambda layer, shapes: Product(),
         Slice: lambda layer, shapes: ChannelSlice(layer.start, layer.stop),
         AdaptiveAvgPool2d: lambda layer, shapes: nn.AdaptiveAvgPool2d(layer.size),
+        Upsample2d: lambda layer, shapes: nn.Upsample(scale_factor=tuple(float(s) for s in layer.scale), mode=layer.mode,
+                                                     align_corners=layer.align_corners if layer.mode != "nearest" else None),
     }
 )
 

@@ -254,3 +254,30 @@ def test_a_shufflenet_v2_unit_imports_with_slices_concat_and_shuffle(tmp_path: P
     x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
     with torch.no_grad():
         assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
+@pytest.mark.parametrize(("mode", "align"), [("nearest", None), ("bilinear", False), ("bilinear", True)])
+def test_torch_upsample_imports_as_upsample2d(tmp_path: Path, mode: str, align: bool | None, exporter: str) -> None:
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode=mode, align_corners=align),
+                          nn.Conv2d(4, 2, 3, padding=1)).eval()
+    path = tmp_path / "up.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "default":
+            torch.onnx.export(model, (torch.randn(1, 3, 5, 6),), str(path))
+        else:
+            torch.onnx.export(model, (torch.randn(1, 3, 5, 6),), str(path), dynamo=False, opset_version=13)
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "up.yaml")])
+    assert result.exit_code == 0, result.output
+    graph = cnnspec.load_spec(tmp_path / "up.yaml")
+    assert [node.kind for node in graph.nodes] == ["conv2d", "upsample2d", "conv2d"] and graph.output_shape == (2, 10, 12)
+    assert graph.nodes[1].layer.mode == mode and graph.nodes[1].layer.align_corners == bool(align)
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "up.safetensors"))
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())

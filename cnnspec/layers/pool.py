@@ -1,8 +1,8 @@
-"""Pooling: windowed max and average, and their global forms."""
+"""Pooling: windowed max and average, their global and adaptive forms; and upsampling."""
 
 from __future__ import annotations
 
-from typing import final
+from typing import Literal, final
 
 from pydantic import StrictBool
 
@@ -113,4 +113,47 @@ def _averaging(size: int, out: int) -> list[list[float]]:
     rows = []
     for start, end in adaptive_windows(size, out):
         rows.append([1.0 / (end - start) if start <= i < end else 0.0 for i in range(size)])
+    return rows
+
+
+@final
+@register
+class Upsample2d(Layer):
+    """Upsampling by an integer ``scale`` (one number, or [h, w]), PyTorch's ``Upsample``:
+    ``nearest`` repeats each pixel (output i reads input floor(i / s)); ``bilinear``
+    interpolates, output i at input coordinate (i + 0.5) / s - 0.5 (clamped at 0), or with
+    ``align_corners`` at i (n - 1) / (n s - 1), so that the corner pixels coincide. ONNX
+    writes the two as ``Resize`` with coordinate modes ``asymmetric`` (nearest, floor),
+    ``half_pixel`` and ``align_corners``."""
+
+    kind = "upsample2d"
+    aliases = ("Upsample", "UpSampling2D", "Resize", "interpolate")
+    scale: Size2
+    mode: Literal["nearest", "bilinear"] = "nearest"
+    align_corners: StrictBool = False
+
+    def infer(self, inputs: list[Shape]) -> LayerInfo:
+        channels, height, width = feature_map(self, inputs[0])
+        if self.align_corners and self.mode == "nearest":
+            raise ShapeError("align_corners applies to bilinear upsampling only", "align_corners")
+        return LayerInfo(output_shape=(channels, height * self.scale[0], width * self.scale[1]))
+
+    def matrices(self, height: int, width: int) -> tuple[list[list[float]], list[list[float]]]:
+        """(rows, columns): out_h x H and out_w x W interpolation weights, y = rows @ x @ columns^T."""
+        return (_interpolation(height, self.scale[0], self.mode, self.align_corners),
+                _interpolation(width, self.scale[1], self.mode, self.align_corners))
+
+
+def _interpolation(size: int, scale: int, mode: str, align_corners: bool) -> list[list[float]]:
+    out = size * scale
+    rows = [[0.0] * size for _ in range(out)]
+    for i in range(out):
+        if mode == "nearest":
+            rows[i][i // scale] = 1.0
+            continue
+        source = i * (size - 1) / (out - 1) if align_corners and out > 1 else max((i + 0.5) / scale - 0.5, 0.0)
+        low = min(int(source), size - 1)
+        high, fraction = min(low + 1, size - 1), source - low
+        rows[i][low] += 1.0 - fraction
+        rows[i][high] += fraction
     return rows
