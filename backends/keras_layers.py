@@ -1,7 +1,7 @@
 """Keras layers for what Keras lacks, each matching the spec's (PyTorch's) definition:
 -inf padding for max pooling, PyTorch's average-pool divisor, grouped convolution with
 gradients on CPU, LRN of even size, batchnorm with the unbiased running variance, a
-feature reorder, adaptive average pooling, a channel slice, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
+feature reorder, PyTorch's transposed convolution, adaptive average pooling, a channel slice, a hard sigmoid of any slope and GELU in both forms. All are registered for serialization under the 'cnnspec' package, so a
 saved ``.keras`` model loads where cnnspec is installed."""
 
 from __future__ import annotations
@@ -227,6 +227,42 @@ class Reorder(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"order": self.order}
+
+
+@keras.saving.register_keras_serializable(package="cnnspec")
+class TransposedConv2D(keras.layers.Layer):
+    """PyTorch's ConvTranspose2d: symmetric padding cropped from the 'valid' result, an
+    output padding, groups. Kernel H x W x O/g x I (tf.nn.conv2d_transpose's, per group)."""
+
+    def __init__(self, filters: int, kernel_size: Sequence[int], strides: Sequence[int], padding: Sequence[int],
+                 output_padding: Sequence[int], groups: int, use_bias: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters, self.groups, self.use_bias = int(filters), int(groups), bool(use_bias)
+        self.kernel_size, self.strides = tuple(map(int, kernel_size)), tuple(map(int, strides))
+        self.padding, self.output_padding = tuple(map(int, padding)), tuple(map(int, output_padding))
+
+    def build(self, input_shape: Any) -> None:
+        shape = (*self.kernel_size, self.filters // self.groups, int(input_shape[-1]))
+        self.kernel = self.add_weight(shape=shape, initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias") if self.use_bias else None
+
+    def call(self, x: Any) -> Any:  # (N, H, W, C) -> (N, H', W', F)
+        h, w = int(x.shape[1]), int(x.shape[2])
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel_size, self.strides, self.padding, self.output_padding
+        full = ((h - 1) * sh + kh, (w - 1) * sw + kw)
+        shape = tf.stack([tf.shape(x)[0], full[0], full[1], self.filters // self.groups])
+        inputs = tf.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
+        kernels = tf.split(self.kernel, self.groups, axis=-1) if self.groups > 1 else [self.kernel]
+        parts = [tf.nn.conv2d_transpose(xg, kg, shape, (1, sh, sw, 1), "VALID") for xg, kg in zip(inputs, kernels, strict=True)]
+        y = tf.concat(parts, axis=-1) if self.groups > 1 else parts[0]
+        if oh > ph or ow > pw:  # the output padding reaches past every window: zeros there
+            y = tf.pad(y, [[0, 0], [0, max(oh - ph, 0)], [0, max(ow - pw, 0)], [0, 0]])
+        y = y[:, ph : ph + full[0] - 2 * ph + oh, pw : pw + full[1] - 2 * pw + ow, :]
+        return y if self.bias is None else tf.nn.bias_add(y, self.bias)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "output_padding": self.output_padding, "groups": self.groups, "use_bias": self.use_bias}
 
 
 @keras.saving.register_keras_serializable(package="cnnspec")

@@ -16,6 +16,7 @@ import numpy as np
 
 from cnnspec.backends import numpy_activations as acts
 from cnnspec.backends import numpy_ops as ops
+from cnnspec.backends import numpy_transposed
 from cnnspec.backends.protocol import BackendError
 from cnnspec.graph.dag import Graph
 from cnnspec.graph.tuning import frozen_norm_layers, multipliers
@@ -34,7 +35,7 @@ from cnnspec.layers.activation import (
     Softmax,
     Tanh,
 )
-from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.conv import Conv2d, ConvTranspose2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
@@ -103,6 +104,7 @@ LOWERINGS.update(
         Concat: lambda layer, shapes, out, rng: ops.Concat(),
         Multiply: lambda layer, shapes, out, rng: ops.Multiply(),
         Slice: lambda layer, shapes, out, rng: ops.Slice(layer.start, layer.stop),
+        ConvTranspose2d: numpy_transposed.lower,
         AdaptiveAvgPool2d: lambda layer, shapes, out, rng: ops.SeparableLinear(*map(np.array, layer.averaging(*shapes[0][1:]))),
         Upsample2d: lambda layer, shapes, out, rng: ops.SeparableLinear(*map(np.array, layer.matrices(*shapes[0][1:]))),
         ReLU: lambda layer, shapes, out, rng: acts.Elementwise(*acts.RECTIFIER),

@@ -39,7 +39,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.base import Padding4
-from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.conv import Conv2d, ConvTranspose2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
@@ -236,6 +236,15 @@ def _adaptive_pool(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> s
     return e.node("MatMul", [e.constant(f"{node.name}:rows", rows), across], node.name, node.name)
 
 
+def _conv_transpose(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
+    layer = node.layer
+    assert isinstance(layer, ConvTranspose2d)  # ONNX's weight layout is PyTorch's, I x O/g x KH x KW
+    weights = [e.weight(f"{node.name}.weight")] + ([e.weight(f"{node.name}.bias")] if layer.bias else [])
+    (ph, pw) = layer.padding
+    return e.node("ConvTranspose", [inputs[0], *weights], node.name, node.name, kernel_shape=list(layer.kernel),
+                  strides=list(layer.stride), pads=[ph, pw, ph, pw], output_padding=list(layer.output_padding), group=layer.groups)
+
+
 def _upsample(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:
     """ONNX's Resize, in the coordinate mode that is PyTorch's rule for the layer's mode."""
     layer = node.layer
@@ -342,6 +351,7 @@ LOWERINGS.update(
         Slice: _slice,
         AdaptiveAvgPool2d: _adaptive_pool,
         Upsample2d: _upsample,
+        ConvTranspose2d: _conv_transpose,
         LRN: _lrn,
         ZeroPadding2d: _zero_padding,
         Affine: _affine,

@@ -1,7 +1,7 @@
 """ONNX import rules for the kinds of networks after 2016: the activations they use,
 whichever way an exporter spells them, the product of two tensors (a gate), layer
-normalisation over channels, slices of channels (ShuffleNetV2's split), and adaptive
-average pooling.
+normalisation over channels, slices of channels (ShuffleNetV2's split), adaptive
+average pooling, upsampling and transposed convolution (segmentation decoders).
 
 Exporters write the same activation many ways: ``HardSwish`` as one operator (torch,
 opset 14+), as ``x * HardSigmoid(x)``, or as ``x * Clip(x + 3, 0, 6) / 6`` (Keras 3's
@@ -22,9 +22,10 @@ from typing import Any, get_args
 import numpy as np
 
 from cnnspec.agreement import agrees
-from cnnspec.backends.import_common import decimal
+from cnnspec.backends.import_common import decimal, pair
 from cnnspec.backends.onnx_reader import Reader, Rule, attributes
 from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, SiLU
+from cnnspec.layers.conv import ConvTranspose2d
 from cnnspec.layers.core import Slice
 from cnnspec.layers.merge import Multiply
 from cnnspec.layers.norm import LayerNorm
@@ -329,6 +330,37 @@ def _resize(r: Reader, node: Any) -> list[Any] | None:
     return [node]
 
 
+def _conv_transpose(r: Reader, node: Any) -> list[Any] | None:
+    """ConvTranspose with a known weight, symmetric pads (or an output_shape that implies
+    them), no dilation."""
+    a, weight, bias = attributes(node), r.constant(node, 1), r.constant(node, 2)
+    shape, out = r.shape(node.input[0]), r.shape(node.output[0])
+    if weight is None or weight.ndim != 4 or len(shape) != 4 or any(d != 1 for d in a.get("dilations", [1, 1])):
+        return None
+    group = int(a.get("group", 1))
+    kernel, stride = list(weight.shape[2:]), [int(v) for v in a.get("strides", [1, 1])]
+    extra = [int(v) for v in a.get("output_padding", [0, 0])]
+    # padding from the sizes the file states: out = (n - 1) s - 2 p + k + output_padding
+    twice = [(n - 1) * s + k + op - o for n, s, k, op, o in zip(shape[2:], stride, kernel, extra, out[2:], strict=True)]
+    if any(t < 0 or t % 2 for t in twice):
+        return None
+    padding = [t // 2 for t in twice]
+    args: dict[str, Any] = {"filters": int(weight.shape[1]) * group, "kernel": pair(kernel), "stride": pair(stride)}
+    if any(padding):
+        args["padding"] = pair(padding)
+    if any(extra):
+        args["output_padding"] = pair(extra)
+    if group > 1:
+        args["groups"] = group
+    if bias is None:
+        args["bias"] = False
+    name = r.add(node, ConvTranspose2d.kind, args, [node.input[0]])
+    r.weights[f"{name}.weight"] = weight.astype(np.float32)
+    if bias is not None:
+        r.weights[f"{name}.bias"] = bias.astype(np.float32)
+    return [node]
+
+
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
 
 MODERN_RULES: list[Rule] = [
@@ -340,6 +372,7 @@ MODERN_RULES: list[Rule] = [
     Rule(("Transpose", "LayerNormalization", "Transpose"), LayerNorm.kind, _layer_norm, "channels moved last, normalised, moved back"),
     Rule(("LayerNormalization",), LayerNorm.kind, _layer_norm, "of a vector, with a known scale"),
     Rule(("MatMul", "MatMul"), AdaptiveAvgPool2d.kind, _adaptive_pool, "by constant averaging matrices on either side"),
+    Rule(("ConvTranspose",), ConvTranspose2d.kind, _conv_transpose, "a known weight, no dilation, symmetric padding"),
     Rule(("Resize",), Upsample2d.kind, _resize, "by integer scales: nearest (asymmetric, floor) or linear (half_pixel, align_corners)"),
     Rule(("Slice",), Slice.kind, _slice, "of channels, by known bounds, step 1"),
     Rule(("Split",), Slice.kind, _split, "over channels: a slice per output"),

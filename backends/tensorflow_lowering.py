@@ -37,6 +37,7 @@ from cnnspec.backends.keras_layers import (
     Reorder,
     SeparableLinear,
     TorchBatchNorm,
+    TransposedConv2D,
     window_counts,
 )
 from cnnspec.backends.protocol import BackendError
@@ -59,7 +60,7 @@ from cnnspec.layers.activation import (
     Tanh,
 )
 from cnnspec.layers.base import Padding4
-from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.conv import Conv2d, ConvTranspose2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
@@ -234,6 +235,18 @@ def _conv(b: Builder, node: Node, inputs: list[Value]) -> Value:
     if layer.bias:
         b.bind(f"{node.name}.bias", conv.bias)
     return _then_activation(b, node, layer.activation, Value(y))
+
+
+def _conv_transpose(b: Builder, node: Node, inputs: list[Value]) -> Value:
+    layer = node.layer
+    assert isinstance(layer, ConvTranspose2d)
+    conv = TransposedConv2D(layer.filters, layer.kernel, layer.stride, layer.padding, layer.output_padding, layer.groups,
+                            layer.bias, name=node.name)
+    y = conv(inputs[0].tensor)  # canonical I x O/g x H x W <-> H x W x O/g x I
+    b.bind(f"{node.name}.weight", conv.kernel, lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
+    if layer.bias:
+        b.bind(f"{node.name}.bias", conv.bias)
+    return Value(y)
 
 
 def _pool(b: Builder, node: Node, inputs: list[Value]) -> Value:
@@ -412,6 +425,7 @@ LOWERINGS.update(
         Affine: _affine,
         LayerNorm: _layer_norm,
         Slice: _slice,
+        ConvTranspose2d: _conv_transpose,
         AdaptiveAvgPool2d: _separable,
         Upsample2d: _separable,
         ChannelShuffle: _channel_shuffle,

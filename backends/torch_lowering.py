@@ -34,7 +34,7 @@ from cnnspec.layers.activation import (
     Softmax,
     Tanh,
 )
-from cnnspec.layers.conv import Conv2d
+from cnnspec.layers.conv import Conv2d, ConvTranspose2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, Slice, ZeroPadding2d
 from cnnspec.layers.merge import Add, Concat, Multiply
 from cnnspec.layers.norm import LRN, Affine, BatchNorm, LayerNorm
@@ -303,6 +303,8 @@ LOWERINGS.update(
         Concat: lambda layer, shapes: ChannelConcat(),
         Multiply: lambda layer, shapes: Product(),
         Slice: lambda layer, shapes: ChannelSlice(layer.start, layer.stop),
+        ConvTranspose2d: lambda layer, shapes: nn.ConvTranspose2d(shapes[0][0], layer.filters, layer.kernel, layer.stride, layer.padding,
+                                                              layer.output_padding, layer.groups, layer.bias),
         AdaptiveAvgPool2d: lambda layer, shapes: nn.AdaptiveAvgPool2d(layer.size),
         Upsample2d: lambda layer, shapes: nn.Upsample(scale_factor=tuple(float(s) for s in layer.scale), mode=layer.mode,
                                                      align_corners=layer.align_corners if layer.mode != "nearest" else None),

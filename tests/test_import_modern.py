@@ -281,3 +281,32 @@ def test_torch_upsample_imports_as_upsample2d(tmp_path: Path, mode: str, align: 
     x = np.random.default_rng(3).standard_normal((2, 3, 5, 6)).astype(np.float32)
     with torch.no_grad():
         assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
+def test_a_segmentation_decoder_imports_with_transposed_convolutions(tmp_path: Path, exporter: str) -> None:
+    """An FCN/U-Net style head: strided down, then ConvTranspose2d back up (one grouped,
+    one with output padding); the output is a C x H x W map."""
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1, groups=2), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 5, 2, stride=1, bias=False)).eval()
+    path = tmp_path / "seg.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "default":
+            torch.onnx.export(model, (torch.randn(1, 3, 10, 12),), str(path))
+        else:
+            torch.onnx.export(model, (torch.randn(1, 3, 10, 12),), str(path), dynamo=False, opset_version=13)
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "seg.yaml")])
+    assert result.exit_code == 0, result.output
+    graph = cnnspec.load_spec(tmp_path / "seg.yaml")
+    assert [node.kind for node in graph.nodes].count("conv_transpose2d") == 2 and graph.output_shape == (5, 11, 13)
+    assert graph.params == sum(p.numel() for p in model.parameters())
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "seg.safetensors"))
+    x = np.random.default_rng(3).standard_normal((2, 3, 10, 12)).astype(np.float32)
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())

@@ -149,6 +149,14 @@ Size2 = Annotated[
 ]
 """A kernel, stride or dilation: a scalar for both axes or an [h, w] pair."""
 
+Size2Or0 = Annotated[
+    tuple[int, int],
+    BeforeValidator(lambda value: _pair(value, 0, "a non-negative integer")),
+    WithJsonSchema({"oneOf": [{"type": "integer", "minimum": 0},
+                              {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}]}),
+]
+"""A symmetric padding or an output padding: a non-negative scalar or [h, w] pair."""
+
 InitArg = Annotated[
     Init,
     Field(description="initial weights: he (normal, fan-in), xavier (uniform), normal (std 0.01), uniform (+-1/sqrt(fan-in)), zeros"),
