@@ -58,4 +58,4 @@ class ConvTranspose2d(Op):
 
 
 def lower(layer: Any, shapes: list[tuple[int, ...]], out: tuple[int, ...], rng: Any) -> ConvTranspose2d:
-    return ConvTranspose2d(layer.kernel, layer.stride, layer.padding, layer.output_padding, layer.groups, out[1:], layer.bias)
+    return ConvTranspose2d(layer.kernel, layer.stride, layer.padding, layer.output_padding, layer.groups, (out[1], out[2]), layer.bias)
