@@ -367,15 +367,6 @@ def _global_pool(kind: str) -> Converter:
     return convert
 
 
-def _canonical_vector(value: Value, array: np.ndarray) -> np.ndarray:
-    """A per-feature array in Keras' order, put in canonical order."""
-    if value.perm is None:
-        return array
-    out = np.empty_like(array)
-    out[value.perm] = array
-    return out
-
-
 def _batchnorm(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
     value = inputs[0]
     axis = config["axis"]
@@ -391,7 +382,7 @@ def _batchnorm(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value
     if not 0.0 < momentum <= 1.0:
         raise ImportRefused(f"momentum {config.get('momentum')}: its running statistics never change; supported: below 1")
     weights = {"weight": gamma, "bias": beta, "running_mean": mean, "running_var": variance}
-    weights = {key: _canonical_vector(value, array) for key, array in weights.items()}
+    weights = {key: keras_modern.per_feature(value, array) for key, array in weights.items()}
     args = {"eps": decimal(float(config["epsilon"])), "momentum": decimal(momentum)}
     return r.add(layer.name, BatchNorm.kind, args, inputs, value.shape, value.perm, weights)
 
@@ -401,7 +392,7 @@ def _affine_from(r: Reader, layer: Any, inputs: list[Value], scale: Any, shift: 
     channels = value.shape[-1]
     scale = np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (channels,))
     shift = np.broadcast_to(np.asarray(shift, np.float32).reshape(-1), (channels,))
-    weights = {"weight": _canonical_vector(value, scale.copy()), "bias": _canonical_vector(value, shift.copy())}
+    weights = {"weight": keras_modern.per_feature(value, scale.copy()), "bias": keras_modern.per_feature(value, shift.copy())}
     return r.add(layer.name, Affine.kind, {}, inputs, value.shape, value.perm, weights)
 
 

@@ -45,7 +45,7 @@ def _channels_of(value: Value) -> int:
     return int(value.shape[-1])
 
 
-def _per_feature(value: Value, array: np.ndarray) -> np.ndarray:
+def per_feature(value: Value, array: np.ndarray) -> np.ndarray:
     """A per-channel array of Keras' order in canonical order (a flattened vector's perm)."""
     if value.perm is None:
         return array
@@ -67,7 +67,7 @@ def _layer_norm(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Valu
     beta = np.asarray(layer.beta) if config.get("center", True) else np.zeros(channels, np.float32)
     eps = float(config.get("epsilon", 1e-3))
     args = {} if np.isclose(eps, 1e-5, rtol=1e-6) else {"eps": decimal(eps)}
-    weights = {"weight": _per_feature(value, gamma), "bias": _per_feature(value, beta)}
+    weights = {"weight": per_feature(value, gamma), "bias": per_feature(value, beta)}
     return r.add(layer.name, LayerNorm.kind, args, inputs, value.shape, value.perm, weights)
 
 
@@ -78,7 +78,7 @@ def _layer_scale(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Val
     if gamma.shape != (_channels_of(value),):
         raise ImportRefused(f"a scale of shape {gamma.shape} on {value.shape}; supported: one per channel")
     args = {"bias": False, "init": decimal(float(config.get("init_values", 1.0)))}
-    return r.add(layer.name, Affine.kind, args, inputs, value.shape, value.perm, {"weight": _per_feature(value, gamma)})
+    return r.add(layer.name, Affine.kind, args, inputs, value.shape, value.perm, {"weight": per_feature(value, gamma)})
 
 
 CONVERTERS: dict[str, Callable[[Reader, Any, dict[str, Any], list[Value]], Value]] = {

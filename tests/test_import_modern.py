@@ -61,6 +61,19 @@ ACTIVATIONS = {
 }
 
 
+def torch_export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+    """``model`` as torch.onnx.export writes it: with its defaults ("default", the dynamo
+    exporter), or the TorchScript exporter at an opset ("torchscript-13")."""
+    if exporter == "default":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        if exporter == "default":
+            torch.onnx.export(model, (example,), str(path))
+        else:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=int(exporter.rpartition("-")[2]))
+
+
 def block(activation: nn.Module) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), activation, nn.Conv2d(4, 2, 1))
@@ -74,17 +87,10 @@ def block(activation: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("exporter", ["default", "torchscript-13", "torchscript-17"])
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_torch_exports_of_modern_activations_import_as_one_kind(tmp_path: Path, name: str, exporter: str) -> None:
-    if exporter == "default":
-        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
     build, said = ACTIVATIONS[name]
     model = block(build())
     path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "default":
-            torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), str(path))
-        else:
-            torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, opset_version=int(exporter[-2:]))
+    torch_export(model, torch.randn(2, 3, 8, 8), path, exporter)
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "m.yaml")])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "m.yaml").read_text()
@@ -154,17 +160,10 @@ class SqueezeExcite(nn.Module):
 @pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
 def test_a_squeeze_and_excitation_block_imports_as_pool_convs_gate_and_multiply(tmp_path: Path, gate: str, exporter: str) -> None:
-    if exporter == "default":
-        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), SqueezeExcite(8, 4, nn.Sigmoid() if gate == "sigmoid" else nn.Hardsigmoid())).eval()
     path = tmp_path / "se.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "default":
-            torch.onnx.export(model, (torch.randn(1, 3, 9, 9),), str(path))
-        else:
-            torch.onnx.export(model, (torch.randn(1, 3, 9, 9),), str(path), dynamo=False, opset_version=13)
+    torch_export(model, torch.randn(1, 3, 9, 9), path, exporter)
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "se.yaml")])
     assert result.exit_code == 0, result.output
     graph = cnnspec.load_spec(tmp_path / "se.yaml")
@@ -187,20 +186,13 @@ class LayerNorm2d(nn.LayerNorm):
 
 @pytest.mark.parametrize("exporter", ["default", "torchscript-17"])
 def test_convnext_layer_norm_imports_as_layer_norm(tmp_path: Path, exporter: str) -> None:
-    if exporter == "default":
-        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), LayerNorm2d(8, eps=1e-6), nn.Conv2d(8, 8, 7, padding=3, groups=8)).eval()
     with torch.no_grad():
         model[1].weight.uniform_(0.5, 1.5)
         model[1].bias.uniform_(-0.5, 0.5)
     path = tmp_path / "ln.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "default":
-            torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path))
-        else:
-            torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17)
+    torch_export(model, torch.randn(1, 3, 16, 16), path, exporter)
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "ln.yaml")])
     assert result.exit_code == 0, result.output
     graph = cnnspec.load_spec(tmp_path / "ln.yaml")
@@ -233,17 +225,10 @@ class ShuffleUnit(nn.Module):
 
 @pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
 def test_a_shufflenet_v2_unit_imports_with_slices_concat_and_shuffle(tmp_path: Path, exporter: str) -> None:
-    if exporter == "default":
-        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 1), ShuffleUnit(8), nn.Conv2d(8, 4, 1)).eval()
     path = tmp_path / "shuffle.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "default":
-            torch.onnx.export(model, (torch.randn(1, 3, 6, 6),), str(path))
-        else:
-            torch.onnx.export(model, (torch.randn(1, 3, 6, 6),), str(path), dynamo=False, opset_version=13)
+    torch_export(model, torch.randn(1, 3, 6, 6), path, exporter)
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "s.yaml")])
     assert result.exit_code == 0, result.output
     graph = cnnspec.load_spec(tmp_path / "s.yaml")
@@ -259,18 +244,11 @@ def test_a_shufflenet_v2_unit_imports_with_slices_concat_and_shuffle(tmp_path: P
 @pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
 @pytest.mark.parametrize(("mode", "align"), [("nearest", None), ("bilinear", False), ("bilinear", True)])
 def test_torch_upsample_imports_as_upsample2d(tmp_path: Path, mode: str, align: bool | None, exporter: str) -> None:
-    if exporter == "default":
-        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode=mode, align_corners=align),
                           nn.Conv2d(4, 2, 3, padding=1)).eval()
     path = tmp_path / "up.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "default":
-            torch.onnx.export(model, (torch.randn(1, 3, 5, 6),), str(path))
-        else:
-            torch.onnx.export(model, (torch.randn(1, 3, 5, 6),), str(path), dynamo=False, opset_version=13)
+    torch_export(model, torch.randn(1, 3, 5, 6), path, exporter)
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "up.yaml")])
     assert result.exit_code == 0, result.output
     graph = cnnspec.load_spec(tmp_path / "up.yaml")
@@ -287,19 +265,12 @@ def test_torch_upsample_imports_as_upsample2d(tmp_path: Path, mode: str, align: 
 def test_a_segmentation_decoder_imports_with_transposed_convolutions(tmp_path: Path, exporter: str) -> None:
     """An FCN/U-Net style head: strided down, then ConvTranspose2d back up (one grouped,
     one with output padding); the output is a C x H x W map."""
-    if exporter == "default":
-        pytest.importorskip("onnxscript", reason="torch.onnx.export's default exporter needs onnxscript (the onnx extra)")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                           nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1, groups=2), nn.ReLU(),
                           nn.ConvTranspose2d(8, 5, 2, stride=1, bias=False)).eval()
     path = tmp_path / "seg.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "default":
-            torch.onnx.export(model, (torch.randn(1, 3, 10, 12),), str(path))
-        else:
-            torch.onnx.export(model, (torch.randn(1, 3, 10, 12),), str(path), dynamo=False, opset_version=13)
+    torch_export(model, torch.randn(1, 3, 10, 12), path, exporter)
     result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "seg.yaml")])
     assert result.exit_code == 0, result.output
     graph = cnnspec.load_spec(tmp_path / "seg.yaml")
