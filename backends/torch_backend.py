@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnspec.backends.protocol import BackendError
+from cnnspec.backends.torch_layout import channels_last_faster
 from cnnspec.backends.torch_lowering import LOWERINGS as LOWERINGS  # re-exported: the backend module is its front
 from cnnspec.backends.torch_lowering import GraphModule
 from cnnspec.backends.torch_lowering import build as build
 from cnnspec.graph.dag import Graph
 from cnnspec.graph.tuning import frozen_norm_layers, multipliers
-from cnnspec.layers.conv import Conv2d
 from cnnspec.spec.training import TrainConfig
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -80,15 +80,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def channels_last_pays(graph: Graph) -> bool:
-    """Whether channels-last trains faster on the CPU: for every convolutional network
-    measured (benchmarks/bench_memory_format.py, 2 cores, Adam, against the hand-written
-    NCHW loop: LeNet-5 1.65x, ResNet-18 at 64x64 1.05x, VGG-16 at 64x64 1.12x, against
-    1.02-1.05x in NCHW with the same fused optimizer), so for any network with a 2-d
-    convolution on an image input."""
-    return len(graph.input_shape) == 3 and any(isinstance(node.layer, Conv2d) for node in graph.nodes)
-
-
 class TorchSession:
     """One network on one device with its optimizer: the harness's Session protocol."""
 
@@ -108,10 +99,15 @@ class TorchSession:
             raise DeviceError("fp16 training needs a CUDA GPU; use bf16 or fp32 on this device")
         self.precision = precision
         self._autocast_dtype = _PRECISIONS[precision]
-        self._channels_last = config.memory_format == "channels_last" or (config.memory_format == "auto" and (cuda or channels_last_pays(graph)))
         self._normalization: tuple[Any, ...] = (None,)  # (key, scale, mean, std on the device), made on first use
         torch.manual_seed(config.seed)
         module = GraphModule(graph).to(self._device)
+        if config.memory_format != "auto":
+            self._channels_last, self.layout = config.memory_format == "channels_last", f"{config.memory_format}: asked"
+        elif cuda:
+            self._channels_last, self.layout = True, "channels-last: cuDNN's faster layout for convolutions"
+        else:  # no rule holds on every CPU: measured once per CPU and network (backends/torch_layout.py)
+            self._channels_last, self.layout = channels_last_faster(graph, module, min(config.batch_size, 8))
         if self._channels_last:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module = module

@@ -6,7 +6,7 @@ same random images and labels go through: a hand-written loop (forward, cross-en
 backward, SGD step) on the torch backend's module in the default NCHW layout; and
 cnnspec's own `train_step` with `memory_format` contiguous and channels_last. Paired
 rounds, order alternating; medians of images/s and of the ratio to the hand-written loop.
-The rule `channels_last_pays` in backends/torch_backend.py comes from these numbers.
+These numbers are why `memory_format: auto` measures per CPU and network (backends/torch_layout.py).
 Also channels-last with bf16 autocast (`--precision bf16`: mixed precision, not equal to
 fp32 to float32 tolerance, so never chosen by `auto` on the CPU). With `--compile`, also
 channels-last under `torch.compile` (`cnnspec train --compile`), its one-off compile time

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,10 @@ import pytest
 
 import cnnspec
 from cnnspec.spec.diagnostics import SpecError
+
+# Caches the suite writes (the torch backend's measured layouts) stay out of the user's home;
+# subprocesses inherit it.
+os.environ.setdefault("CNNSPEC_CACHE_DIR", tempfile.mkdtemp(prefix="cnnspec-cache-"))
 
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers: layer_cases
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,11 +224,9 @@ def test_channels_last_trains_to_the_same_weights_as_nchw() -> None:
     """The layout auto picks on the CPU changes the speed, not the numbers: a residual
     network's loss and its weights after an SGD step are the NCHW ones (one step: later
     steps amplify float32 rounding, in either layout)."""
-    from cnnspec.backends.torch_backend import channels_last_pays
     from cnnspec.graph.load import with_input_size
 
     graph = with_input_size(cnnspec.load_spec("resnet18"), (32, 32))
-    assert channels_last_pays(graph)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 1000, 4).astype(np.int64)
@@ -291,3 +290,34 @@ def test_memory_format_on_the_command_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "lenet5", "--memory-format", "channels-first", "--epochs", "1", "--out", str(tmp_path / "bad")])
     assert result.exit_code != 0 and "memory_format" in result.output and "channels_last" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_auto_layout_is_measured_once_per_cpu_and_network_and_draws_no_random_numbers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU, ``memory_format: auto`` times both layouts on copies of the module, keeps
+    the faster and caches the answer; the run's random numbers are those of a run that
+    asked for a layout (the probe puts the generator back)."""
+    import torch
+
+    from cnnspec.backends import torch_layout
+    from cnnspec.graph.load import with_input_size
+
+    monkeypatch.setenv("CNNSPEC_CACHE_DIR", str(tmp_path))
+    graph = with_input_size(cnnspec.load_spec("resnet18"), (32, 32))
+    config = TrainConfig.model_validate({"batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.01}})
+    session = torch_backend.open_session(graph, config, device="cpu", precision="fp32")
+    assert session.layout.startswith(("channels-last: measured", "contiguous: measured")), session.layout
+    after_probe = torch.rand(3)
+    asked = "channels_last" if session._channels_last else "contiguous"
+    plain = torch_backend.open_session(graph, TrainConfig.model_validate({**config.model_dump(), "memory_format": asked}), device="cpu")
+    assert plain.layout == f"{asked}: asked" and torch.equal(torch.rand(3), after_probe)
+    (entry,) = json.loads((tmp_path / "layouts.json").read_text()).values()
+    assert entry["channels_last"] == session._channels_last and entry["ratio"] >= 1.0
+    timed: list[int] = []
+    monkeypatch.setattr(torch_layout, "_seconds_per_step", lambda *args: timed.append(1) or 1.0)
+    again = torch_backend.open_session(graph, config, device="cpu", precision="fp32")
+    assert not timed and again._channels_last == session._channels_last and again.layout.endswith("cached")
+    lenet = torch_backend.open_session(cnnspec.load_spec("lenet5"), config, device="cpu")  # another network: measured
+    assert timed and lenet.layout.startswith("contiguous: measured")  # equal times: contiguous
+    dense = cnnspec.parse_spec("name: d\ninput: {shape: [6]}\nlayers:\n  - dense: {units: 2}\n", "d.yaml")
+    assert torch_backend.open_session(dense, config, device="cpu").layout == "contiguous: no convolution on an image input"

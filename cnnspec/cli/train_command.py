@@ -38,7 +38,7 @@ def train(
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, else fp32), bf16, fp16 or fp32")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (measured not to pay on the CPU; see the README)")] = False,
     memory_format: Annotated[str | None, typer.Option(
-        "--memory-format", help="torch: auto (channels-last for convolutional networks, where measured faster), channels_last or contiguous (train.memory_format)")] = None,
+        "--memory-format", help="torch: auto (the layout measured faster for this network on this CPU, cached; channels-last on a GPU), channels_last or contiguous (train.memory_format)")] = None,
     data: Annotated[str | None, typer.Option(help="digits, synthetic, or a path (overrides train.data.source)")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="passes over the training data (train.epochs); with --resume, the new total")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="images per step (train.batch_size)")] = None,
