@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnspec.backends.protocol import BackendError
-from cnnspec.backends.torch_layout import channels_last_faster
+from cnnspec.backends.torch_layout import channels_last_faster, convolutional, native_bf16
 from cnnspec.backends.torch_lowering import LOWERINGS as LOWERINGS  # re-exported: the backend module is its front
 from cnnspec.backends.torch_lowering import GraphModule
 from cnnspec.backends.torch_lowering import build as build
@@ -108,6 +108,8 @@ class TorchSession:
             self._channels_last, self.layout = True, "channels-last: cuDNN's faster layout for convolutions"
         else:  # no rule holds on every CPU: measured once per CPU and network (backends/torch_layout.py)
             self._channels_last, self.layout = channels_last_faster(graph, module, min(config.batch_size, 8))
+            if precision == "fp32" and convolutional(graph) and native_bf16():
+                self.layout += "; this CPU computes bf16 natively: --precision bf16 (mixed precision) may train several times faster"
         if self._channels_last:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module = module

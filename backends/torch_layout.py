@@ -45,6 +45,17 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where bf16 autocast
+    trains several times faster than fp32 (VGG-16 at 64x64: 4.3x on a Xeon with AMX)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def convolutional(graph: Graph) -> bool:
     return len(graph.input_shape) == 3 and any(isinstance(node.layer, (Conv2d, ConvTranspose2d)) for node in graph.nodes)
 

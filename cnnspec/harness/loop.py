@@ -208,6 +208,9 @@ def train(
         f"training {graph.name} on {backend} ({session.device}, {session.precision}): {len(data.x_train)} train / "
         f"{len(data.x_val)} val images from {data.name} ({data.residence}), {'the classifier solved' if solving is not None else plural(config.epochs, 'epoch')} -> {run.path}"
     )
+    layout = getattr(session, "layout", None)  # the torch backend says which memory layout it chose, and why
+    if layout:
+        progress.message(f"layout: {layout}")
     if group.size > 1:
         progress.message(group_line(graph, config, group, session.device))
     progress.message(f"transforms: {data.transforms(graph.input_shape)}")
