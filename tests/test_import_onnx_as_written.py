@@ -37,6 +37,8 @@ IMPORTS = {
     "test_ELU", "test_LeakyReLU", "test_LeakyReLU_with_negval", "test_Linear", "test_Linear_no_bias", "test_MaxPool2d",
     "test_PReLU_1d", "test_PReLU_1d_multiparam", "test_PReLU_2d", "test_PReLU_2d_multiparam", "test_ReLU", "test_Sigmoid",
     "test_Softmax", "test_Tanh", "test_ZeroPad2d", "test_softmax_lastdim",
+    "test_ConvTranspose2d", "test_ConvTranspose2d_no_bias",  # conv_transpose2d
+    "test_GLU_dim",  # a Split over channels, a sigmoid, a product: two slices, sigmoid, multiply
 }
 
 
