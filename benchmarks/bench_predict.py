@@ -16,7 +16,10 @@ alternating; medians of images/s and of the ratio. Sizes: `--quick` scores fewer
 (the 224x224 cases always use fewer: 10,000 images there take an hour a side);
 `--files-only` and `--npy-only` run one kind of input.
 
-    python benchmarks/bench_predict.py [ROUNDS] [--quick] [--files-only | --npy-only]
+`--spec NAME` scores another zoo network (efficientnet_b0, mobilenet_v3_small, ...) and
+`--size 64` keeps one size.
+
+    python benchmarks/bench_predict.py [ROUNDS] [--quick] [--files-only | --npy-only] [--spec NAME] [--size N]
 """
 
 from __future__ import annotations
@@ -58,11 +61,16 @@ np.save(out, np.concatenate(outputs))
 '''
 
 
+def _option(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def make_run(root: Path, size: int) -> Path:
-    """A run of ResNet-18 at size x size: one short epoch on synthetic data (the weights'
-    values do not matter to speed), batch 64."""
-    graph = with_input_size(cnnspec.load_spec("resnet18"), (size, size))
-    run = root / f"resnet18-{size}"
+    """A run of the network (ResNet-18 unless --spec) at size x size: one short epoch on
+    synthetic data (the weights' values do not matter to speed), batch 64."""
+    spec = _option("--spec", "resnet18")
+    graph = with_input_size(cnnspec.load_spec(spec), (size, size))
+    run = root / f"{spec}-{size}"
     cnnspec.train(graph, "torch", out=run, quiet=True, epochs=1, batch_size=16, classes=10, **{"data.source": "synthetic", "data.limit": 32})
     return run
 
@@ -91,10 +99,12 @@ def timed(command: list[str]) -> float:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--") and sys.argv[sys.argv.index(a) - 1] not in ("--spec", "--size")]
     rounds = int(args[0]) if args else 3
     quick = "--quick" in sys.argv
     cases = {64: (500, 2000) if quick else (2000, 10_000), 224: (100, 200) if quick else (300, 1000)}
+    if "--size" in sys.argv:
+        cases = {int(_option("--size", "64")): cases[int(_option("--size", "64"))]}
     cli = [sys.executable, "-m", "cnnspec", "predict"]
     print(f"{'size':>5} {'input':>12} {'batch':>5} {'cnnspec img/s':>14} {'by hand img/s':>14} {'ratio':>7}")
     with tempfile.TemporaryDirectory() as folder:
