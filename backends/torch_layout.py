@@ -106,7 +106,7 @@ def channels_last_faster(graph: Graph, module: nn.Module, batch: int) -> tuple[b
                                  x.contiguous(memory_format=torch.channels_last), classes)
     faster = last < contiguous
     ratio = round(max(contiguous, last) / min(contiguous, last), 2)
-    entries = _read(path)
+    entries = _read(path)  # read again: another run may have added its own network meanwhile
     entries[key] = {"channels_last": faster, "ratio": ratio}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ process, order alternating. The goal is that the reference stays usable for chec
 
 from __future__ import annotations
 
-import platform
 import statistics
 import sys
 import time
@@ -19,20 +18,13 @@ import torch
 
 import cnnspec
 from cnnspec.backends import numpy_backend, torch_backend
+from cnnspec.backends.torch_layout import cpu_name
 from cnnspec.graph.load import with_input_size
 from cnnspec.graph.weights import initial_weights
 from cnnspec.spec.training import TrainConfig
 
 NETWORKS = ("efficientnet_b0", "mobilenet_v3_small")
 BATCH, STEPS = 16, 3
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def images_per_second(session: object, x: np.ndarray, y: np.ndarray, training: bool) -> float:
@@ -47,7 +39,7 @@ def images_per_second(session: object, x: np.ndarray, y: np.ndarray, training: b
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    print(f"{_cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads), batch {BATCH}, 64x64, {rounds} paired rounds")
+    print(f"{cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads), batch {BATCH}, 64x64, {rounds} paired rounds")
     print(f"{'network':20} {'work':8} {'numpy img/s':>12} {'torch img/s':>12} {'torch / numpy':>14}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, 3, 64, 64)).astype(np.float32)
