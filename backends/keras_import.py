@@ -526,6 +526,7 @@ CONVERTERS: dict[str, Converter] = {
     "Concatenate": _concatenate,
     "Dropout": _dropout,
     **keras_modern.CONVERTERS,
+    "Conv2DTranspose": keras_modern.conv_transpose(_activation_arg),
 }
 
 

@@ -231,15 +231,17 @@ class Reorder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cnnspec")
 class TransposedConv2D(keras.layers.Layer):
-    """PyTorch's ConvTranspose2d: symmetric padding cropped from the 'valid' result, an
-    output padding, groups. Kernel H x W x O/g x I (tf.nn.conv2d_transpose's, per group)."""
+    """A transposed convolution's full ('valid') result, cropped by ``crops`` ((top, bottom),
+    (left, right); a negative one adds zero rows there): PyTorch's padding and output
+    padding, and Keras' 'same', with groups. Kernel H x W x O/g x I (tf.nn.conv2d_transpose's,
+    per group)."""
 
-    def __init__(self, filters: int, kernel_size: Sequence[int], strides: Sequence[int], padding: Sequence[int],
-                 output_padding: Sequence[int], groups: int, use_bias: bool, **kwargs: Any) -> None:
+    def __init__(self, filters: int, kernel_size: Sequence[int], strides: Sequence[int], crops: Sequence[Sequence[int]],
+                 groups: int, use_bias: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.filters, self.groups, self.use_bias = int(filters), int(groups), bool(use_bias)
         self.kernel_size, self.strides = tuple(map(int, kernel_size)), tuple(map(int, strides))
-        self.padding, self.output_padding = tuple(map(int, padding)), tuple(map(int, output_padding))
+        self.crops = _padding4(crops)
 
     def build(self, input_shape: Any) -> None:
         shape = (*self.kernel_size, self.filters // self.groups, int(input_shape[-1]))
@@ -248,21 +250,21 @@ class TransposedConv2D(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:  # (N, H, W, C) -> (N, H', W', F)
         h, w = int(x.shape[1]), int(x.shape[2])
-        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = self.kernel_size, self.strides, self.padding, self.output_padding
+        (kh, kw), (sh, sw), ((top, bottom), (left, right)) = self.kernel_size, self.strides, self.crops
         full = ((h - 1) * sh + kh, (w - 1) * sw + kw)
         shape = tf.stack([tf.shape(x)[0], full[0], full[1], self.filters // self.groups])
         inputs = tf.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
         kernels = tf.split(self.kernel, self.groups, axis=-1) if self.groups > 1 else [self.kernel]
         parts = [tf.nn.conv2d_transpose(xg, kg, shape, (1, sh, sw, 1), "VALID") for xg, kg in zip(inputs, kernels, strict=True)]
         y = tf.concat(parts, axis=-1) if self.groups > 1 else parts[0]
-        if oh > ph or ow > pw:  # the output padding reaches past every window: zeros there
-            y = tf.pad(y, [[0, 0], [0, max(oh - ph, 0)], [0, max(ow - pw, 0)], [0, 0]])
-        y = y[:, ph : ph + full[0] - 2 * ph + oh, pw : pw + full[1] - 2 * pw + ow, :]
+        if bottom < 0 or right < 0:  # rows past every window: zeros there
+            y = tf.pad(y, [[0, 0], [0, max(-bottom, 0)], [0, max(-right, 0)], [0, 0]])
+        y = y[:, top : full[0] - bottom, left : full[1] - right, :]
         return y if self.bias is None else tf.nn.bias_add(y, self.bias)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,
-                "padding": self.padding, "output_padding": self.output_padding, "groups": self.groups, "use_bias": self.use_bias}
+                "crops": self.crops, "groups": self.groups, "use_bias": self.use_bias}
 
 
 @keras.saving.register_keras_serializable(package="cnnspec")

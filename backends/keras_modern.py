@@ -1,5 +1,6 @@
 """Keras import of what the networks after 2016 add: ``Multiply`` (squeeze-and-excitation's
-gate), ``LayerNormalization``, ConvNeXt's ``LayerScale``, and the operation nodes Keras 3
+gate), ``LayerNormalization``, ConvNeXt's ``LayerScale`` and ``StochasticDepth``, the
+decoders' ``Conv2DTranspose`` and ``UpSampling2D``, and the operation nodes Keras 3
 writes for arithmetic on tensors (``x + 3.0``, ``x * (1 / 6)``: MobileNetV3's hard
 sigmoid, as the Keras applications build it, which ``fuse_hard_sigmoid`` reads back as
 one hard_sigmoid layer).
@@ -15,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from cnnspec.backends.import_common import ImportRefused, decimal
+from cnnspec.backends.import_common import ImportRefused, decimal, pair
 from cnnspec.layers.activation import HardSigmoid, ReLU6
+from cnnspec.layers.conv import ConvTranspose2d
+from cnnspec.layers.core import DropPath
 from cnnspec.layers.merge import Add, Multiply
 from cnnspec.layers.norm import Affine, LayerNorm
+from cnnspec.layers.pool import Upsample2d
 
 Reader = Any  # keras_import.Reader
 Value = Any  # keras_import.Value
@@ -81,10 +85,57 @@ def _layer_scale(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Val
     return r.add(layer.name, Affine.kind, args, inputs, value.shape, value.perm, {"weight": per_feature(value, gamma)})
 
 
+def _stochastic_depth(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
+    """ConvNeXt's StochasticDepth (keras.applications.convnext): whole samples of a residual
+    branch dropped in training."""
+    value = inputs[0]
+    return r.add(layer.name, DropPath.kind, {"rate": decimal(float(config["drop_path_rate"]))}, inputs, value.shape, value.perm)
+
+
+def _upsampling(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
+    """UpSampling2D: nearest, or bilinear (Keras resizes with half-pixel centres: PyTorch's
+    align_corners false)."""
+    value, mode = inputs[0], config.get("interpolation", "nearest")
+    if mode not in ("nearest", "bilinear"):
+        raise ImportRefused(f"interpolation {mode!r}; supported: 'nearest', 'bilinear'")
+    size = [int(v) for v in config["size"]]
+    shape = (value.shape[0] * size[0], value.shape[1] * size[1], value.shape[2])
+    args: dict[str, Any] = {"scale": pair(size)} | ({"mode": mode} if mode != "nearest" else {})
+    return r.add(layer.name, Upsample2d.kind, args, inputs, shape)
+
+
+def conv_transpose(activation: Callable[[Any], Any]) -> Callable[[Reader, Any, dict[str, Any], list[Value]], Value]:
+    """Conv2DTranspose, its 'same' and 'valid' as the spec says them; ``activation`` reads
+    its activation (keras_import's rule), which follows as a layer of its own."""
+
+    def convert(r: Reader, layer: Any, config: dict[str, Any], inputs: list[Value]) -> Value:
+        if any(int(d) != 1 for d in config.get("dilation_rate", (1, 1))):
+            raise ImportRefused(f"dilation_rate {config['dilation_rate']}; supported: 1")
+        kernel, *bias = layer.get_weights()  # (kh, kw, out, in)
+        args: dict[str, Any] = {"filters": int(config["filters"]), "kernel": pair(config["kernel_size"]),
+                                "stride": pair(config["strides"]), "padding": config["padding"]}
+        if config.get("output_padding") is not None:
+            args["output_padding"] = pair(config["output_padding"])
+        if not config.get("use_bias", True):
+            args["bias"] = False
+        shape = tuple(int(d) for d in layer.compute_output_shape((1, *inputs[0].shape))[1:])
+        value = r.add(layer.name, ConvTranspose2d.kind, args, inputs, shape,
+                      weights={"weight": kernel.transpose(3, 2, 0, 1)} | ({"bias": bias[0]} if bias else {}))
+        then = activation(config.get("activation", "linear"))
+        if then is None:
+            return value
+        kind, then_args = (then, {}) if isinstance(then, str) else next(iter(then.items()))
+        return r.add(f"{layer.name}.activation", kind, dict(then_args), [value], shape)
+
+    return convert
+
+
 CONVERTERS: dict[str, Callable[[Reader, Any, dict[str, Any], list[Value]], Value]] = {
     "Multiply": _multiply,
     "LayerNormalization": _layer_norm,
     "LayerScale": _layer_scale,
+    "StochasticDepth": _stochastic_depth,
+    "UpSampling2D": _upsampling,
 }
 
 

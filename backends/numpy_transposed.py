@@ -1,6 +1,6 @@
 """Transposed convolution on NumPy (or CuPy) arrays, forward and backward, as what it is:
 a stride-1 convolution of the input spread out by the stride (zeros between pixels),
-padded by kernel - 1 - padding (plus the output padding at the bottom and right), with
+padded by kernel - 1 less the rows the layer crops at each side (``ConvTranspose2d.crops``), with
 the kernel flipped and its input and output channels swapped. The convolution is
 ``numpy_ops.Conv2d``; the backward keeps every stride-th pixel of its input gradient."""
 
@@ -26,12 +26,12 @@ def transposed_kernel(grad: Array, groups: int) -> Array:
 
 
 class ConvTranspose2d(Op):
-    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                 output_padding: tuple[int, int], groups: int, out: tuple[int, int], bias: bool) -> None:
+    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], crops: tuple[tuple[int, int], tuple[int, int]],
+                 groups: int, out: tuple[int, int], bias: bool) -> None:
         super().__init__()
-        (kh, kw), (ph, pw), (oh, ow) = kernel, padding, output_padding
+        (kh, kw), ((top, bottom), (left, right)) = kernel, crops
         self.stride, self.groups, self.bias = stride, groups, bias
-        around = ((kh - 1 - ph, kh - 1 - ph + oh), (kw - 1 - pw, kw - 1 - pw + ow))
+        around = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
         self.inner = Conv2d(around, kernel, (1, 1), (1, 1), groups, out, bias)
 
     def forward(self, inputs: list[Array], training: bool) -> Array:
@@ -58,4 +58,4 @@ class ConvTranspose2d(Op):
 
 
 def lower(layer: Any, shapes: list[tuple[int, ...]], out: tuple[int, ...], rng: Any) -> ConvTranspose2d:
-    return ConvTranspose2d(layer.kernel, layer.stride, layer.padding, layer.output_padding, layer.groups, (out[1], out[2]), layer.bias)
+    return ConvTranspose2d(layer.kernel, layer.stride, layer.crops(*shapes[0][1:]), layer.groups, (out[1], out[2]), layer.bias)

@@ -240,9 +240,19 @@ def _conv_transpose(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> 
     layer = node.layer
     assert isinstance(layer, ConvTranspose2d)  # ONNX's weight layout is PyTorch's, I x O/g x KH x KW
     weights = [e.weight(f"{node.name}.weight")] + ([e.weight(f"{node.name}.bias")] if layer.bias else [])
-    (ph, pw) = layer.padding
-    return e.node("ConvTranspose", [inputs[0], *weights], node.name, node.name, kernel_shape=list(layer.kernel),
-                  strides=list(layer.stride), pads=[ph, pw, ph, pw], output_padding=list(layer.output_padding), group=layer.groups)
+    ((top, bottom), (left, right)) = layer.crops(*graph.input_shapes(node)[0][1:])
+    # ONNX crops pads from the full result plus output_padding rows (at the bottom and right):
+    # PyTorch's padding as it says it, Keras' as the crops it makes
+    extra = [top - bottom, left - right] if not isinstance(layer.padding, str) else [max(-bottom, 0), max(-right, 0)]
+    output = e.node("ConvTranspose", [inputs[0], *weights], node.name, node.name, kernel_shape=list(layer.kernel),
+                    strides=list(layer.stride), pads=[top, left, bottom + extra[0], right + extra[1]], output_padding=extra,
+                    group=layer.groups)
+    if isinstance(layer.padding, str):  # the spelling, for import to give it back
+        e.nodes[-1].doc_string = f"{TRANSPOSED_PADDING_NOTE}{' '.join(map(str, [layer.padding, *(layer.output_padding or [])]))}"
+    return output
+
+
+TRANSPOSED_PADDING_NOTE = "Keras padding: "
 
 
 def _upsample(e: Emitter, node: Node, inputs: list[str], graph: Graph) -> str:

@@ -24,9 +24,10 @@ import onnx
 
 from cnnspec.backends.import_common import ImportRefused, decimal, padding_arg, pair, rounding, spec_text
 from cnnspec.backends.onnx_backend import DROP_PATH_NOTE
-from cnnspec.backends.onnx_modern_rules import MODERN_RULES
+from cnnspec.backends.onnx_channels_last import ENTRY_RULES, REGION_RULES
+from cnnspec.backends.onnx_modern_rules import MODERN_LAYOUT_FREE, MODERN_RULES
 from cnnspec.backends.onnx_normalise import Shape, node_label, normalise
-from cnnspec.backends.onnx_reader import Reader, Rule, attributes, explicit
+from cnnspec.backends.onnx_reader import Reader, Rule, attributes, explicit, per_channel
 from cnnspec.layers.activation import ELU, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 from cnnspec.layers.conv import Conv2d
 from cnnspec.layers.core import ChannelShuffle, Dense, Dropout, DropPath, Flatten, ZeroPadding2d
@@ -101,32 +102,10 @@ def _matmul(r: Reader, node: Any) -> list[Any] | None:
     return _dense_from(r, node, weight.T, None, [node], node.output[0])
 
 
-def _per_channel(r: Reader, node: Any) -> tuple[str, np.ndarray] | None:
-    """(the variable input, one value per channel) of a binary op between a tensor and a
-    constant that varies along the channel axis only (or not at all)."""
-    source = r.variables(node)
-    known = next((r.constant(node, i) for i in (0, 1) if r.constant(node, i) is not None), None)
-    if len(source) != 1 or known is None:
-        return None
-    shape = r.shape(source[0])
-    if len(shape) not in (2, 4) or known.ndim > len(shape):
-        return None
-    try:
-        if np.broadcast_shapes(known.shape, shape) != shape:
-            return None  # the constant would widen the tensor
-    except ValueError:
-        return None
-    full = np.broadcast_to(known, shape)
-    values = full.reshape(shape[0], shape[1], -1)[0, :, 0]
-    if not np.array_equal(full, np.broadcast_to(values.reshape(1, -1, *([1] * (len(shape) - 2))), shape)):
-        return None  # varies over positions, not only channels
-    return source[0], np.asarray(values, np.float32).copy()
-
-
 def _affine(r: Reader, node: Any) -> list[Any] | None:
     """Mul or Div by per-channel constants, then (optionally) Add or Sub of them; or Add
     or Sub alone: a batch norm with its statistics folded in."""
-    found = _per_channel(r, node)
+    found = per_channel(r, node)
     if found is None:
         return None
     source, value = found
@@ -137,7 +116,7 @@ def _affine(r: Reader, node: Any) -> list[Any] | None:
     else:
         scale, shift, taken = (value if node.op_type == "Mul" else 1.0 / value), None, [node]
         after = r.next_one(node, ("Add", "Sub"))
-        follows = _per_channel(r, after) if after is not None else None
+        follows = per_channel(r, after) if after is not None else None
         if after is not None and follows is not None and not (after.op_type == "Sub" and after.input[0] != node.output[0]):
             shift = follows[1] if after.op_type == "Add" else -follows[1]
             taken.append(after)
@@ -432,11 +411,17 @@ RULES: list[Rule] = [
 ]
 
 
+# What a layer computes the same way whichever axis holds the channels: element-wise
+# activations, sums and products of equal shapes, dropout, and per-channel affines (which
+# read the channel axis where it is).
+_LAYOUT_FREE = {ReLU.kind, LeakyReLU.kind, ELU.kind, Sigmoid.kind, Tanh.kind, ReLU6.kind, Dropout.kind, Add.kind, Affine.kind,
+                *MODERN_LAYOUT_FREE}
 RULES_BY_OP: dict[str, list[Rule]] = {}
-
-
-for _rule in [*MODERN_RULES, *RULES]:  # the longer patterns of the newer kinds first (Sigmoid + Mul before Sigmoid)
+REGION_RULES_BY_OP: dict[str, list[Rule]] = {}
+for _rule in [*MODERN_RULES, *RULES, *ENTRY_RULES]:  # the longer patterns of the newer kinds first (Sigmoid + Mul before Sigmoid)
     RULES_BY_OP.setdefault(_rule.pattern[0], []).append(_rule)
+for _rule in [*REGION_RULES, *(rule for rule in [*MODERN_RULES, *RULES] if rule.kind in _LAYOUT_FREE)]:
+    REGION_RULES_BY_OP.setdefault(_rule.pattern[0], []).append(_rule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,7 +438,7 @@ class Imported:
 def import_onnx(model: onnx.ModelProto, name: str | None = None) -> Imported:
     """The spec and canonical weights of an ONNX model."""
     plain = normalise(model)
-    reader = Reader(plain, rules=RULES_BY_OP)
+    reader = Reader(plain, rules=RULES_BY_OP, last_rules=REGION_RULES_BY_OP)
     reader.read()
     output = reader.producer.get(plain.output)
     if output is None or not reader.layers or output != reader.layers[-1]["name"]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from cnnspec.agreement import agrees
 from cnnspec.backends.import_common import decimal, pair
+from cnnspec.backends.onnx_backend import TRANSPOSED_PADDING_NOTE
 from cnnspec.backends.onnx_reader import Reader, Rule, attributes
 from cnnspec.layers.activation import GELU, GeluForm, HardSigmoid, HardSwish, SiLU
 from cnnspec.layers.conv import ConvTranspose2d
@@ -212,7 +213,7 @@ def _multiply(r: Reader, node: Any) -> list[Any] | None:
     return [node]
 
 
-def _layer_norm_args(r: Reader, node: Any, channels: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+def layer_norm_args(r: Reader, node: Any, channels: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
     a = attributes(node)
     scale, bias = r.constant(node, 1), r.constant(node, 2)
     if scale is None or scale.size != channels or a.get("axis", -1) not in (-1, len(r.shape(node.input[0])) - 1):
@@ -227,14 +228,14 @@ def _layer_norm(r: Reader, node: Any) -> list[Any] | None:
     map's channels last and back (how exporters write LayerNorm2d)."""
     if node.op_type == "LayerNormalization":  # on N x F
         shape = r.shape(node.input[0])
-        found = _layer_norm_args(r, node, shape[-1]) if len(shape) == 2 else None
+        found = layer_norm_args(r, node, shape[-1]) if len(shape) == 2 else None
         taken, reads, last = [node], node.input[0], node
     else:
         norm = r.next_one(node, "LayerNormalization")
         back = r.next_one(norm, "Transpose") if norm is not None else None
         if back is None or list(attributes(node).get("perm", [])) != [0, 2, 3, 1] or list(attributes(back).get("perm", [])) != [0, 3, 1, 2]:
             return None
-        found = _layer_norm_args(r, norm, r.shape(node.input[0])[1])
+        found = layer_norm_args(r, norm, r.shape(node.input[0])[1])
         taken, reads, last = [node, norm, back], node.input[0], back
     if found is None:
         return None
@@ -330,26 +331,45 @@ def _resize(r: Reader, node: Any) -> list[Any] | None:
     return [node]
 
 
+def _transposed_padding(said: str, kernel: list[int], stride: list[int], size: tuple[int, ...],
+                        crops: list[tuple[int, int]]) -> dict[str, Any] | None:
+    """The padding arguments that crop ``crops`` from the full result: the Keras spelling
+    cnnspec's export noted, or PyTorch's symmetric padding and output padding where they can
+    say it, else Keras' 'same' or 'valid'."""
+    if said.startswith(TRANSPOSED_PADDING_NOTE):  # "Keras padding: same" or "... same 1 1" (with an output padding)
+        spelling, *extra = said.removeprefix(TRANSPOSED_PADDING_NOTE).split()
+        noted: dict[str, Any] = {"padding": spelling} | ({"output_padding": pair([int(v) for v in extra])} if len(extra) == 2 else {})
+        candidate = ConvTranspose2d(filters=1, kernel=kernel, stride=stride, **noted)
+        if [list(c) for c in candidate.crops(size[2], size[3])] == [list(c) for c in crops]:
+            return noted
+    if all(0 <= top - bottom < s and top <= k - 1 for (top, bottom), s, k in zip(crops, stride, kernel, strict=True)):
+        symmetric, given_back = [top for top, _ in crops], [top - bottom for top, bottom in crops]
+        return ({"padding": pair(symmetric)} if any(symmetric) else {}) | ({"output_padding": pair(given_back)} if any(given_back) else {})
+    for keras in ("same", "valid"):
+        candidate = ConvTranspose2d(filters=1, kernel=kernel, stride=stride, padding=keras)
+        if [list(c) for c in candidate.crops(size[2], size[3])] == [list(c) for c in crops]:
+            return {"padding": keras}
+    return None
+
+
 def _conv_transpose(r: Reader, node: Any) -> list[Any] | None:
-    """ConvTranspose with a known weight, symmetric pads (or an output_shape that implies
-    them), no dilation."""
+    """ConvTranspose with a known weight and no dilation; its crops (the pads, less the
+    output padding, or what the sizes the file states imply) as PyTorch's padding or as
+    Keras' 'same' or 'valid'."""
     a, weight, bias = attributes(node), r.constant(node, 1), r.constant(node, 2)
     shape, out = r.shape(node.input[0]), r.shape(node.output[0])
     if weight is None or weight.ndim != 4 or len(shape) != 4 or any(d != 1 for d in a.get("dilations", [1, 1])):
         return None
     group = int(a.get("group", 1))
     kernel, stride = list(weight.shape[2:]), [int(v) for v in a.get("strides", [1, 1])]
-    extra = [int(v) for v in a.get("output_padding", [0, 0])]
-    # padding from the sizes the file states: out = (n - 1) s - 2 p + k + output_padding
-    twice = [(n - 1) * s + k + op - o for n, s, k, op, o in zip(shape[2:], stride, kernel, extra, out[2:], strict=True)]
-    if any(t < 0 or t % 2 for t in twice):
+    totals = [(n - 1) * s + k - o for n, s, k, o in zip(shape[2:], stride, kernel, out[2:], strict=True)]
+    pads = [int(v) for v in a.get("pads", [])]
+    tops = pads[:2] if len(pads) == 4 else [t // 2 for t in totals]
+    crops = [(top, total - top) for top, total in zip(tops, totals, strict=True)]
+    padding = _transposed_padding(node.doc_string, kernel, stride, shape, crops)
+    if padding is None:
         return None
-    padding = [t // 2 for t in twice]
-    args: dict[str, Any] = {"filters": int(weight.shape[1]) * group, "kernel": pair(kernel), "stride": pair(stride)}
-    if any(padding):
-        args["padding"] = pair(padding)
-    if any(extra):
-        args["output_padding"] = pair(extra)
+    args: dict[str, Any] = {"filters": int(weight.shape[1]) * group, "kernel": pair(kernel), "stride": pair(stride), **padding}
     if group > 1:
         args["groups"] = group
     if bias is None:
@@ -362,6 +382,8 @@ def _conv_transpose(r: Reader, node: Any) -> list[Any] | None:
 
 
 _CHAIN_KINDS = f"{SiLU.kind}, {HardSwish.kind}, {HardSigmoid.kind} or {GELU.kind}"
+# The kinds of these rules that compute the same whichever axis holds the channels.
+MODERN_LAYOUT_FREE = (_CHAIN_KINDS, HardSwish.kind, HardSigmoid.kind, GELU.kind, Multiply.kind)
 
 MODERN_RULES: list[Rule] = [
     *(Rule((op,), _CHAIN_KINDS, _elementwise_chain, "element-wise operators of one tensor that compute one of them")
@@ -372,7 +394,7 @@ MODERN_RULES: list[Rule] = [
     Rule(("Transpose", "LayerNormalization", "Transpose"), LayerNorm.kind, _layer_norm, "channels moved last, normalised, moved back"),
     Rule(("LayerNormalization",), LayerNorm.kind, _layer_norm, "of a vector, with a known scale"),
     Rule(("MatMul", "MatMul"), AdaptiveAvgPool2d.kind, _adaptive_pool, "by constant averaging matrices on either side"),
-    Rule(("ConvTranspose",), ConvTranspose2d.kind, _conv_transpose, "a known weight, no dilation, symmetric padding"),
+    Rule(("ConvTranspose",), ConvTranspose2d.kind, _conv_transpose, "a known weight, no dilation, crops PyTorch's or Keras' padding makes"),
     Rule(("Resize",), Upsample2d.kind, _resize, "by integer scales: nearest (asymmetric, floor) or linear (half_pixel, align_corners)"),
     Rule(("Slice",), Slice.kind, _slice, "of channels, by known bounds, step 1"),
     Rule(("Split",), Slice.kind, _split, "over channels: a slice per output"),

@@ -8,7 +8,7 @@ is symbolic) and the rest of the input must be fixed; shapes are inferred (``sha
 propagation); and every node whose inputs are all known is computed once with the
 reference evaluator (``onnx.reference``): weights built by ``Constant``,
 ``ConstantOfShape`` or ``Unsqueeze``, ``Shape`` of a fixed shape and the arithmetic
-on it. ``Identity`` and reshapes that change nothing disappear.
+on it. ``Identity``, reshapes that change nothing and gathers that move nothing disappear.
 
 Shapes include the batch axis (the file's fixed batch, or 1 where it is symbolic).
 """
@@ -16,6 +16,7 @@ Shapes include the batch axis (the file's fixed batch, or 1 where it is symbolic
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -177,7 +178,9 @@ def _fold(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, 
     """(nodes left, renamed tensors): one pass in the graph's order, adding what it
     computes to ``constants``."""
     alias: dict[str, str] = {}
-    kept = []
+    kept: list[Any] = []
+    made: dict[str, Any] = {}  # tensor -> the kept node that computes it
+    readers = Counter(name for node in nodes for name in node.input)
     for original in nodes:
         node = onnx.NodeProto()
         node.CopyFrom(original)
@@ -188,6 +191,10 @@ def _fold(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, 
         if node.op_type == "Identity" or (node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and inputs[0] not in constants
                                           and shapes.get(inputs[0]) is not None and shapes.get(inputs[0]) == shapes.get(node.output[0])):
             alias[node.output[0]] = inputs[0]  # changes nothing
+        elif node.op_type == "Gather" and _moves_nothing(node, made.get(inputs[0]), readers, constants, shapes):
+            flat = made[inputs[0]]
+            alias[node.output[0]] = flat.input[0]
+            kept.remove(flat)
         elif node.op_type == "Shape" and inputs[0] in shapes:
             shape = np.array(shapes[inputs[0]], np.int64)
             constants[node.output[0]] = shape[attributes.get("start", 0): attributes.get("end", len(shape))]
@@ -196,7 +203,21 @@ def _fold(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, 
             constants.update({name: np.asarray(value) for name, value in zip(node.output, outputs, strict=False) if name})
         else:
             kept.append(node)
+            made.update((name, node) for name in node.output)
     return kept, alias
+
+
+def _moves_nothing(gather: Any, flat: Any, readers: Counter[str], constants: dict[str, np.ndarray], shapes: dict[str, Shape]) -> bool:
+    """A Reshape to one axis, read only by a Gather of every element in order into the
+    Reshape's input shape: PyTorch's default exporter writes ``as_strided`` that way (a
+    permute of size-one axes, as in a LayerNorm2d on a 1 x 1 map)."""
+    indices = constants.get(gather.input[1])
+    if flat is None or flat.op_type != "Reshape" or indices is None or readers[flat.output[0]] != 1:
+        return False
+    axis = next((helper.get_attribute_value(a) for a in gather.attribute if a.name == "axis"), 0)
+    source = shapes.get(flat.input[0])
+    return (axis == 0 and source is not None and len(shapes.get(flat.output[0], ())) == 1 and tuple(indices.shape) == tuple(source)
+            and np.array_equal(indices.reshape(-1), np.arange(indices.size)))
 
 
 def normalise(model: onnx.ModelProto) -> Plain:

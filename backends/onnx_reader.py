@@ -43,6 +43,10 @@ class Reader:
     extra_pads: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # tensor -> a Pad folded into its consumer
     done: set[int] = dataclasses.field(default_factory=set)  # ids of nodes a rule has taken
     rules: dict[str, list[Rule]] = dataclasses.field(default_factory=dict)  # by the operator that starts them
+    # A Transpose that moves a map's channels last starts a region where other rules hold
+    # (a MatMul is a 1x1 convolution there); these tensors are inside one, in N x H x W x C.
+    channels_last: set[str] = dataclasses.field(default_factory=set)
+    last_rules: dict[str, list[Rule]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.producer[self.plain.input] = INPUT
@@ -116,17 +120,46 @@ class Reader:
         for node in self.plain.nodes:
             if id(node) in self.done:
                 continue
+            inside = any(name in self.channels_last for name in node.input)
             shape = self.plain.shapes.get(node.input[0]) if node.input else None
-            if shape is not None and len(shape) not in RANKS.get(node.op_type, (len(shape),)):
+            if not inside and shape is not None and len(shape) not in RANKS.get(node.op_type, (len(shape),)):
                 raise ImportRefused(f"{node_label(node)}: ONNX {node.op_type} on a {len(shape)}-d tensor ({'x'.join(map(str, shape))}) "
                                     f"has no cnnspec layer kind (they read images, N x C x H x W{', or vectors' if 2 in RANKS[node.op_type] else ''})")
-            for rule in self.rules.get(node.op_type, []):
+            for rule in (self.last_rules if inside else self.rules).get(node.op_type, []):
                 taken = rule.read(self, node)
                 if taken is not None:
                     self.done.update(id(n) for n in taken)
+                    if inside and not rule.leaves:  # what a layer computes there stays channels-last
+                        self.channels_last.update(output for n in taken for output in n.output)
                     break
             else:
-                raise ImportRefused(unsupported(node, self))
+                raise ImportRefused(unsupported(node, self, inside))
+        if self.plain.output in self.channels_last:
+            raise ImportRefused("the model's output is a map with its channels moved last (N x H x W x C); "
+                                "a spec's output is N x C x H x W: end the model with the Transpose back")
+
+
+def per_channel(r: Reader, node: Any) -> tuple[str, np.ndarray] | None:
+    """(the variable input, one value per channel) of a binary op between a tensor and a
+    constant that varies along the channel axis only (or not at all); the channel axis is
+    the last in a channels-last region, else the second."""
+    source = r.variables(node)
+    known = next((r.constant(node, i) for i in (0, 1) if r.constant(node, i) is not None), None)
+    if len(source) != 1 or known is None:
+        return None
+    shape = r.shape(source[0])
+    if len(shape) not in (2, 4) or known.ndim > len(shape):
+        return None
+    try:
+        if np.broadcast_shapes(known.shape, shape) != shape:
+            return None  # the constant would widen the tensor
+    except ValueError:
+        return None
+    full = np.moveaxis(np.broadcast_to(known, shape), -1 if source[0] in r.channels_last else 1, 1)
+    values = full.reshape(full.shape[0], full.shape[1], -1)[0, :, 0]
+    if not np.array_equal(full, np.broadcast_to(values.reshape(1, -1, *([1] * (len(shape) - 2))), full.shape)):
+        return None  # varies over positions, not only channels
+    return source[0], np.asarray(values, np.float32).copy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +171,16 @@ class Rule:
     kind: str
     read: Callable[[Reader, Any], list[Any] | None]
     when: str = ""  # the condition, for the refusal message
+    leaves: bool = False  # in a channels-last region: the rule moves the channels back
 
 
-def unsupported(node: Any, reader: Reader) -> str:
+def unsupported(node: Any, reader: Reader, inside: bool = False) -> str:
     where = node_label(node)
     shapes = ", ".join("x".join(map(str, reader.plain.shapes[name])) for name in reader.variables(node) if name in reader.plain.shapes)
+    if inside:
+        known = "; ".join(dict.fromkeys(f"{' + '.join(r.pattern)} -> {r.kind}" for rules in reader.last_rules.values() for r in rules))
+        return (f"{where}: ONNX {node.op_type}{f' on {shapes}' if shapes else ''} reads a map whose channels a Transpose moved last; "
+                f"cnnspec reads there only: {known}")
     rules = reader.rules.get(node.op_type, [])
     if rules:
         nearest = "; ".join(f"{' + '.join(r.pattern)} -> {r.kind}{f' ({r.when})' if r.when else ''}" for r in rules)

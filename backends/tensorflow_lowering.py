@@ -240,7 +240,7 @@ def _conv(b: Builder, node: Node, inputs: list[Value]) -> Value:
 def _conv_transpose(b: Builder, node: Node, inputs: list[Value]) -> Value:
     layer = node.layer
     assert isinstance(layer, ConvTranspose2d)
-    conv = TransposedConv2D(layer.filters, layer.kernel, layer.stride, layer.padding, layer.output_padding, layer.groups,
+    conv = TransposedConv2D(layer.filters, layer.kernel, layer.stride, layer.crops(*b.graph.input_shapes(node)[0][1:]), layer.groups,
                             layer.bias, name=node.name)
     y = conv(inputs[0].tensor)  # canonical I x O/g x H x W <-> H x W x O/g x I
     b.bind(f"{node.name}.weight", conv.kernel, lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))

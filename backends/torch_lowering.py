@@ -244,6 +244,30 @@ class ChannelSlice(nn.Module):
         return x[:, self.start : self.stop]
 
 
+class CroppedConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution's full result cropped by ``crops`` ((top, bottom), (left,
+    right); negative: zero rows added there), for the crops PyTorch's symmetric padding
+    cannot say (Keras' 'same' with an odd kernel - stride). Parameters as ConvTranspose2d's."""
+
+    def __init__(self, channels: int, layer: ConvTranspose2d, crops: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        ((top, bottom), (left, right)) = crops
+        extra = (max(-bottom, 0), max(-right, 0))
+        super().__init__(channels, layer.filters, layer.kernel, layer.stride, 0, extra, layer.groups, layer.bias)
+        self.start, self.end = (top, left), (bottom + extra[0], right + extra[1])
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        y = super().forward(x)
+        return y[:, :, self.start[0] : y.shape[2] - self.end[0], self.start[1] : y.shape[3] - self.end[1]]
+
+
+def _conv_transpose(layer: ConvTranspose2d, shape: Shape) -> nn.Module:
+    crops = layer.crops(*shape[1:])
+    padding, extra = (crops[0][0], crops[1][0]), (crops[0][0] - crops[0][1], crops[1][0] - crops[1][1])
+    if all(0 <= e < s for e, s in zip(extra, layer.stride, strict=True)):  # PyTorch's own padding says it
+        return nn.ConvTranspose2d(shape[0], layer.filters, layer.kernel, layer.stride, padding, extra, layer.groups, layer.bias)
+    return CroppedConvTranspose2d(shape[0], layer, crops)
+
+
 class Product(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
@@ -303,8 +327,7 @@ LOWERINGS.update(
         Concat: lambda layer, shapes: ChannelConcat(),
         Multiply: lambda layer, shapes: Product(),
         Slice: lambda layer, shapes: ChannelSlice(layer.start, layer.stop),
-        ConvTranspose2d: lambda layer, shapes: nn.ConvTranspose2d(shapes[0][0], layer.filters, layer.kernel, layer.stride, layer.padding,
-                                                              layer.output_padding, layer.groups, layer.bias),
+        ConvTranspose2d: lambda layer, shapes: _conv_transpose(layer, shapes[0]),
         AdaptiveAvgPool2d: lambda layer, shapes: nn.AdaptiveAvgPool2d(layer.size),
         Upsample2d: lambda layer, shapes: nn.Upsample(scale_factor=tuple(float(s) for s in layer.scale), mode=layer.mode,
                                                      align_corners=layer.align_corners if layer.mode != "nearest" else None),

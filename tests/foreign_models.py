@@ -136,6 +136,65 @@ class ShuffleNet(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+class Permute(nn.Module):
+    def __init__(self, order: list[int]) -> None:
+        super().__init__()
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.order)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's: channels moved last, normalised, moved back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """The ConvNeXt authors' own LayerNorm for N x C x H x W, written out in operations."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block: Linear layers on the channels-last map, a layer scale."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute([0, 2, 3, 1]), nn.LayerNorm(dim, eps=1e-6),
+                                   nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale * self.block(x)
+
+
+class ConvNeXt(nn.Module):
+    """torchvision's ConvNeXt, its module structure and names, two small stages;
+    ``official=True`` uses the authors' channels-first LayerNorm between stages."""
+
+    def __init__(self, widths: tuple[int, int] = (8, 16), classes: int = 10, official: bool = False) -> None:
+        super().__init__()
+        norm = ChannelsFirstLayerNorm if official else (lambda c: LayerNorm2d(c, eps=1e-6))
+        self.features = nn.Sequential(nn.Sequential(nn.Conv2d(3, widths[0], 4, stride=4), norm(widths[0])), CNBlock(widths[0]),
+                                      nn.Sequential(norm(widths[0]), nn.Conv2d(widths[0], widths[1], 2, stride=2)), CNBlock(widths[1]))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(norm(widths[1]), nn.Flatten(1), nn.Linear(widths[1], classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
 def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial batch norm statistics and scales, so that folding them is tested."""
     generator = torch.Generator().manual_seed(seed)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from layer_cases import KINDS, kind_graph
 from typer.testing import CliRunner
+from zoo_cases import SIZES, spec_target, spec_text
 
 import cnnspec
 from cnnspec import Graph
@@ -27,10 +28,7 @@ pytest.importorskip("onnxruntime")
 from cnnspec.backends import numpy_backend, onnx_backend, onnx_import  # noqa: E402
 
 runner = CliRunner()
-SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
-         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64",
-         # the networks after 2016, at 64 x 64 (their heads pool globally, so any size runs)
-         "convnext_tiny": "64,64", "densenet121": "64,64", "efficientnet_b0": "64,64", "mobilenet_v2": "64,64", "mobilenet_v3_large": "64,64", "mobilenet_v3_small": "64,64", "regnet_y_400mf": "64,64", "shufflenet_v2_x1_0": "64,64", "squeezenet1_1": "64,64"}
+
 
 
 def reference(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -63,7 +61,8 @@ def resolved(graph: Graph) -> list[tuple[object, ...]]:
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_every_zoo_spec_exports_to_onnx_and_matches_onnxruntime(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.onnx"
-    result = runner.invoke(app, ["export", name, "--to", "onnx", "-o", str(out)] + (["--input-size", SIZES[name]] if SIZES[name] else []))
+    target = spec_target(name, tmp_path)
+    result = runner.invoke(app, ["export", target, "--to", "onnx", "-o", str(out)] + (["--input-size", SIZES[name]] if SIZES[name] else []))
     assert result.exit_code == 0, result.output
     assert "freshly initialised weights" in result.output and "verified against the numpy backend" in result.output
     model = onnx.load(str(out))
@@ -81,7 +80,7 @@ def test_every_zoo_spec_exports_to_onnx_and_matches_onnxruntime(name: str, tmp_p
 
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_onnx_round_trip_gives_an_equal_spec_and_equal_outputs(name: str, tmp_path: Path) -> None:
-    graph = cnnspec.load_spec(name)
+    graph = cnnspec.parse_spec(spec_text(name), f"{name}.yaml")
     if SIZES[name]:
         graph = with_input_size(graph, tuple(int(v) for v in SIZES[name].split(",")))  # type: ignore[arg-type]
     weights = initial_weights(graph, 3)
@@ -260,6 +259,31 @@ def test_import_a_torchvision_style_state_dict(tmp_path: Path) -> None:
     imported = load_arrays(tmp_path / "r.safetensors")
     assert set(imported) == set(graph.weights())
     assert np.array_equal(imported["layer2.0.downsample.0.weight"], state["layer2.0.downsample.0.weight"].numpy())
+
+
+def test_import_a_torchvision_convnext_state_dict_with_its_own_spellings(tmp_path: Path) -> None:
+    """torchvision's ConvNeXt holds its Linear layers as O x I and its layer scale as a bare
+    C x 1 x 1 parameter; the spec has 1x1 convolutions and affine weights of C."""
+    torch = pytest.importorskip("torch")
+    from cnnspec.backends import torch_backend
+
+    graph = cnnspec.load_spec("convnext_tiny")
+    state = {}
+    for name, tensor in torch_backend.build(graph).state_dict().items():
+        if name.endswith((".block.3.weight", ".block.5.weight")):
+            state[name] = tensor[:, :, 0, 0].clone()
+        elif name.endswith(".layer_scale.weight"):
+            state[name.removesuffix(".weight")] = tensor.reshape(-1, 1, 1).clone()
+        else:
+            state[name] = tensor
+    assert state["features.1.0.block.3.weight"].shape == (384, 96) and state["features.7.2.layer_scale"].shape == (768, 1, 1)
+    torch.save(state, tmp_path / "convnext_tiny.pth")
+    result = runner.invoke(app, ["import", str(tmp_path / "convnext_tiny.pth"), "--spec", "convnext_tiny", "-o", str(tmp_path / "c.safetensors")])
+    assert result.exit_code == 0, result.output
+    imported = load_arrays(tmp_path / "c.safetensors")
+    assert set(imported) == set(graph.weights())
+    assert np.array_equal(imported["features.5.3.block.5.weight"][:, :, 0, 0], state["features.5.3.block.5.weight"].numpy())
+    assert np.array_equal(imported["features.7.2.layer_scale.weight"], state["features.7.2.layer_scale"].numpy().reshape(-1))
 
 
 def test_import_refuses_pickled_code_and_wrong_weights(tmp_path: Path) -> None:

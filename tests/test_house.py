@@ -25,7 +25,7 @@ FLOORS = [
     ("harness, inference", ["cnnspec.harness", "cnnspec.inference"]),
     ("search, views", ["cnnspec.search", "cnnspec.views"]),
     ("api", ["cnnspec.api"]),
-    ("distributed", ["cnnspec.distributed"]),
+    ("distributed, serving", ["cnnspec.distributed", "cnnspec.serving"]),
     ("cli", ["cnnspec.cli", "cnnspec.__main__"]),
 ]
 

@@ -112,7 +112,7 @@ def test_an_unsupported_node_is_refused_by_name_with_the_nearest_pattern() -> No
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4, 3, 3])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
     for nodes, expected in (
-        ([helper.make_node("Transpose", ["x"], ["y"], name="swap", perm=[0, 2, 3, 1])],
+        ([helper.make_node("Transpose", ["x"], ["y"], name="swap", perm=[0, 1, 3, 2])],
          "node 'swap': ONNX Transpose on 1x4x3x3 matches no pattern cnnspec reads; supported: Transpose + LayerNormalization + "
          "Transpose -> layer_norm (channels moved last, normalised, moved back); Transpose + Softmax + Transpose -> softmax"),
         ([helper.make_node("Selu", ["x"], ["y"], name="act")], "node 'act': ONNX operator Selu has no cnnspec layer kind (did you mean 'Relu'?)"),

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 helper, numpy_helper = onnx.helper, onnx.numpy_helper
 nn = torch.nn
 
+import foreign_models as fm  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import cnnspec  # noqa: E402
@@ -184,7 +185,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("exporter", ["default", "torchscript-17"])
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13", "torchscript-17"])
 def test_convnext_layer_norm_imports_as_layer_norm(tmp_path: Path, exporter: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), LayerNorm2d(8, eps=1e-6), nn.Conv2d(8, 8, 7, padding=3, groups=8)).eval()
@@ -281,3 +282,60 @@ def test_a_segmentation_decoder_imports_with_transposed_convolutions(tmp_path: P
     x = np.random.default_rng(3).standard_normal((2, 3, 10, 12)).astype(np.float32)
     with torch.no_grad():
         assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+
+
+def _import_and_compare(tmp_path: Path, model: nn.Module, shape: tuple[int, ...], exporter: str) -> cnnspec.Graph:
+    path = tmp_path / "m.onnx"
+    torch_export(model, torch.randn(1, *shape), path, exporter)
+    result = runner.invoke(app, ["import", str(path), "-o", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 0, result.output
+    graph = cnnspec.load_spec(tmp_path / "m.yaml")
+    session = numpy_backend.open_session(graph, TrainConfig())
+    session.set_weights(load_arrays(tmp_path / "m.safetensors"))
+    x = np.random.default_rng(3).standard_normal((2, *shape)).astype(np.float32)
+    with torch.no_grad():
+        assert_agrees(session.predict(x), model(torch.from_numpy(x)).numpy())
+    return graph
+
+
+def _convnext(official: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = fm.ConvNeXt(official=official).eval()
+    with torch.no_grad():  # scales far from their initial 1 and 1e-6, so that a misread one shows
+        for name, parameter in model.named_parameters():
+            if name.endswith("layer_scale") or parameter.ndim == 1:
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13", "torchscript-17"])
+def test_a_torchvision_convnext_imports_its_channels_last_linear_layers_as_1x1_convolutions(tmp_path: Path, exporter: str) -> None:
+    """Permute, LayerNorm, Linear, GELU, Linear, permute back: opset 13 decomposes the
+    LayerNorm, 17 keeps it; the default exporter writes Gelu."""
+    model = _convnext(official=False)
+    graph = _import_and_compare(tmp_path, model, (3, 32, 32), exporter)
+    kinds = [node.kind for node in graph.nodes]
+    assert kinds.count("layer_norm") == 5 and kinds.count("gelu") == 2 and kinds.count("affine") == 2, kinds
+    assert sum(1 for node in graph.nodes if node.kind == "conv2d" and node.layer.kernel == (1, 1)) == 4
+    assert graph.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript-13"])
+def test_the_authors_channels_first_layer_norm_chain_imports_as_layer_norm(tmp_path: Path, exporter: str) -> None:
+    model = _convnext(official=True)
+    graph = _import_and_compare(tmp_path, model, (3, 32, 32), exporter)
+    assert [node.kind for node in graph.nodes].count("layer_norm") == 5
+    assert graph.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("tail", "said"), [
+    ([fm.Permute([0, 2, 3, 1])], "the model's output is a map with its channels moved last"),
+    ([fm.Permute([0, 2, 3, 1]), nn.Softmax(-1), nn.Linear(4, 4), fm.Permute([0, 3, 1, 2])],
+     "ONNX Softmax on 1x5x5x4 reads a map whose channels a Transpose moved last; cnnspec reads there only: "),
+])
+def test_a_channels_last_region_cnnspec_cannot_read_is_refused_by_name(tmp_path: Path, tail: list[nn.Module], said: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), *tail).eval()
+    torch_export(model, torch.randn(1, 3, 7, 7), tmp_path / "m.onnx", "torchscript-17")
+    result = runner.invoke(app, ["import", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 1 and said in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "m.yaml").exists()

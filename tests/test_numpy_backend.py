@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from layer_cases import KINDS, OPTIMIZER_CASES, assert_whole_samples_dropped, case_id, drop_path_graph, kind_graph
+from zoo_cases import spec_text
 
 import cnnspec
 from cnnspec import Graph
@@ -130,7 +131,7 @@ SIZES = {"lenet5": 32, "alexnet": 96, "vgg16": 32, "vgg19": 32, "googlenet": 64,
 
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_zoo_model_matches_torch(name: str) -> None:
-    graph = cnnspec.load_spec(name)
+    graph = cnnspec.parse_spec(spec_text(name), f"{name}.yaml")
     if SIZES[name] != graph.input_shape[1]:
         graph = with_input_size(graph, (SIZES[name], SIZES[name]))
     # Training mode where there is no dropout (the two backends draw different masks).

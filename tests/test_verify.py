@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from zoo_cases import SIZES, spec_target
 
 import cnnspec
 from cnnspec.backends import installed_backends
@@ -16,15 +17,12 @@ torch = pytest.importorskip("torch")
 from cnnspec.backends import torch_lowering  # noqa: E402
 
 runner = CliRunner()
-SIZES = {"lenet5": None, "alexnet": "96,96", "vgg16": "32,32", "vgg19": "32,32", "googlenet": "64,64",
-         "resnet18": "64,64", "resnet34": "64,64", "resnet50": "64,64",
-         # the networks after 2016, at 64 x 64 (their heads pool globally, so any size runs)
-         "convnext_tiny": "64,64", "densenet121": "64,64", "efficientnet_b0": "64,64", "mobilenet_v2": "64,64", "mobilenet_v3_large": "64,64", "mobilenet_v3_small": "64,64", "regnet_y_400mf": "64,64", "shufflenet_v2_x1_0": "64,64", "squeezenet1_1": "64,64"}
+
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
-def test_every_zoo_spec_agrees_across_backends(name: str) -> None:
-    args = ["verify", name, "--format", "json"] + (["--input-size", SIZES[name]] if SIZES[name] else [])
+def test_every_zoo_spec_agrees_across_backends(name: str, tmp_path: Path) -> None:
+    args = ["verify", spec_target(name, tmp_path), "--format", "json"] + (["--input-size", SIZES[name]] if SIZES[name] else [])
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

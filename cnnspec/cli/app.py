@@ -16,6 +16,7 @@ from cnnspec.cli.common import stdout
 from cnnspec.cli.guard import guarded
 from cnnspec.cli.porting_commands import export, import_, verify
 from cnnspec.cli.run_commands import embed, eval_, features, inspect, predict, report, similar
+from cnnspec.cli.serve_command import serve
 from cnnspec.cli.spec_commands import calc_conv, calc_pool, check, draw, schema, zoo
 from cnnspec.cli.train_command import train
 
@@ -83,6 +84,7 @@ app.command()(features)
 app.command()(embed)
 app.command()(similar)
 app.command()(predict)
+app.command()(serve)
 app.command()(inspect)
 app.command()(report)
 app.command()(verify)

@@ -117,11 +117,6 @@ def _parse_sets(values: list[str]) -> dict[str, object]:
     return overrides
 
 
-def _class_name(classes: list[str], label: int) -> str:
-    """An index row's class name; its number where the index holds no names for it."""
-    return classes[label] if 0 <= label < len(classes) else str(label)
-
-
 def _input_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None

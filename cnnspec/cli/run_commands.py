@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,6 @@ from cnnspec.cli.common import (
     Engine,
     Format,
     RuntimeOpt,
-    _class_name,
     _fail_run,
     _run_errors,
     _said,
@@ -160,10 +159,7 @@ def similar(
     except _run_errors() as exc:
         _fail_run(exc)
     name = "similarity" if loaded.metric == "cosine" else "distance"
-    results: list[dict[str, Any]] = [
-        {"query": str(query), "neighbours": [{"path": loaded.paths[p], name: float(v), "class": _class_name(loaded.classes, int(loaded.labels[p])), "label": int(loaded.labels[p])} for v, p in zip(row_scores, row, strict=True)]}
-        for query, row_scores, row in zip(queries, scores, positions, strict=True)
-    ]
+    results = loaded.neighbours([str(query) for query in queries], scores, positions)
     if format is Format.json:
         sys.stdout.write(strict_json(results, indent=2) + "\n")
         return

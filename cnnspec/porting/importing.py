@@ -171,6 +171,7 @@ def _from_state_dict(graph: Graph, path: Path) -> tuple[dict[str, np.ndarray], l
             if any(name[len(prefix):] in expected for name in state):
                 state = {name[len(prefix):] if name.startswith(prefix) else name: array for name, array in state.items()}
                 break
+    state = _spelled_as_spec(state, expected)
     weights = {name: array for name, array in state.items() if name in expected}
     ignored = [name for name in state if name not in expected and not name.endswith("num_batches_tracked")]
     missing = [name for name in expected if name not in weights]
@@ -183,6 +184,23 @@ def _from_state_dict(graph: Graph, path: Path) -> tuple[dict[str, np.ndarray], l
             f"Its names must be the spec's: a layer's name, then .weight, .bias, ... (`cnnspec check` lists the layers)"
         )
     return weights, ignored
+
+
+def _spelled_as_spec(state: dict[str, np.ndarray], expected: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The two ways PyTorch spells what a spec holds differently, read as the spec does: a
+    bare parameter (ConvNeXt's ``layer_scale``) as the layer's ``.weight``, and an array
+    whose shape differs only by axes of size one (a ``Linear``'s O x I as a 1x1 conv's
+    O x I x 1 x 1, a C x 1 x 1 layer scale as an affine's C) reshaped. Nothing else moves."""
+    state = dict(state)
+    for name, want in expected.items():
+        bare = name.removesuffix(".weight")
+        if name not in state and bare != name and bare in state and bare not in expected:
+            state[name] = state.pop(bare)
+        given = state.get(name)
+        if given is not None and tuple(given.shape) != tuple(want.shape) and \
+                [d for d in given.shape if d != 1] == [d for d in want.shape if d != 1]:
+            state[name] = given.reshape(want.shape)
+    return state
 
 
 def _prefixes(state: dict[str, Any]) -> list[str]:

@@ -63,6 +63,18 @@ class Index:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def neighbours(self, queries: list[str], scores: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
+        """``search``'s answer for named queries, as ``cnnspec similar --format json`` prints
+        it: each neighbour's path, score (``similarity`` or ``distance``), class and label."""
+        key, classes = ("similarity" if self.metric == "cosine" else "distance"), self.classes
+
+        def name(label: int) -> str:  # its number where the index holds no names for it
+            return classes[label] if 0 <= label < len(classes) else str(label)
+
+        return [{"query": query, "neighbours": [{"path": self.paths[p], key: float(v), "class": name(int(self.labels[p])), "label": int(self.labels[p])}
+                                                for v, p in zip(row_scores, row, strict=True)]}
+                for query, row_scores, row in zip(queries, scores, rows, strict=True)]
+
     # ---- files --------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
