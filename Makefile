@@ -145,6 +145,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_import_keras.py
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_serve.py --plot build/serve-latency.png
 	$(BIN)/python benchmarks/bench_memory_format.py 5 --compile
 	$(BIN)/python benchmarks/bench_distributed.py
 

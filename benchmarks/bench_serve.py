@@ -242,6 +242,7 @@ def main() -> None:
                     process.terminate()
                     process.wait(timeout=30)
     out = Path(_option("--plot", "serve-latency.png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -248,21 +248,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def serving(run: Path) -> Iterator[str]:
-    """A real `cnnspec serve` process on a free port, once it is ready; its address."""
+def _start(run: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """A real `cnnspec serve` process on a free port, once it is ready; and its address."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cnnspec", "serve", str(run), "--port", str(port), "--runtime", "backend"],
+    process = subprocess.Popen([sys.executable, "-m", "cnnspec", "serve", str(run), "--port", str(port), "--runtime", "backend", *options],
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.1)
+    return process, base
+
+
+@contextlib.contextmanager
+def serving(run: Path, *options: str) -> Iterator[str]:
+    process, base = _start(run, *options)
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
         yield base
     finally:
         process.kill()
@@ -270,23 +275,27 @@ def serving(run: Path) -> Iterator[str]:
 
 
 def test_sigterm_drains_and_exits_0(run: Path, images: list[Path]) -> None:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cnnspec", "serve", str(run), "--port", str(port), "--runtime", "backend"],
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}"
+    """A real server with requests in flight (held 300 ms in the batcher): SIGTERM lets each
+    finish with its answer, then the process exits 0."""
+    process, base = _start(run, "--max-delay-ms", "300", "--max-batch", "64")
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        request = urllib.request.Request(f"{base}/v2/models/lenet5/classify", data=images[0].read_bytes(), headers={"Content-Type": "image/png"})
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert json.loads(answer.read())["results"][0]["top"]
+        statuses: list[int] = []
+
+        def classify() -> None:
+            request = urllib.request.Request(f"{base}/v2/models/lenet5/classify", data=images[0].read_bytes(), headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=20) as answer:
+                assert json.loads(answer.read())["results"][0]["top"]
+                statuses.append(answer.status)
+
+        threads = [threading.Thread(target=classify) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)  # all eight are waiting in the batcher now
         process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
         assert process.wait(timeout=30) == 0
+        assert statuses == [200] * 8
     finally:
         process.kill()
     said = process.stderr.read() if process.stderr else ""
@@ -294,10 +303,7 @@ def test_sigterm_drains_and_exits_0(run: Path, images: list[Path]) -> None:
 
 
 def test_similar_answers_as_the_similar_command(run: Path, images: list[Path], tmp_path: Path) -> None:
-    for i, image in enumerate(images):  # an image collection: folders by class
-        (tmp_path / "photos" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "photos" / f"c{i % 2}" / image.name).write_bytes(image.read_bytes())
-    cnnspec.embed(run, str(tmp_path / "photos"), out=tmp_path / "x.index")
+    _indexed(run, images, tmp_path)
     expected_scores, expected_rows, index = api.similar(tmp_path / "x.index", [images[1]], k=2)
     expected = index.neighbours([images[1].name], expected_scores, expected_rows)
     server = build(run, runtime="backend", index=tmp_path / "x.index")
@@ -310,6 +316,10 @@ def test_similar_answers_as_the_similar_command(run: Path, images: list[Path], t
     assert got[0]["neighbours"][0]["path"].endswith(images[1].name)  # itself first
     assert_agrees(np.array([n["similarity"] for n in got[0]["neighbours"]]), np.array([n["similarity"] for n in expected[0]["neighbours"]]))
     assert client_for(run).post("/v2/models/lenet5/similar", content=b"", headers={"content-type": "image/png"}).status_code == 404
+    row = got[0]["neighbours"][0]["row"]
+    picture = c.get(f"/v2/models/lenet5/similar/{row}")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png" and picture.content == images[1].read_bytes()
+    assert c.get("/v2/models/lenet5/similar/99").json() == {"error": "the index has rows 0 to 2"}
 
 
 class Browser:
@@ -355,15 +365,25 @@ class Browser:
         os.close(self._receive)
 
 
-def test_the_page_classifies_an_image_in_a_headless_browser(run: Path, images: list[Path]) -> None:
-    """The page as a person uses it: loaded from a real server, the model card filled in,
-    an image handed to its classify function as a dropped file is, its bars drawn with
-    predict's classes, the live panel reading /metrics, and no script error."""
+def _indexed(run: Path, images: list[Path], folder: Path) -> Path:
+    for i, image in enumerate(images):  # an image collection: folders by class
+        (folder / "photos" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / "photos" / f"c{i % 2}" / image.name).write_bytes(image.read_bytes())
+    cnnspec.embed(run, str(folder / "photos"), out=folder / "x.index")
+    return folder / "x.index"
+
+
+def test_the_page_classifies_an_image_in_a_headless_browser(run: Path, images: list[Path], tmp_path: Path) -> None:
+    """The page as a person uses it: loaded from a real server with an index, the model
+    card filled in, an image handed to its classify function as a dropped file is, its bars
+    drawn with predict's classes and its nearest images shown, the live panel reading
+    /metrics, and no script error."""
+    index = _indexed(run, images, tmp_path)
     executable = next((path for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (path := shutil.which(name))), None)
     if executable is None:
         pytest.skip("no Chromium or Chrome on PATH to open the page with (.ci/run installs Debian's chromium)")
     expected, _ = api.predict(run, [images[0]], runtime="backend", top=5)
-    with serving(run) as base:
+    with serving(run, "--index", str(index)) as base:
         browser = Browser(executable)
         try:
             target = browser.call("Target.createTarget", url=f"{base}/")["targetId"]
@@ -373,8 +393,11 @@ def test_the_page_classifies_an_image_in_a_headless_browser(run: Path, images: l
             script = (f"(async () => {{ for (let i = 0; i < 100 && !document.querySelector('#card dd'); i++) await new Promise(r => setTimeout(r, 50));"
                       f" const bytes = Uint8Array.from(atob('{picture}'), c => c.charCodeAt(0));"
                       f" await classify([new File([bytes], '{images[0].name}', {{type: 'image/png'}})]); await live();"
+                      " for (let i = 0; i < 100 && [...document.querySelectorAll('.near img')].some(im => !im.complete || !im.naturalWidth); i++)"
+                      " await new Promise(r => setTimeout(r, 50));"
                       " return {card: document.getElementById('card').innerText, results: document.getElementById('results').innerText,"
-                      " live: document.getElementById('live').innerText, bars: document.querySelectorAll('#results .bar').length}; })()")
+                      " live: document.getElementById('live').innerText, bars: document.querySelectorAll('#results .bar').length,"
+                      " near: [...document.querySelectorAll('.near img')].map(im => im.naturalWidth)}; })()")
             found = browser.call("Runtime.evaluate", session, expression=script, awaitPromise=True, returnByValue=True)
         finally:
             browser.close()
@@ -382,7 +405,40 @@ def test_the_page_classifies_an_image_in_a_headless_browser(run: Path, images: l
     value = found["result"]["value"]  # type: ignore[index]
     assert "lenet5" in value["card"] and "61,706" in value["card"].replace(".", ",") and "engine" in value["card"]
     assert value["bars"] == 5 and images[0].name in value["results"]
+    assert "nearest in the index" in value["results"] and "3 images" in value["card"]
+    assert len(value["near"]) == 3 and all(width > 0 for width in value["near"])  # each neighbour's picture loaded
     first = expected[0]["top"][0]
     assert f"{first['probability']:.3f}" in value["results"]
     assert "images served" in value["live"] and "\n1\n" in f"\n{value['live']}\n"
     assert not [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+
+
+def test_concurrent_requests_are_batched_and_each_answer_is_its_own(run: Path) -> None:
+    """Sixteen requests in flight at once (the batch waits up to 200 ms to fill): computed in
+    batches of several rows, each request answered with what it gets alone."""
+    server = build(run, runtime="backend", limits=Limits(max_batch=8, max_delay=0.2))
+    server.model.warm()
+    rng = np.random.default_rng(5)
+    inputs = [rng.integers(0, 256, (1 + i % 3, 1, 32, 32), dtype=np.uint8) for i in range(16)]
+    alone = [server.model.scorer.outputs(x) for x in inputs]
+    answers: dict[int, np.ndarray] = {}
+
+    def send(c: TestClient, i: int) -> None:
+        x = inputs[i]
+        body = {"inputs": [{"name": "input", "datatype": "UINT8", "shape": list(x.shape), "data": x.reshape(-1).tolist()}], "outputs": [{"name": "logits"}]}
+        reply = c.post("/v2/models/lenet5/infer", json=body)
+        assert reply.status_code == 200, reply.text
+        output = reply.json()["outputs"][0]
+        answers[i] = np.array(output["data"], np.float32).reshape(output["shape"])
+
+    with TestClient(server.app) as c:  # one event loop for every request, as uvicorn has
+        threads = [threading.Thread(target=send, args=(c, i)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, expected in enumerate(alone):
+        assert_agrees(answers[i], expected)
+    batches = server.model.metrics.batch_rows
+    assert batches.total == sum(len(x) for x in inputs) and batches.count < 16  # several requests a batch
+    server.model.close()

@@ -71,7 +71,7 @@ class Index:
         def name(label: int) -> str:  # its number where the index holds no names for it
             return classes[label] if 0 <= label < len(classes) else str(label)
 
-        return [{"query": query, "neighbours": [{"path": self.paths[p], key: float(v), "class": name(int(self.labels[p])), "label": int(self.labels[p])}
+        return [{"query": query, "neighbours": [{"path": self.paths[p], key: float(v), "class": name(int(self.labels[p])), "label": int(self.labels[p]), "row": int(p)}
                                                 for v, p in zip(row_scores, row, strict=True)]}
                 for query, row_scores, row in zip(queries, scores, rows, strict=True)]
 

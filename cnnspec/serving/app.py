@@ -15,15 +15,17 @@ import base64
 import binascii
 import hmac
 import json
+import mimetypes
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from cnnspec.serving import protocol
@@ -139,6 +141,7 @@ class Server:
             Route(f"{prefix}/infer", self.infer, methods=["POST"]),
             Route(f"{prefix}/classify", self.classify, methods=["POST"]),
             Route(f"{prefix}/similar", self.similar, methods=["POST"]),
+            Route(f"{prefix}/similar/{{row:int}}", self.indexed_image),
         ]
         self.app = Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
         self.app.add_middleware(_Guard, server=self)
@@ -205,6 +208,20 @@ class Server:
         k = _count(request, "k", 10)
         items, pixels = await self._prepared(request)
         return JSONResponse({"results": await self.model.neighbours.search([name for name, _ in items], pixels, k)})
+
+    async def indexed_image(self, request: Request) -> Response:
+        """The file of one of the index's images, by its row (the page shows neighbours with
+        it): only the files the index lists, never a path the request names."""
+        if self.model.neighbours is None:
+            raise Refused(404, "this server has no index: start it with --index X.index (from cnnspec embed)")
+        index, row = self.model.neighbours.index, int(request.path_params["row"])
+        if not 0 <= row < len(index):
+            raise Refused(404, f"the index has rows 0 to {len(index) - 1}")
+        path = Path(index.paths[row])
+        if not path.is_file():
+            raise Refused(404, f"{path} is no longer there")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=kind if kind.startswith("image/") else "application/octet-stream")
 
     async def _prepared(self, request: Request) -> tuple[list[tuple[str, bytes]], np.ndarray]:
         """The images a request carries, by name, and their pixels as ``predict`` prepares them."""

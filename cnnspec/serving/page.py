@@ -1,7 +1,8 @@
 """The server's page: one self-contained HTML document (no build step, no external
 script, style or font), that classifies dropped or picked images through the classify
-endpoint and draws the top classes as bars, shows the model card, and reads live latency
-and batch sizes from /metrics every two seconds."""
+endpoint and draws the top classes as bars, shows the index's nearest images when the
+server has one, shows the model card, and reads live latency and batch sizes from
+/metrics every two seconds."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ section{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:16px}
 .result{display:flex;gap:14px;margin-top:14px;align-items:flex-start}.result img{width:96px;height:96px;object-fit:contain;background:#eee}
 .bar{display:flex;align-items:center;gap:8px;margin:3px 0}.bar span{width:130px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .bar div{height:14px;background:#3560d0;border-radius:3px}.error{color:#b00020}
+.near{display:flex;gap:8px;flex-wrap:wrap;margin-top:6px}.near figure{margin:0;width:84px;font-size:12px}
+.near img{width:84px;height:84px;object-fit:cover;background:#eee}
 dt{font-weight:600;margin-top:6px}dd{margin:0;word-break:break-all}input[type=password]{width:100%%}
 </style></head><body>
 <header><h1>cnnspec serve &middot; <span id="name">%(title)s</span></h1></header>
@@ -30,14 +33,17 @@ dt{font-weight:600;margin-top:6px}dd{margin:0;word-break:break-all}input[type=pa
 <script>
 "use strict";
 const model = %(model)s;
+let hasIndex = false;
 const base = "/v2/models/" + encodeURIComponent(model);
 const headers = () => { const t = document.getElementById("token").value; return t ? {Authorization: "Bearer " + t} : {}; };
 const el = (tag, attrs, text) => { const e = document.createElement(tag); Object.assign(e, attrs || {}); if (text !== undefined) e.textContent = text; return e; };
 async function card() {
   const r = await fetch(base + "/card", {headers: headers()}); if (!r.ok) return;
   const c = await r.json(), dl = document.getElementById("card"); dl.replaceChildren();
+  hasIndex = !!c.index;
   for (const [k, v] of [["spec", c.spec], ["input", c.input.join(" x ")], ["classes", c.classes.length + ": " + c.classes.slice(0, 10).join(", ")],
-                        ["parameters", c.params.toLocaleString()], ["MACs", c.macs.toLocaleString()], ["checkpoint", c.checkpoint], ["engine", c.engine]]) {
+                        ["parameters", c.params.toLocaleString()], ["MACs", c.macs.toLocaleString()], ["checkpoint", c.checkpoint], ["engine", c.engine],
+                        ...(c.index ? [["index", c.index.images.toLocaleString() + " images, layer " + c.index.layer + ", " + c.index.metric]] : [])]) {
     dl.append(el("dt", {}, k), el("dd", {}, String(v)));
   }
 }
@@ -47,6 +53,12 @@ async function classify(files) {
   const r = await fetch(base + "/classify?top_k=5", {method: "POST", body: form, headers: headers()});
   const answer = await r.json();
   if (!r.ok) { out.prepend(el("p", {className: "error"}, answer.error)); return; }
+  let near = null;
+  if (hasIndex) {
+    const form2 = new FormData(); for (const f of files) form2.append("files", f, f.name);
+    const s = await fetch(base + "/similar?k=6", {method: "POST", body: form2, headers: headers()});
+    if (s.ok) near = (await s.json()).results;
+  }
   answer.results.forEach((res, i) => {
     const box = el("div", {className: "result"}), bars = el("div");
     box.append(el("img", {src: URL.createObjectURL(files[i]), alt: res.input}), bars);
@@ -56,6 +68,16 @@ async function classify(files) {
       fill.style.width = Math.max(2, Math.round(t.probability * 200)) + "px";
       row.append(el("span", {title: t.class}, t.class), fill, el("small", {}, t.probability.toFixed(3)));
       bars.append(row);
+    }
+    if (near) {
+      const strip = el("div", {className: "near"});
+      for (const n of near[i].neighbours) {
+        const fig = el("figure"), img = el("img", {alt: n.path, title: n.path});
+        fetch(base + "/similar/" + n.row, {headers: headers()}).then(r => r.ok ? r.blob() : null).then(b => { if (b) img.src = URL.createObjectURL(b); });
+        fig.append(img, el("figcaption", {}, n.class + " " + (n.similarity ?? n.distance).toFixed(3)));
+        strip.append(fig);
+      }
+      bars.append(el("div", {}, "nearest in the index:"), strip);
     }
     out.prepend(box);
   });
