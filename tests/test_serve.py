@@ -442,3 +442,13 @@ def test_concurrent_requests_are_batched_and_each_answer_is_its_own(run: Path) -
     batches = server.model.metrics.batch_rows
     assert batches.total == sum(len(x) for x in inputs) and batches.count < 16  # several requests a batch
     server.model.close()
+
+
+def test_a_busy_port_is_said_plainly_before_the_model_loads(run: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "cnnspec", "serve", str(run), "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"cnnspec: error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another with --port" in done.stderr

@@ -35,13 +35,14 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         _said(f"warning: listening on {host} without --token: anyone who reaches this address can use the model")
     from cnnspec.serving.model import Limits
-    from cnnspec.serving.server import build
+    from cnnspec.serving.server import build, listenable
     from cnnspec.serving.server import run as run_server
 
     limits = Limits(max_batch=max_batch, max_delay=max_delay_ms / 1000, max_queue=max_queue or 32 * max_batch, timeout=timeout,
                     max_body=max_body)
     try:
+        listenable(host, port)  # before the model loads: a busy port is said at once
         server = build(run, backend=backend, name=name, runtime=runtime, device=device, limits=limits, token=token, index=index)
+        run_server(server, host, port, _said)
     except _run_errors() as exc:
         _fail_run(exc)
-    run_server(server, host, port, _said)

@@ -5,12 +5,15 @@ their queued rows finish, then the process exits 0."""
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnspec.errors import CnnspecError
 from cnnspec.serving.app import Server
 from cnnspec.serving.model import Limits, Neighbours, ServedModel
 
@@ -38,8 +41,22 @@ def curl_lines(server: Server, address: str) -> list[str]:
             f"curl{auth} {address}/metrics"]
 
 
+def listenable(host: str, port: int) -> None:
+    """Refuse, before anything starts, an address this process cannot listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            hint = ": choose another with --port" if exc.errno == errno.EADDRINUSE else ""
+            raise CnnspecError(f"cannot listen on {host}:{port} ({exc.strerror or exc}){hint}") from None
+
+
 def run(server: Server, host: str, port: int, said: Callable[[str], None]) -> None:
     import uvicorn
+
+    listenable(host, port)
 
     class _Draining(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -51,7 +68,8 @@ def run(server: Server, host: str, port: int, said: Callable[[str], None]) -> No
     said(f"serving '{server.model.name}' at {address} ({server.model.runtime}); page: {address}/")
     for line in curl_lines(server, address):
         said(f"  {line}")
-    threading.Thread(target=server.model.warm, name="cnnspec-warm", daemon=True).start()
+    warming = threading.Thread(target=server.model.warm, name="cnnspec-warm", daemon=True)
+    warming.start()
     # uvicorn hands the signal that stopped it to the handler found before it started: a
     # drained stop is a success, so that handler does nothing (exit 0, not death by SIGTERM)
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -59,5 +77,6 @@ def run(server: Server, host: str, port: int, said: Callable[[str], None]) -> No
     try:
         _Draining(config).run()
     finally:
+        warming.join()  # an engine thread still running at exit aborts the process
         server.model.close()
     said("stopped: every request in flight was answered")
