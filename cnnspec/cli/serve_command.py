@@ -13,7 +13,7 @@ from cnnspec.cli.common import DeviceOpt, RuntimeOpt, _fail_run, _run_errors, _s
 def serve(
     run: Annotated[Path, typer.Argument(help="a run folder (its best checkpoint) or one of its checkpoints")],
     host: Annotated[str, typer.Option(help="the address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="the port to listen on")] = 8000,
     name: Annotated[str | None, typer.Option(help="the model's name in URLs [default: the spec's name]")] = None,
     index: Annotated[Path | None, typer.Option(help="an index from cnnspec embed: POST .../similar answers with its nearest images")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="default: the run's backend")] = None,
