@@ -194,7 +194,7 @@ def test_a_slow_engine_gives_504_and_a_full_queue_503(run: Path) -> None:
         t.join()
     assert 503 in answers, answers
     server.model.batcher._compute = real
-    for _ in range(100):  # the rows of the requests that timed out are still computed: wait for the queue to drain
+    for _ in range(100):  # the queue drains (requests that timed out are dropped from it, not computed)
         if server.model.metrics.queued == 0:
             break
         time.sleep(0.1)
@@ -452,3 +452,30 @@ def test_a_busy_port_is_said_plainly_before_the_model_loads(run: Path) -> None:
         done = subprocess.run([sys.executable, "-m", "cnnspec", "serve", str(run), "--port", str(port)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"cnnspec: error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another with --port" in done.stderr
+
+
+def test_a_request_nobody_waits_for_is_never_computed() -> None:
+    calls: list[list[float]] = []
+    gate = threading.Event()
+
+    def compute(x: np.ndarray) -> np.ndarray:
+        calls.append(x[:, 0].tolist())
+        gate.wait(5)
+        return x
+
+    batcher = Batcher(compute, Metrics("m"), max_batch=8)
+
+    async def main() -> np.ndarray:
+        first = batcher.submit(np.zeros((1, 1)))
+        await asyncio.sleep(0.05)
+        gone = batcher.submit(np.full((3, 1), 7.0))
+        kept = batcher.submit(np.full((1, 1), 2.0))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gone, 0.01)  # what a 504 does
+        gate.set()
+        await first
+        return await kept
+
+    assert asyncio.run(main()).tolist() == [[2.0]]
+    batcher.close()
+    assert calls == [[0.0], [2.0]]  # the abandoned three rows never reached the engine

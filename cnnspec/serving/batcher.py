@@ -91,9 +91,21 @@ class Batcher:
             self._changed.notify()
         self._thread.join(timeout)
 
+    def _drop_abandoned(self) -> None:
+        """Leave out the queued requests nobody waits for any more (timed out with 504, or
+        their client gone): their rows are never computed. Called holding the lock."""
+        kept = [job for job in self._jobs if not job.future.done()]
+        if len(kept) != len(self._jobs):
+            self._rows -= sum(len(job.rows) for job in self._jobs if job.future.done())
+            self._jobs = collections.deque(kept)
+            self._metrics.queued = self._rows
+
     def _take(self) -> list[_Job] | None:
         with self._changed:
-            while not self._jobs and not self._closing:
+            while True:
+                self._drop_abandoned()
+                if self._jobs or self._closing:
+                    break
                 self._changed.wait()
             if not self._jobs:
                 return None
@@ -101,6 +113,7 @@ class Batcher:
             rows = len(taken[0].rows)
             deadline = time.perf_counter() + self.max_delay
             while True:
+                self._drop_abandoned()
                 while self._jobs and rows + len(self._jobs[0].rows) <= self.max_batch:
                     job = self._jobs.popleft()
                     taken.append(job)
