@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -148,12 +149,8 @@ def test_bad_input_is_refused_in_one_line(run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x.html").exists()
 
 
-def _chromium() -> str | None:
-    return next((path for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (path := shutil.which(name))), None)
-
-
 def test_the_page_renders_in_a_headless_browser(run: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("no Chromium or Chrome on PATH to open the page with")
     _, path = page_of(run, "digit-0.png")

@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -29,6 +28,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="cnnspec serve needs the serve extra")
 pytest.importorskip("httpx2", reason="Starlette's test client needs httpx2 (the dev extra)")
+from browser import Browser, chromium
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -322,49 +322,6 @@ def test_similar_answers_as_the_similar_command(run: Path, images: list[Path], t
     assert c.get("/v2/models/lenet5/similar/99").json() == {"error": "the index has rows 0 to 2"}
 
 
-class Browser:
-    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
-    JSON messages ending in NUL on file descriptors 3 and 4), with the standard library only."""
-
-    def __init__(self, executable: str) -> None:
-        to_child, self._send = os.pipe()
-        self._receive, from_child = os.pipe()
-
-        def descriptors() -> None:
-            os.dup2(to_child, 3)
-            os.dup2(from_child, 4)
-
-        self.process = subprocess.Popen([executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(3, 4), preexec_fn=descriptors)
-        os.close(to_child)
-        os.close(from_child)
-        self._buffer, self._next, self.events = b"", 0, []
-
-    def call(self, method: str, session: str | None = None, **params: object) -> dict[str, object]:
-        self._next += 1
-        message = {"id": self._next, "method": method, "params": params} | ({"sessionId": session} if session else {})
-        os.write(self._send, json.dumps(message).encode() + b"\0")
-        while True:
-            while b"\0" not in self._buffer:
-                chunk = os.read(self._receive, 1 << 16)
-                if not chunk:
-                    raise RuntimeError("the browser closed its pipe")
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self._next:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            self.events.append(reply)
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        os.close(self._send)
-        os.close(self._receive)
-
-
 def _indexed(run: Path, images: list[Path], folder: Path) -> Path:
     for i, image in enumerate(images):  # an image collection: folders by class
         (folder / "photos" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
@@ -379,7 +336,7 @@ def test_the_page_classifies_an_image_in_a_headless_browser(run: Path, images: l
     drawn with predict's classes and its nearest images shown, the live panel reading
     /metrics, and no script error."""
     index = _indexed(run, images, tmp_path)
-    executable = next((path for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (path := shutil.which(name))), None)
+    executable = chromium()
     if executable is None:
         pytest.skip("no Chromium or Chrome on PATH to open the page with (.ci/run installs Debian's chromium)")
     expected, _ = api.predict(run, [images[0]], runtime="backend", top=5)

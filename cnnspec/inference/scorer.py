@@ -111,11 +111,12 @@ class Scorer:
     @staticmethod
     def ranked(outputs: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, probabilities), N x k each, best first."""
-        probabilities = _softmax(outputs)
+        probabilities = softmax(outputs)
         best = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(top, outputs.shape[1])]
         return best, np.take_along_axis(probabilities, best, axis=1)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Probabilities from logits, row by row."""
     shifted = np.exp(x - x.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from cnnspec.backends.protocol import Session
 from cnnspec.inference.engines import AUTO_RUNTIME_IMAGES
-from cnnspec.inference.scorer import Scorer
+from cnnspec.inference.scorer import Scorer, softmax
 from cnnspec.serving.batcher import Batcher
 from cnnspec.serving.metrics import Metrics
 
@@ -78,8 +78,7 @@ class ServedModel:
         return self.scorer.ranked(logits, top)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), np.float32)
+        return np.asarray(softmax(logits), np.float32)
 
     def card(self) -> dict[str, Any]:
         """What the page and the metadata show: spec, input, classes, size, checkpoint, engine."""
