@@ -34,7 +34,7 @@ LOCK_FLAGS ?=
 lock: $(LOCKED)
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet $(LOCK_FLAGS) --allow-unsafe --strip-extras \
 		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host --all-build-deps \
-		--extra torch --extra tensorflow --extra onnx --extra search --extra spark --extra serve --extra docs --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
+		--extra torch --extra tensorflow --extra onnx --extra search --extra spark --extra serve --extra tune --extra mlflow --extra docs --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
 
 DEMO_RUN := runs/demo-lenet5
 # Three validation digits as PNG files named by their true label, for `cnnspec predict`.

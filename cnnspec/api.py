@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -16,7 +17,7 @@ from cnnspec.graph.load import load_spec, parse_input_size, with_input_size
 from cnnspec.harness.overrides import OptionError, dotted_settings, option_errors
 
 if TYPE_CHECKING:
-    from cnnspec.harness.loop import TrainResult
+    from cnnspec.harness.loop import EpochHook, TrainResult
     from cnnspec.spec.training import TrainConfig
 
 SpecLike = Graph | str | os.PathLike[str]
@@ -98,6 +99,8 @@ def train(
     input_size: tuple[int, int] | str | None = None,
     channels: int | None = None,
     quiet: bool = True,
+    on_epoch: EpochHook | None = None,
+    tracking_parent: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train and write a run directory. Keyword overrides use dotted names as
@@ -108,7 +111,10 @@ def train(
     the data's class names are the run's, in order (``keep_head``: whenever it fits).
     ``head_only`` trains the classifier alone, solved on the frozen body's features
     (``train.solve``). ``input_size`` ((H, W) or "H,W") and ``channels`` train the spec at
-    another input, as ``--input-size`` and ``--channels`` do; the run records it."""
+    another input, as ``--input-size`` and ``--channels`` do; the run records it.
+    ``on_epoch(run folder, metrics)`` stops the run when it returns a reason; with
+    ``track.mlflow`` set (``mlflow="sqlite:///mlflow.db"``), the run is logged to MLflow
+    (under ``tracking_parent``, a study's MLflow run, when given)."""
     from cnnspec.backends import load_backend
     from cnnspec.backends.group import joined, membership
     from cnnspec.graph.load import classifier_name
@@ -123,16 +129,18 @@ def train(
     if head_only:
         config = config.model_copy(update={"freeze": [f"before:{classifier_name(graph)}"], "solve": config.solve or ClassifierSolve()})
     module, group, device = joined(backend, load_backend(backend), device)
-    with membership(group):
+    with membership(group), tracked(config, on_epoch, tracking_parent) as hook:
         return run_training(
             graph, config, module, backend, device=device, precision=precision, compile=compile,
             out=Path(out) if out is not None else None, init=Path(init) if init is not None else None, keep_head=keep_head, quiet=quiet, group=group,
+            on_epoch=hook,
         )
 
 
 @plainly
 def resume(
-    run: str | os.PathLike[str], *, backend: str | None = None, device: str = "auto", quiet: bool = True, **overrides: Any
+    run: str | os.PathLike[str], *, backend: str | None = None, device: str = "auto", quiet: bool = True,
+    on_epoch: EpochHook | None = None, tracking_parent: str | None = None, **overrides: Any
 ) -> TrainResult:
     """Continue a run from its last complete checkpoint, on its own backend or another
     (weights and optimizer state are stored in the canonical layout)."""
@@ -146,8 +154,35 @@ def resume(
     config = TrainConfig.model_validate(with_overrides(loaded.config.model_dump(), dotted_settings(overrides))) if overrides else loaded.config
     backend = backend or loaded.info["backend"]
     module, group, device = joined(backend, load_backend(backend), device)
-    with membership(group):
-        return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet, group=group)
+    with membership(group), tracked(config, on_epoch, tracking_parent) as hook:
+        return run_training(loaded.graph, config, module, backend, device=device, resume=loaded.run.path, quiet=quiet, group=group, on_epoch=hook)
+
+
+@contextlib.contextmanager
+def tracked(config: TrainConfig, on_epoch: EpochHook | None, parent: str | None) -> Iterator[EpochHook | None]:
+    """The epoch hook of a run: ``on_epoch``, after logging the epoch to MLflow when
+    ``config.track.mlflow`` asks; the MLflow run is closed as the training ends (FAILED
+    when it raised, with the reason a hook stopped it as a tag)."""
+    if config.track.mlflow is None:
+        yield on_epoch
+        return
+    from cnnspec.tracking.mlflow_run import MlflowRun
+
+    tracker = MlflowRun(config.track.mlflow, config.track.experiment, parent, config.track.log_model)
+
+    def hook(run_dir: Path, row: dict[str, float]) -> str | None:
+        tracker.epoch(run_dir, row)
+        stop = on_epoch(run_dir, row) if on_epoch is not None else None
+        if stop:
+            tracker.tags["cnnspec.stopped"] = stop
+        return stop
+
+    try:
+        yield hook
+    except BaseException as exc:
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.finish("FINISHED")
 
 
 @plainly

@@ -23,9 +23,9 @@ FLOORS = [
     ("data, runs, backends", ["cnnspec.data", "cnnspec.runs", "cnnspec.backends"]),
     ("porting", ["cnnspec.porting"]),
     ("harness, inference", ["cnnspec.harness", "cnnspec.inference"]),
-    ("search, views", ["cnnspec.search", "cnnspec.views"]),
+    ("search, views, tracking", ["cnnspec.search", "cnnspec.views", "cnnspec.tracking"]),
     ("api", ["cnnspec.api"]),
-    ("distributed, serving", ["cnnspec.distributed", "cnnspec.serving"]),
+    ("distributed, serving, experiments", ["cnnspec.distributed", "cnnspec.serving", "cnnspec.experiments"]),
     ("cli", ["cnnspec.cli", "cnnspec.__main__"]),
 ]
 

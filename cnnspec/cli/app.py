@@ -19,6 +19,7 @@ from cnnspec.cli.run_commands import embed, eval_, features, inspect, predict, r
 from cnnspec.cli.serve_command import serve
 from cnnspec.cli.spec_commands import calc_conv, calc_pool, check, draw, schema, zoo
 from cnnspec.cli.train_command import train
+from cnnspec.cli.tune_command import tune
 
 app = typer.Typer(
     name="cnnspec",
@@ -79,6 +80,7 @@ app.command()(check)
 app.command()(zoo)
 app.command()(schema)
 app.command()(train)
+app.command()(tune)
 app.command("eval")(eval_)
 app.command()(features)
 app.command()(embed)

@@ -59,6 +59,7 @@ def train(
     input_size: InputSizeOpt = None,
     channels: ChannelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    mlflow: Annotated[str | None, typer.Option("--mlflow", help="also log the run to MLflow: sqlite:///mlflow.db (a file, no server), a folder or a server URL (train.track.mlflow)")] = None,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="data-parallel processes (torchrun on this host; with --engine spark, Spark tasks)")] = None,
     sync_batchnorm: Annotated[bool, typer.Option("--sync-batchnorm", help="batch norm statistics over all processes (CUDA; train.distributed.sync_batchnorm)")] = False,
     engine: Annotated[Engine, typer.Option(help="local (this host; torchrun with --nproc) or spark (TorchDistributor)")] = Engine.local,
@@ -86,7 +87,7 @@ def train(
         if not (keep == "all" or (keep.isdigit() and int(keep) > 0)):
             _usage(f"--keep takes a number of checkpoints (1 or more) or all, got '{keep}'")
         overrides["keep"] = "all" if keep == "all" else int(keep)
-    for key, value in (("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed),
+    for key, value in (("track.mlflow", mlflow), ("data.source", data), ("data.workers", workers), ("epochs", epochs), ("batch_size", batch_size), ("optimizer.lr", lr), ("optimizer.name", optimizer), ("seed", seed),
                        ("memory_format", memory_format and memory_format.replace("-", "_"))):
         if value is not None:
             overrides[key] = value

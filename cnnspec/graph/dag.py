@@ -22,6 +22,7 @@ from cnnspec.spec.grammar import FAILED, INPUT, ExpandedSpec, LayerEntry, pydant
 
 if TYPE_CHECKING:
     from cnnspec.spec.training import TrainConfig
+    from cnnspec.spec.tune_section import TuneConfig
 
 BYTES_PER_FLOAT32 = 4
 
@@ -66,6 +67,7 @@ class Graph:  # not slotted: cached_property needs __dict__
     output: str  # the node whose output is the network's
     warnings: tuple[Diagnostic, ...] = ()
     train_section: TrainConfig | None = None  # the spec's ``train:``, validated; None when it has none
+    tune_section: TuneConfig | None = None  # the spec's ``tune:``, validated; None when it has none
     source: str = ""  # the spec's text, saved with every run
 
     @property

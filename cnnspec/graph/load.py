@@ -18,6 +18,7 @@ from cnnspec.spec.marks import MarkedDict, MarkedList, load_yaml
 
 if TYPE_CHECKING:
     from cnnspec.spec.training import TrainConfig
+    from cnnspec.spec.tune_section import TuneConfig
 
 
 class SpecNotFound(CnnspecError, LookupError):
@@ -73,19 +74,25 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
     except ValidationError as exc:
         problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", model=SpecHeader)))
     train = _train_section(raw, top, problems)
+    tune = _tune_section(raw, top, problems)
     expander = Expander(path, raw, header)
     expanded = expander.run()
     problems.update(dict.fromkeys(expander.diagnostics))
     try:
-        graph = dataclasses.replace(build_graph(expanded), train_section=train)
+        graph = dataclasses.replace(build_graph(expanded), train_section=train, tune_section=tune)
     except SpecError as exc:
         problems.update(dict.fromkeys(exc.diagnostics))
+    source = text if isinstance(text, str) else text.decode("utf-8")
     if not problems:
+        graph = dataclasses.replace(graph, source=source)
         problems.update(dict.fromkeys(_tuning_problems(graph, raw, top)))
+    if not problems and tune is not None:
+        from cnnspec.graph.search_space import space_problems
+
+        problems.update(dict.fromkeys(space_problems(graph, tune, raw["tune"], top)))
     if problems:
         hint = _channels_last(tuple(header.input.shape), raw, top) if header is not None else None
         raise SpecError([hint, *problems] if hint is not None else problems)  # the likely cause before its knock-on errors
-    source = text if isinstance(text, str) else text.decode("utf-8")
     return dataclasses.replace(graph, source=source, warnings=graph.warnings + tuple(_habits(graph, raw, top)))
 
 
@@ -126,6 +133,21 @@ def _train_section(raw: MarkedDict, top: Location, problems: dict[Diagnostic, No
         return SpecTraining.model_validate({"train": section}).train
     except ValidationError as exc:
         problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", model=SpecTraining)))
+        return None
+
+
+def _tune_section(raw: MarkedDict, top: Location, problems: dict[Diagnostic, None]) -> TuneConfig | None:
+    """The ``tune:`` section's fixed keys validated (its space needs the network: see
+    ``search_space``), errors added to ``problems``; None when the spec has none."""
+    section = raw.get("tune")
+    if not isinstance(section, MarkedDict):
+        return None
+    from cnnspec.spec.tune_section import SpecTune
+
+    try:
+        return SpecTune.model_validate({"tune": section}).tune
+    except ValidationError as exc:
+        problems.update(dict.fromkeys(pydantic_diagnostics(exc, raw, top, "", model=SpecTune)))
         return None
 
 

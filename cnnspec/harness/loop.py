@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ def augment(x: np.ndarray, index: np.ndarray, config: TrainConfig, seed: tuple[i
     return x
 
 
+EpochHook = Callable[[Path, dict[str, float]], "str | None"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -98,10 +102,13 @@ def train(
     keep_head: bool = False,
     quiet: bool = False,
     group: Group = SINGLE,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Train ``graph`` and write its run directory. In a ``group`` (a distributed run:
     ``backend_module`` makes its sessions), every process runs this with the same
-    arguments; each trains its share of every batch, and rank 0 alone writes."""
+    arguments; each trains its share of every batch, and rank 0 alone writes.
+    ``on_epoch(run folder, metrics row)`` is called (on rank 0, after each epoch's
+    checkpoint) and stops the run when it returns a reason: a study's pruner."""
     lead = group.rank == 0
     progress = Progress(quiet or not lead)
     for warning in graph.warnings:  # what `cnnspec check` warns about, said again where it matters
@@ -260,6 +267,10 @@ def train(
             save_checkpoint(run, epoch + 1, session, state, best=improved, keep=config.keep, frozen=_frozen_weights(graph, phase_config))
             plots.learning_curves(history, run.path / "curves.png", f"{graph.name} ({backend})")
         progress.end_epoch(row, config.epochs)
+        stop = group.broadcast(on_epoch(run.path, row) if lead and on_epoch is not None else None)
+        if stop:
+            progress.message(f"stopped after epoch {epoch + 1}: {stop}")
+            break
         patience = config.early_stopping.patience
         if patience is not None and bad_epochs >= patience:
             progress.message(f"early stopping: {config.early_stopping.monitor} did not improve for {plural(patience, 'epoch')}")

@@ -75,6 +75,7 @@ class SpecHeader(_Strict):
     # Checked on its own (cnnspec.spec.training.TrainConfig), and only when present:
     # a spec without one is checked without building the training models.
     train: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None  # likewise (cnnspec.spec.tune_section): what `cnnspec tune` searches
 
 
 # ---- what the expander produces ---------------------------------------------------------

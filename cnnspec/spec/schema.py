@@ -8,6 +8,7 @@ from typing import Any
 from cnnspec.layers import LAYERS
 from cnnspec.spec.grammar import PARAM_REFERENCE, LayerExpect, NetworkExpect, SpecHeader
 from cnnspec.spec.training import TrainConfig
+from cnnspec.spec.tune_section import TuneConfig
 
 _PARAM = {"type": "string", "pattern": PARAM_REFERENCE.pattern, "description": "a block parameter"}
 _META = {
@@ -77,6 +78,9 @@ def spec_json_schema() -> dict[str, Any]:
     train = TrainConfig.model_json_schema()  # its nested sections refer to "#/$defs/..."
     schema.setdefault("$defs", {}).update(train.pop("$defs", {}))
     properties["train"] = train
+    tune = TuneConfig.model_json_schema()
+    schema["$defs"].update(tune.pop("$defs", {}))
+    properties["tune"] = tune
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cnnspec network spec"
     return schema

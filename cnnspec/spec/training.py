@@ -198,6 +198,16 @@ class ClassifierSolve(_Section):
     tolerance: PositiveNumber = Field(default=1e-6, description="stop when no gradient component is larger")
 
 
+class TrackConfig(_Section):
+    """Where a run is also recorded, besides its folder."""
+
+    mlflow: StrictStr | None = Field(
+        default=None, description="an MLflow tracking URI: sqlite:///mlflow.db (a file, no server), a folder, or http://host:5000; none: off"
+    )
+    experiment: StrictStr | None = Field(default=None, description="the MLflow experiment (default: the spec's name)")
+    log_model: StrictBool = Field(default=True, description="log the best checkpoint's verified ONNX export as an MLflow model (needs the onnx extra)")
+
+
 class TrainConfig(_Section):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = Field(default=64, description="images per step; in a distributed run, over all processes together (each takes its share)")
@@ -233,6 +243,7 @@ class TrainConfig(_Section):
         default=True, description="when the frozen layers end in one layer's output and nothing changes the images between epochs, compute it once and train the head on it"
     )
     distributed: DistributedConfig = DistributedConfig()
+    track: TrackConfig = TrackConfig()
     solve: ClassifierSolve | None = Field(
         default=None, description="when only the classifier trains, on cached features: solve it to convergence (--head-only sets it); none: the optimizer's epochs"
     )

@@ -1,0 +1,1 @@
+"""Studies: hyperparameter and architecture search over a spec's ``tune:`` space (Optuna)."""

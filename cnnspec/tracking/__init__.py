@@ -1,0 +1,1 @@
+"""Recording runs and studies in experiment trackers (MLflow), off unless asked for."""
