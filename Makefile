@@ -148,6 +148,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_serve.py --plot build/serve-latency.png
 	$(BIN)/python benchmarks/bench_memory_format.py 5 --compile
 	$(BIN)/python benchmarks/bench_distributed.py
+	$(BIN)/python benchmarks/bench_tune.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

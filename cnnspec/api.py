@@ -166,8 +166,9 @@ def tracked(config: TrainConfig, on_epoch: EpochHook | None, parent: str | None)
     if config.track.mlflow is None:
         yield on_epoch
         return
-    from cnnspec.tracking.mlflow_run import MlflowRun
+    from cnnspec.tracking.mlflow_run import MlflowRun, check_store
 
+    check_store(config.track.mlflow)
     tracker = MlflowRun(config.track.mlflow, config.track.experiment, parent, config.track.log_model)
 
     def hook(run_dir: Path, row: dict[str, float]) -> str | None:

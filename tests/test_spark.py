@@ -192,3 +192,18 @@ def test_train_and_score_through_a_standalone_cluster(workspace: Path, cluster: 
     expected, _ = cnnspec.predict(workspace / "cluster-run", images)
     for path, want in zip(images, expected, strict=True):
         assert_agrees(rows[str(path)]["probabilities"], [e["probability"] for e in want["top"]])
+
+
+def test_a_study_runs_its_trials_as_spark_tasks(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: {shape: [1, 8, 8]}\nlayers:\n  - flatten:\n  - dense: {units: 10}\n"
+                    "train: {epochs: 2, batch_size: 64}\n"
+                    "tune:\n  trials: 3\n  pruner: none\n  space:\n    optimizer.lr: {log_uniform: [1.0e-3, 1.0e-1]}\n")
+    result = cli("tune", str(spec), "--out", str(tmp_path / "study"), "--engine", "spark", "--parallel", "2", "--backend", "numpy", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = result.stdout + result.stderr  # the executors' output reaches the driver's stderr
+    assert "[worker 0]" in said and "[worker 1]" in said
+    trials = json.loads((tmp_path / "study" / "summary.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["complete"] * 3
+    assert all(len((tmp_path / "study" / t["run"] / "metrics.jsonl").read_text().splitlines()) == 2 for t in trials)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnspec.cli.common import DeviceOpt, _fail, _fail_run, _parse_sets, _run_errors, _usage, stdout
+from cnnspec.cli.common import DeviceOpt, Engine, _fail, _fail_run, _parse_sets, _run_errors, _usage, stdout
 from cnnspec.errors import plural
 from cnnspec.graph.load import SpecNotFound, load_spec
 from cnnspec.spec.diagnostics import SpecError
@@ -19,7 +19,9 @@ def tune(
     spec: Annotated[str | None, typer.Argument(help="a spec file with a tune: section (not needed with --resume)")] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="the study's total of trained trials (tune.trials)")] = None,
     out: Annotated[Path | None, typer.Option(help="the study folder [default: runs/NAME-tune-TIMESTAMP]")] = None,
-    parallel: Annotated[int, typer.Option(min=1, help="trials trained at once, as processes splitting the cores (one GPU each where there are several)")] = 1,
+    parallel: Annotated[int, typer.Option(min=1, help="trials trained at once, as processes splitting the cores (one GPU each where there are several); with --engine spark, Spark tasks")] = 1,
+    engine: Annotated[Engine, typer.Option(help="local (processes on this host) or spark (each worker a Spark task; the study folder or --storage must be one every executor sees)")] = Engine.local,
+    master: Annotated[str | None, typer.Option(help="--engine spark: the Spark master URL [default: local[PARALLEL]]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the study in --out to its total; a trial killed mid-run continues from its checkpoint")] = False,
     storage: Annotated[str | None, typer.Option(help="an Optuna storage URL (sqlite:///study.db, postgresql://...) for workers on several machines [default: a journal file in the study folder]")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="a train: field for every trial, KEY=VALUE, repeatable (epochs=5)")] = None,
@@ -37,7 +39,9 @@ def tune(
         if worker is not None:
             _work(out, worker, quiet)
             return
-        _study(spec, trials, out, parallel, resume, storage, _parse_sets(set_ or []), backend, device, mlflow, quiet)
+        if master is not None and engine is not Engine.spark:
+            _usage("--master is for --engine spark")
+        _study(spec, trials, out, parallel, resume, storage, _parse_sets(set_ or []), backend, device, mlflow, quiet, engine, master)
     except SpecNotFound as exc:
         _usage(str(exc))
     except SpecError as exc:
@@ -68,7 +72,8 @@ def _work(out: Path | None, worker: int, quiet: bool) -> None:
 
 
 def _study(spec: str | None, trials: int | None, out: Path | None, parallel: int, resume: bool, storage: str | None,
-           settings: dict[str, Any], backend: str, device: str, mlflow: str | None, quiet: bool) -> None:
+           settings: dict[str, Any], backend: str, device: str, mlflow: str | None, quiet: bool, engine: Engine = Engine.local,
+           master: str | None = None) -> None:
     from cnnspec.experiments import parallel as workers
     from cnnspec.experiments.report import page
     from cnnspec.experiments.study import JOURNAL, record, run_study
@@ -118,18 +123,31 @@ def _study(spec: str | None, trials: int | None, out: Path | None, parallel: int
     record(record_setup, details)
     total = int(details["trials"])
     report = _reporter(graph.tune_section.metric, quiet, "")
+    if graph.tune_section.sampler == "grid":
+        from cnnspec.experiments.study import grid_points
+        from cnnspec.graph.search_space import dimensions
+
+        total = min(total, grid_points(dimensions(graph.tune_section)))  # the grid's points, each once
     if not quiet:
         stdout.print(f"tuning {graph.name}: {plural(total, 'trial')} of {plural(record_setup.epochs, 'epoch')} at most, {graph.tune_section.sampler} sampler, "
                      f"{graph.tune_section.pruner} pruner, optimising {graph.tune_section.metric} ({graph.tune_section.direction}) -> {out}",
                      markup=False, soft_wrap=True)
-    if parallel > 1:
-        failed = [code for code in workers.run_workers(out, parallel, details["device"]) if code != 0]
-        if failed and not quiet:
-            stdout.print(f"{plural(len(failed), 'worker')} of {parallel} stopped with an error (above); the summary holds what finished", markup=False)
-    else:
-        run_study(record_setup, total, report)
-    summary = summarise(record_setup)
-    write_text(out / "report.html", page(summary))
+    try:
+        if parallel > 1 or engine is Engine.spark:
+            if engine is Engine.spark:
+                from cnnspec.distributed import spark
+
+                codes = spark.tune(out, parallel, master)
+            else:
+                codes = workers.run_workers(out, parallel, details["device"])
+            failed = [code for code in codes if code != 0]
+            if failed and not quiet:
+                stdout.print(f"{plural(len(failed), 'worker')} of {parallel} stopped with an error (above); the summary holds what finished", markup=False)
+        else:
+            run_study(record_setup, total, report)
+    finally:  # what finished is summarised, also when the study stops with an error
+        summary = summarise(record_setup)
+        write_text(out / "report.html", page(summary))
     if details["mlflow"]:
         from cnnspec.tracking.mlflow_run import finish_study
 

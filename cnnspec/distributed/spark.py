@@ -6,6 +6,7 @@ through ``predict_batch_udf``. No second training loop and no second preprocessi
 - ``scoring_udf`` wraps ``Scorer`` (what ``cnnspec predict`` runs): image bytes in,
   top-k classes and probabilities (and an embedding) out, as NumPy, for runs of any backend.
 - ``score`` reads images with Spark's ``binaryFile`` source and writes Parquet.
+- ``tune`` runs a study's workers (``cnnspec tune --worker``) as Spark tasks.
 
 The driver and the Python workers run this interpreter (``PYSPARK_PYTHON``), since
 mismatched interpreters are the failure users meet most.
@@ -79,6 +80,7 @@ def session(master: str | None = None, name: str = "cnnspec") -> SparkSession:
         .config("spark.pyspark.python", sys.executable)
         .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")  # its bar would cut through cnnspec's progress lines
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
     spark = builder.getOrCreate()
@@ -114,6 +116,31 @@ def train(argv: list[str], run_dir: Path, nproc: int, master: str | None = None,
     finally:
         spark.stop()
     return dict(result or {})
+
+
+def _tune_worker(out: str, index: int, threads: int) -> int:
+    """In one Spark task: ``cnnspec tune --out OUT --worker INDEX``, its thread pools sized
+    to the cores the task was given; its exit status."""
+    env = dict(os.environ)
+    env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads)}
+    return subprocess.run([sys.executable, "-m", "cnnspec", "tune", "--out", out, "--worker", str(index)], env=env, check=False).returncode
+
+
+def tune(out: Path, workers: int, master: str | None = None) -> list[int]:
+    """Run a study's trials as ``workers`` Spark tasks, each a ``cnnspec tune --worker``
+    sharing the study's storage (its folder, or ``--storage``, must be one every executor
+    sees); their exit statuses, in worker order."""
+    spark = session(master or f"local[{workers}]", "cnnspec tune")
+    local = str(spark.sparkContext.master or "local").startswith("local")
+    threads = max(1, (os.cpu_count() or 1) // workers) if local else int(spark.conf.get("spark.task.cpus", "1") or 1)
+    folder = str(Path(out).resolve())
+    try:
+        tasks = spark.sparkContext.parallelize(range(workers), workers)
+        return list(tasks.map(lambda index: _tune_worker(folder, index, threads)).collect())
+    except Exception as exc:  # Spark reports a task's failure as its own exception types
+        raise SparkError(f"tuning on Spark failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+    finally:
+        spark.stop()
 
 
 # ---- scoring and embedding -----------------------------------------------------------------

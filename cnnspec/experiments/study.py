@@ -88,7 +88,13 @@ def open_study(setup: Setup) -> Any:
     # Each worker its own stream, and a resumed study a new one: the same seed would draw the samples it drew before.
     seed = setup.seed + setup.worker + 1000 * _trials_so_far(setup)
     if tune.sampler == "grid":
-        sampler = optuna.samplers.GridSampler({d.key: d.values for d in dims}, seed=seed)
+
+        class Grid(optuna.samplers.GridSampler):  # type: ignore[misc,name-defined]
+            def after_trial(self, *_: Any) -> None:
+                """Optuna's grid stops its study when the grid is done, which only works inside
+                ``optimize()``; here ``next_trial`` ends the study when every point is taken."""
+
+        sampler = Grid({d.key: d.values for d in dims}, seed=seed)
     elif tune.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
@@ -208,8 +214,9 @@ def next_trial(study: Any, setup: Setup, total: int, rejected: list[int]) -> tup
                 _claim(mark)
                 graph = sampled_graph(setup.graph, frozen.params, setup.tune.budget, f"trial {frozen.number}")
                 return optuna.trial.Trial(study, frozen._trial_id), graph, True
-        if counted(trials) >= total:
+        if counted(trials) >= total or (setup.tune.sampler == "grid" and len(trials) >= grid_points(dims)):
             return None
+        streak = 0
         while True:
             trial = study.ask()
             params = draw(trial, dims)
@@ -222,12 +229,18 @@ def next_trial(study: Any, setup: Setup, total: int, rejected: list[int]) -> tup
                 trial.set_user_attr("check_seconds", time.perf_counter() - checking)
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 rejected.append(trial.number)
-                if len(rejected) > MAX_REJECTIONS * max(total, 1):
-                    raise TuneError(f"{len(rejected)} samples in a row were infeasible (last: {exc}): widen the budget or narrow the space") from None
+                streak += 1
+                if streak > MAX_REJECTIONS * max(total, 1):
+                    raise TuneError(f"{streak} samples in a row were infeasible (last: {exc}): widen the budget or narrow the space") from None
                 continue
             trial.set_user_attr("seed", int(setup.settings.get("seed", graph.train.seed)))
             _claim(owner_mark(setup, trial.number))
             return trial, graph, False
+
+
+def grid_points(dims: list[Dimension]) -> int:
+    """How many samples a grid over ``dims`` holds (the infeasible among them too)."""
+    return math.prod(len(d.values) for d in dims)
 
 
 def draw(trial: Any, dims: list[Dimension]) -> dict[str, Any]:

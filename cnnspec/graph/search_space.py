@@ -148,7 +148,7 @@ def _grid_problems(drawn: list[Dimension], section: MarkedDict, top: Location) -
     where = section.value_locations.get("sampler", top)
     continuous = [d.key for d in drawn if d.kind not in ("choice", "int")]
     if continuous:
-        return [Diagnostic(where, f"tune.sampler: grid takes choice and int dimensions only; {', '.join(continuous)} draw from a continuous range (give them as choice)")]
+        return [Diagnostic(where, f"tune.sampler: grid takes choice and int dimensions only; {', '.join(continuous)} {'draws' if len(continuous) == 1 else 'draw'} from a continuous range (give them as choice)")]
     size = math.prod(len(d.values) for d in drawn)
     if size > GRID_LIMIT:
         return [Diagnostic(where, f"tune.sampler: the grid has {size:,} combinations, more than {GRID_LIMIT:,}: use tpe or random")]

@@ -41,6 +41,28 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=_uri(uri))
 
 
+def check_store(uri: str) -> None:
+    """Fail at once, before anything trains, when the store at ``uri`` cannot be opened
+    (MLflow's own client retries an unreachable server for minutes)."""
+    import os
+
+    tracking = client(uri)
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        tracking.search_experiments(max_results=1)
+    except Exception as exc:  # MLflow reports a store's failure as many exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"--mlflow {uri}: the tracking store cannot be opened ({first[:300]})") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _uri(uri: str) -> str:
     """A plain folder as MLflow's file store URI; anything with a scheme as given."""
     return uri if "://" in uri or uri.startswith("sqlite:") else Path(uri).absolute().as_uri()
@@ -185,6 +207,7 @@ def study_run(uri: str, experiment: str, name: str, params: dict[str, Any], reco
 
     if record.is_file():
         return str(json.loads(record.read_text())["run_id"])
+    check_store(uri)
     tracking = client(uri)
     run = tracking.create_run(experiment_id(tracking, uri, experiment), tags={"mlflow.runName": name, "mlflow.source.name": "cnnspec tune"})
     run_id = str(run.info.run_id)
