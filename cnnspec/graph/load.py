@@ -93,7 +93,7 @@ def parse_spec(text: str | bytes, path: str = "<spec>") -> Graph:
     if problems:
         hint = _channels_last(tuple(header.input.shape), raw, top) if header is not None else None
         raise SpecError([hint, *problems] if hint is not None else problems)  # the likely cause before its knock-on errors
-    return dataclasses.replace(graph, source=source, warnings=graph.warnings + tuple(_habits(graph, raw, top)))
+    return dataclasses.replace(graph, warnings=graph.warnings + tuple(_habits(graph, raw, top)))  # its source set above
 
 
 def _habits(graph: Graph, raw: MarkedDict, top: Location) -> list[Diagnostic]:
