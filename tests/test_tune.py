@@ -106,6 +106,22 @@ def test_check_puts_each_problem_of_the_tune_section_at_its_line(spec_errors: Ca
     assert "unknown way to draw 'loguniform' (did you mean 'log_uniform'?)" in text
 
 
+def test_promote_belongs_to_hyperband(spec_errors: Callable[[str], list[str]]) -> None:
+    problems = spec_errors("""
+        name: tiny
+        input: {shape: [1, 16, 16]}
+        layers:
+          - flatten:
+          - dense: {units: 10}
+        tune:
+          pruner: median
+          promote: true
+          space:
+            optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
+    """)
+    assert problems == ["8:12: tune.promote: promote is Hyperband's: with pruner median a stopped trial stays stopped (remove promote, or use pruner: hyperband)"]
+
+
 def test_cnnspec_check_fails_a_bad_tune_section_in_one_line_each(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, **{"layers.c1.filters": "layers.c1.filtres"})
     result = CliRunner().invoke(app, ["check", str(spec)])
@@ -277,3 +293,119 @@ def test_the_schema_describes_the_tune_section() -> None:
 
     tune_schema = spec_json_schema()["properties"]["tune"]
     assert {"metric", "goal", "trials", "sampler", "pruner", "budget", "space"} <= set(tune_schema["properties"])
+
+
+def _trial(number: int, values: dict[int, float], state: str = "PRUNED", **attrs: Any) -> Any:
+    """An Optuna trial as the pruner reads one."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(number=number, intermediate_values=values, last_step=max(values) if values else None,
+                           state=SimpleNamespace(name=state), user_attrs=attrs)
+
+
+def test_hyperband_has_optunas_brackets_and_rungs() -> None:
+    import optuna
+
+    from cnnspec.experiments.hyperband import Hyperband
+
+    band = Hyperband(27, maximize=True)
+    assert band.brackets == 4 and band.shares == [27, 12, 6, 4]
+    assert [band.rungs(b) for b in range(4)] == [[1, 3, 9], [3, 9], [9], []]
+    assert Hyperband(3, True).brackets == 2 and Hyperband(8, True).brackets == 2 and Hyperband(9, True).brackets == 3
+    theirs = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27, reduction_factor=3)
+    study = optuna.create_study(study_name="lenet", pruner=theirs)
+    theirs._try_initialization(study)
+    assert [band.bracket("lenet", _trial(n, {})) for n in range(200)] == [theirs._get_bracket_id(study, _trial(n, {})) for n in range(200)]
+
+
+def test_hyperband_promotes_a_stopped_trial_once_its_rung_ranks_it_among_those_going_on() -> None:
+    from cnnspec.experiments.hyperband import BRACKET, CONTINUES, Hyperband
+
+    band = Hyperband(9, maximize=True)
+    first = _trial(0, {1: 0.9, 2: 0.92, 3: 0.95}, "COMPLETE", **{BRACKET: 0})  # went on at epoch 1 and 3 as the best
+    second = _trial(1, {1: 0.5}, **{BRACKET: 0})  # stopped at epoch 1: not the best of two
+    assert band.goes_on(0.9, [0.9]) and not band.goes_on(0.5, [0.9, 0.5])
+    hopeless = [_trial(n, {1: 0.1}, **{BRACKET: 0}) for n in range(2, 6)]
+    trials = [first, second, *hopeless[:3]]
+    assert band.promotion("s", trials) is None  # five values at epoch 1: only the best goes on
+    trials.append(hopeless[3])
+    assert band.promotion("s", trials) is second  # six: the top two go on, and it is second
+    assert band.promotion("s", trials, usable=lambda t: False) is None  # no checkpoint to continue from
+    assert band.promotion("s", [*trials, _trial(6, {1: 0.5}, "RUNNING", **{BRACKET: 0, CONTINUES: 1})]) is None  # continued already
+    elsewhere = _trial(1, {1: 0.5}, **{BRACKET: 1})
+    assert band.promotion("s", [first, elsewhere, *hopeless]) is None  # epoch 1 is no rung of bracket 1
+    infeasible = _trial(7, {})
+    assert band.promotion("s", [first, infeasible]) is None
+
+
+def test_hyperband_prunes_at_rungs_only_and_counts_a_continued_trial_once() -> None:
+    from types import SimpleNamespace
+
+    from cnnspec.experiments.hyperband import BRACKET, CONTINUES, Hyperband
+
+    band = Hyperband(9, maximize=False)  # a loss
+    done = [_trial(n, {1: loss, 3: loss}, "COMPLETE", **{BRACKET: 0}) for n, loss in enumerate([1.0, 2.0, 3.0])]
+    for step, loss, stops in ((1, 2.5, True), (1, 0.5, False), (2, 9.0, False), (3, 1.5, True)):
+        running = _trial(9, {s: loss for s in range(1, step + 1)}, "RUNNING", **{BRACKET: 0})
+        study = SimpleNamespace(study_name="s", get_trials=lambda deepcopy, trials=[*done, running]: trials)
+        assert band.prune(study, running) is stops, (step, loss)
+    # a continuation of trial 0 competes for it: trial 0's own values are not counted twice
+    continuation = _trial(3, {1: 1.0, 3: 1.0}, "RUNNING", **{BRACKET: 0, CONTINUES: 0})
+    assert band.rung_values("s", [*done, continuation], 0, 1) == [2.0, 3.0, 1.0]
+    nan = _trial(9, {1: float("nan")}, "RUNNING", **{BRACKET: 0})
+    assert band.prune(SimpleNamespace(study_name="s", get_trials=lambda deepcopy: [nan]), nan)
+
+
+def test_a_promoted_trial_continues_from_its_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 1 stops at epoch 1 behind trial 0; after four hopeless trials it ranks second
+    of six there, so the seventh trial continues it: its parameters, its epoch 1 as it was,
+    epochs 2 and 3 from its checkpoint, as an uninterrupted run trains them."""
+    from cnnspec.agreement import assert_agrees
+    from cnnspec.cli.tune_command import _reporter
+    from cnnspec.experiments.hyperband import Hyperband
+    from cnnspec.experiments.report import page
+    from cnnspec.experiments.study import Setup, open_study, run_study
+    from cnnspec.experiments.summary import summarise
+
+    lrs = [0.03, 0.003, 1.0e-6, 1.0e-6, 1.0e-6, 1.0e-6]
+    band = Hyperband(3, maximize=True)
+    name = next(f"tiny{i}" for i in range(10_000) if all(band.bracket(f"tiny{i}", _trial(n, {})) == 0 for n in range(len(lrs))))
+    text = SPEC.replace("name: tiny", f"name: {name}").replace("epochs: 4", "epochs: 3").replace("TRIALS", "7").replace("PRUNER", "hyperband")
+    text = text.replace("{choice: [0.03, 1.0e-6]}", "{choice: [0.03, 0.003, 1.0e-6]}").replace("{int: [2, 32]}", "{choice: [8]}")
+    graph = cnnspec.parse_spec(text)
+    setup = Setup(graph, graph.tune_section, tmp_path / "study", "numpy")
+    study = open_study(setup)
+    for lr in lrs:  # the order the story needs
+        study.enqueue_trial({"optimizer.lr": lr, "layers.c1.filters": 8})
+    said: list[tuple[str, dict[str, Any]]] = []
+    printed = _reporter("val_accuracy", False, "")
+
+    def report(event: str, details: dict[str, Any]) -> None:
+        said.append((event, details))
+        printed(event, details)
+
+    run_study(setup, 7, report)
+    assert "trial    6 continues trial 1 from epoch 1 (promoted): optimizer.lr=0.003, layers.c1.filters=8" in capsys.readouterr().out
+    summary = summarise(setup)
+    rows = summary["trials"]
+    assert [(r["number"], r["state"], r["epochs"], r["continues"], r["continued_by"]) for r in rows] == [
+        (0, "complete", 3, None, None), (1, "pruned", 1, None, 6), (2, "pruned", 1, None, None), (3, "pruned", 1, None, None),
+        (4, "pruned", 1, None, None), (5, "pruned", 1, None, None), (6, "complete", 2, 1, None)]
+    assert rows[6]["params"] == rows[1]["params"] and rows[6]["curve"][0] == rows[1]["curve"][0]
+    assert summary["epochs"] == {"trained": 3 + 5 + 2, "without_pruning": 6 * 3, "per_trial": 3, "configurations": 6, "promotions": 1}
+    assert ("start", {"number": 6, "params": rows[1]["params"], "continues": True, "promoted": (1, 1)}) in said
+    trials = setup.out / "trials"
+    assert len((trials / "0001" / "metrics.jsonl").read_text().splitlines()) == 1  # the stopped run is left as it was
+    continued = [json.loads(line) for line in (trials / "0006" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in continued] == [1, 2, 3]
+    assert len(json.loads((trials / "0006" / "run.json").read_text())["resumed"]) == 1
+    straight = cnnspec.api.train(trials / "0001" / "spec.yaml", "numpy", out=tmp_path / "straight", **{"optimizer.lr": 0.003})
+    assert_agrees([row["val_accuracy"] for row in continued], [row["val_accuracy"] for row in straight.history], what="promoted vs uninterrupted")
+    assert "promoted later: trial 6 continues it" in page(summary)
+    # a promotion queued by a process killed before it asked for it is taken up by the next
+    from cnnspec.experiments.study import _promote
+
+    _promote(study, study.get_trials(deepcopy=False)[2])
+    run_study(setup, 8, lambda *_: None)
+    last = summarise(setup)["trials"][7]
+    assert (last["continues"], last["epochs"], last["curve"][0]) == (2, 2, rows[2]["curve"][0])

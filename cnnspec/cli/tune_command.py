@@ -185,7 +185,9 @@ def _reporter(metric: str, quiet: bool, prefix: str) -> Any:
         number = details["number"]
         if event == "start":
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in details["params"].items())
-            stdout.print(f"{prefix}trial {number:4d} {'continues' if details['continues'] else 'starts'}: {params}", markup=False, soft_wrap=True)
+            how = "starts" if not details["continues"] else "continues" if details.get("promoted") is None else (
+                f"continues trial {details['promoted'][0]} from epoch {details['promoted'][1]} (promoted)")
+            stdout.print(f"{prefix}trial {number:4d} {how}: {params}", markup=False, soft_wrap=True)
         elif event == "epoch":
             stdout.print(f"{prefix}trial {number:4d}   epoch {details['epoch']}/{details['epochs']}: {metric} {details['value']:.4f}", markup=False)
         else:

@@ -94,7 +94,9 @@ def page(summary: dict[str, Any]) -> str:
         ("spec", summary["spec"]), ("metric", f"{summary['metric']} ({summary['direction']})"),
         ("sampler / pruner", f"{summary['sampler']} / {summary['pruner']}"),
         ("trials", ", ".join(f"{n} {state}" for state, n in counts.items() if n)),
-        ("epochs trained", f"{epochs['trained']} of {epochs['without_pruning']} without pruning" + (f": {epochs['without_pruning'] / max(epochs['trained'], 1):.1f}x fewer" if saved > 0 else "")),
+        ("epochs trained", f"{epochs['trained']} of {epochs['without_pruning']} without pruning ({epochs['configurations']} configurations)"
+                           + (f": {epochs['without_pruning'] / max(epochs['trained'], 1):.1f}x fewer" if saved > 0 else "")
+                           + (f"; {epochs['promotions']} stopped trials promoted later, continued from their checkpoints" if epochs["promotions"] else "")),
         ("rejected before training", f"{counts['infeasible']} infeasible samples (over the budget or not building), checked in {summary['static_check_seconds']:.2f} s"),
         ("best", "none yet" if best is None else f"trial {best['number']}: {summary['metric']} {best['value']:.4f} with "
                                                   + ", ".join(f"{k}={v}" for k, v in best["params"].items())),
@@ -105,7 +107,8 @@ def page(summary: dict[str, Any]) -> str:
             "" if row["last"] is None else f"{row['last']:.4f}", row["epochs"],
             "" if row["seconds"] is None else f"{row['seconds']:.1f}",
             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items()),
-            row["reason"] or "", row["run"] or "")) + "</tr>"
+            _why(row),
+            row["run"] or "")) + "</tr>"
         for row in summary["trials"])
     figures = [_history(summary, plt), _curves(summary, plt), _parameters(summary, plt)]
     images = "".join(f'<img src="{uri}" alt="figure">' for uri in figures if uri)
@@ -122,3 +125,13 @@ dt{{font-weight:600}}dd{{margin:0 0 6px 0}}</style></head><body>
 {table}</table>
 </body></html>
 """
+
+
+def _why(row: dict[str, Any]) -> str:
+    """Why a trial stopped, and the promotion that continued it or that it is."""
+    said = [row["reason"] or ""]
+    if row.get("continues") is not None:
+        said.append(f"continues trial {row['continues']} (promoted)")
+    if row.get("continued_by") is not None:
+        said.append(f"promoted later: trial {row['continued_by']} continues it")
+    return "; ".join(part for part in said if part)

@@ -5,7 +5,9 @@ A study folder holds the journal (Optuna's file storage, safe for processes on o
 machine; ``--storage URL`` for several), ``trials/NNNN/`` (ordinary run folders), and what
 ``summary`` writes from the journal. Samples over the budget or whose network does not
 build are *infeasible*: told to Optuna as pruned without a value (so TPE learns to avoid
-them), marked, and not counted against the study's total.
+them), marked, and not counted against the study's total. A trial Hyperband stopped and
+later promotes (``experiments.hyperband``) goes on in a new trial, from a copy of its run
+folder, as a killed trial does from its own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnspec.errors import CnnspecError
+from cnnspec.experiments.hyperband import BRACKET, CONTINUES, Hyperband, continued_numbers
 from cnnspec.graph.dag import Graph
 from cnnspec.graph.sampling import Infeasible, sampled_graph
 from cnnspec.graph.search_space import Dimension, dimensions
@@ -37,6 +40,7 @@ OWNERS = ".owners"  # in the study folder: NNNN, the process training that trial
 STATE = "cnnspec.state"  # a trial's user attribute: infeasible, failed (with REASON)
 REASON = "cnnspec.reason"
 MAX_REJECTIONS = 20  # infeasible samples per trained trial before the study gives up
+FROM_EPOCH = "cnnspec.from_epoch"  # a continuation's user attribute: the epochs it took over
 
 
 class TuneError(CnnspecError, RuntimeError):
@@ -100,7 +104,7 @@ def open_study(setup: Setup) -> Any:
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     if tune.pruner == "hyperband":
-        pruner: Any = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=setup.epochs, reduction_factor=3)
+        pruner: Any = Hyperband(setup.epochs, tune.direction == "maximize", reduction=3)
     elif tune.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     else:
@@ -138,8 +142,9 @@ def state_of(trial: Any) -> str:
 
 
 def counted(trials: list[Any]) -> int:
-    """The trials the study's total counts: every one but the infeasible."""
-    return sum(1 for t in trials if state_of(t) != "infeasible")
+    """The trials the study's total counts: every one but the infeasible (and a promotion
+    queued but not yet taken up)."""
+    return sum(1 for t in trials if state_of(t) not in ("infeasible", "waiting"))
 
 
 def folder_of(setup: Setup, number: int) -> Path:
@@ -212,13 +217,22 @@ def next_trial(study: Any, setup: Setup, total: int, rejected: list[int]) -> tup
             mark = owner_mark(setup, frozen.number)
             if frozen.state.name == "RUNNING" and not _alive(mark):
                 _claim(mark)
+                if CONTINUES in frozen.user_attrs and not _has_checkpoint(folder_of(setup, frozen.number)):
+                    _take_over(setup, int(frozen.user_attrs[CONTINUES]), frozen.number)  # killed while copying
                 graph = sampled_graph(setup.graph, frozen.params, setup.tune.budget, f"trial {frozen.number}")
                 return optuna.trial.Trial(study, frozen._trial_id), graph, True
-        if counted(trials) >= total or (setup.tune.sampler == "grid" and len(trials) >= grid_points(dims)):
+        configurations = len(trials) - len(continued_numbers(trials))
+        if counted(trials) >= total or (setup.tune.sampler == "grid" and configurations >= grid_points(dims)):
             return None
+        if isinstance(study.pruner, Hyperband) and setup.tune.promote:
+            origin = study.pruner.promotion(study.study_name, trials, lambda t: _has_checkpoint(folder_of(setup, t.number)))
+            if origin is not None:
+                _promote(study, origin)
         streak = 0
         while True:
             trial = study.ask()
+            if CONTINUES in trial.user_attrs:  # a promotion, queued now (or by a process killed before it asked)
+                return _continuation(study, setup, trial, dims)
             params = draw(trial, dims)
             checking = time.perf_counter()
             try:
@@ -236,6 +250,34 @@ def next_trial(study: Any, setup: Setup, total: int, rejected: list[int]) -> tup
             trial.set_user_attr("seed", int(setup.settings.get("seed", graph.train.seed)))
             _claim(owner_mark(setup, trial.number))
             return trial, graph, False
+
+
+def _promote(study: Any, origin: Any) -> None:
+    """Queue a trial that continues ``origin`` (a trial Hyperband stopped and now promotes):
+    its parameters, bracket, seed and the epochs it takes over."""
+    study.enqueue_trial(dict(origin.params), user_attrs={
+        CONTINUES: origin.number, BRACKET: study.pruner.bracket(study.study_name, origin), FROM_EPOCH: origin.last_step,
+        "seed": origin.user_attrs.get("seed"),
+    })
+
+
+def _continuation(study: Any, setup: Setup, trial: Any, dims: list[Dimension]) -> tuple[Any, Graph, bool]:
+    """A queued promotion, asked: its parameters set, a copy of the run it continues."""
+    draw(trial, dims)  # the queued parameters
+    _claim(owner_mark(setup, trial.number))
+    _take_over(setup, int(trial.user_attrs[CONTINUES]), trial.number)
+    return trial, sampled_graph(setup.graph, trial.params, setup.tune.budget, f"trial {trial.number}"), True
+
+
+def _take_over(setup: Setup, origin: int, number: int) -> None:
+    """Trial ``number``'s folder: a copy of trial ``origin``'s (made aside, then renamed in),
+    without its data cache or its MLflow run (the continuation logs a run of its own)."""
+    target = folder_of(setup, number)
+    aside = target.with_name(f".{target.name}.copying")
+    for stale in (aside, target):
+        _clear(stale)
+    shutil.copytree(folder_of(setup, origin), aside, ignore=shutil.ignore_patterns(".cache", "mlflow.json"))
+    os.replace(aside, target)
 
 
 def grid_points(dims: list[Dimension]) -> int:
@@ -286,7 +328,9 @@ def run_trial(study: Any, trial: Any, graph: Graph, setup: Setup, continues: boo
     overrides = {**setup.settings, **settings}
     if setup.mlflow is not None:
         overrides["track.mlflow"] = setup.mlflow
-    report("start", {"number": trial.number, "params": params, "continues": continues})
+    origin = trial.user_attrs.get(CONTINUES)
+    report("start", {"number": trial.number, "params": params, "continues": continues,
+                     "promoted": None if origin is None else (int(origin), int(trial.user_attrs[FROM_EPOCH]))})
     if continues and (folder / "metrics.jsonl").is_file():  # epochs trained before the kill but not yet reported
         for line in (folder / "metrics.jsonl").read_text().splitlines():
             with warnings.catch_warnings():
@@ -314,7 +358,7 @@ def run_trial(study: Any, trial: Any, graph: Graph, setup: Setup, continues: boo
         study.tell(trial, (max if maximize else min)(history) if history else math.nan)
         state = "complete"
     report("end", {"number": trial.number, "state": state, "value": (max if maximize else min)(history) if history else None,
-                   "epochs": len(history), "seconds": time.perf_counter() - started})
+                   "epochs": len(history) - int(trial.user_attrs.get(FROM_EPOCH, 0)), "seconds": time.perf_counter() - started})
     return state
 
 

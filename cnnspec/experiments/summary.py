@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cnnspec.experiments.study import REASON, Setup, folder_of, open_study, state_of
+from cnnspec.experiments.hyperband import CONTINUES
+from cnnspec.experiments.study import FROM_EPOCH, REASON, Setup, folder_of, open_study, state_of
 from cnnspec.graph.sampling import folded_spec
 from cnnspec.runs.files import write_json, write_text
 
@@ -15,7 +16,9 @@ from cnnspec.runs.files import write_json, write_text
 def trial_rows(study: Any, setup: Setup) -> list[dict[str, Any]]:
     """One row a trial: number, state, value, params, epochs, seconds, seed, reason, run."""
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    successors = {int(t.user_attrs[CONTINUES]): t.number for t in trials if CONTINUES in t.user_attrs}
+    for trial in trials:
         state = state_of(trial)
         value = trial.value if state == "complete" else None
         last = trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
@@ -27,7 +30,9 @@ def trial_rows(study: Any, setup: Setup) -> list[dict[str, Any]]:
             "value": None if value is None or not math.isfinite(value) else float(value),
             "last": None if last is None else float(last),  # a pruned trial's value when it stopped
             "params": dict(trial.params),
-            "epochs": len(trial.intermediate_values),
+            "epochs": max(len(trial.intermediate_values) - int(trial.user_attrs.get(FROM_EPOCH, 0)), 0),  # trained in this trial
+            "continues": trial.user_attrs.get(CONTINUES),  # promoted: the trial whose run this one goes on with
+            "continued_by": successors.get(trial.number),
             "curve": [float(trial.intermediate_values[step]) for step in sorted(trial.intermediate_values)],
             "seconds": seconds,
             "seed": trial.user_attrs.get("seed"),
@@ -52,6 +57,7 @@ def summarise(setup: Setup) -> dict[str, Any]:
     best = best_of(rows, maximize)
     trained = [row for row in rows if row["state"] in ("complete", "pruned", "failed", "running")]
     epochs_trained = sum(row["epochs"] for row in trained)
+    configurations = [row for row in trained if row["continues"] is None]  # a promotion trains a configuration further
     summary = {
         "spec": setup.graph.name,
         "metric": setup.tune.metric,
@@ -61,7 +67,8 @@ def summarise(setup: Setup) -> dict[str, Any]:
         "budget": setup.tune.budget.model_dump(),
         "trials": rows,
         "counts": {state: sum(1 for row in rows if row["state"] == state) for state in ("complete", "pruned", "infeasible", "failed", "running")},
-        "epochs": {"trained": epochs_trained, "without_pruning": len(trained) * setup.epochs, "per_trial": setup.epochs},
+        "epochs": {"trained": epochs_trained, "without_pruning": len(configurations) * setup.epochs, "per_trial": setup.epochs,
+                   "configurations": len(configurations), "promotions": len(trained) - len(configurations)},
         "static_check_seconds": sum(float(t.user_attrs.get("check_seconds", 0.0)) for t in study.get_trials(deepcopy=False)),
         "best": None if best is None else {key: best[key] for key in ("number", "value", "params", "epochs", "run")},
     }

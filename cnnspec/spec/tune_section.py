@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationInfo, field_validator
 
 from cnnspec.layers.base import PositiveInt
 
@@ -42,10 +42,18 @@ class TuneConfig(_Section):
     trials: PositiveInt = Field(default=20, description="the study's total of trained trials (samples the static check rejects do not count)")
     sampler: Literal["tpe", "random", "grid"] = Field(default="tpe", description="tpe (Optuna's default), random, or grid (every combination of choice and int dimensions)")
     pruner: Literal["hyperband", "median", "none"] = Field(default="hyperband", description="stops unpromising trials after an epoch, from their validation metric")
+    promote: StrictBool = Field(default=True, description="hyperband: a trial stopped at a rung that later ranks among those going on there continues from its checkpoint (as a new trial of the total)")
     budget: Budget = Budget()
     space: Annotated[dict[StrictStr, dict[StrictStr, Any]], Field(min_length=1)] = Field(
         description="KEY: {log_uniform: [lo, hi]}, {uniform: ...}, {int: ...}, {log_int: ...} or {choice: [...]}; KEY is a train: setting (optimizer.lr) or layers.NAME.ARG"
     )
+
+    @field_validator("promote")
+    @classmethod
+    def _hyperband_promotes(cls, promote: bool, info: ValidationInfo) -> bool:
+        if promote and info.data.get("pruner", "hyperband") != "hyperband":
+            raise ValueError(f"promote is Hyperband's: with pruner {info.data['pruner']} a stopped trial stays stopped (remove promote, or use pruner: hyperband)")
+        return promote
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
