@@ -361,7 +361,7 @@ def test_a_promoted_trial_continues_from_its_checkpoint(tmp_path: Path, capsys: 
     of six there, so the seventh trial continues it: its parameters, its epoch 1 as it was,
     epochs 2 and 3 from its checkpoint, as an uninterrupted run trains them."""
     from cnnspec.agreement import assert_agrees
-    from cnnspec.cli.tune_command import _reporter
+    from cnnspec.cli.tune_command import _reporter, _said_summary
     from cnnspec.experiments.hyperband import Hyperband
     from cnnspec.experiments.report import page
     from cnnspec.experiments.study import Setup, open_study, run_study
@@ -402,6 +402,8 @@ def test_a_promoted_trial_continues_from_its_checkpoint(tmp_path: Path, capsys: 
     straight = cnnspec.api.train(trials / "0001" / "spec.yaml", "numpy", out=tmp_path / "straight", **{"optimizer.lr": 0.003})
     assert_agrees([row["val_accuracy"] for row in continued], [row["val_accuracy"] for row in straight.history], what="promoted vs uninterrupted")
     assert "promoted later: trial 6 continues it" in page(summary)
+    _said_summary(summary, setup.out)
+    assert "done: 2 complete, 5 pruned (1 of the trials continued stopped ones, promoted later); 10 of 18 epochs trained" in capsys.readouterr().out
     # a promotion queued by a process killed before it asked for it is taken up by the next
     from cnnspec.experiments.study import _promote
 

@@ -201,7 +201,8 @@ def _reporter(metric: str, quiet: bool, prefix: str) -> Any:
 def _said_summary(summary: dict[str, Any], out: Path) -> None:
     counts, epochs, best = summary["counts"], summary["epochs"], summary["best"]
     said = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    stdout.print(f"done: {said}; {epochs['trained']} of {epochs['without_pruning']} epochs trained", markup=False)
+    promoted = f" ({epochs['promotions']} of the trials continued stopped ones, promoted later)" if epochs.get("promotions") else ""
+    stdout.print(f"done: {said}{promoted}; {epochs['trained']} of {epochs['without_pruning']} epochs trained", markup=False, soft_wrap=True)
     if best is None:
         stdout.print(f"no trial completed; see {out / 'summary.json'}", markup=False)
         return
