@@ -97,7 +97,7 @@ class Hyperband:
         """The values trials of ``bracket`` (all but trial ``but``) reached at epoch
         ``step``, one a line of continuations (a continued trial's epochs are its
         continuation's too)."""
-        continued = continued_numbers(trials)
+        continued = continuations(trials)
         return [
             float(t.intermediate_values[step])
             for t in trials
@@ -109,7 +109,7 @@ class Hyperband:
         continues yet and that can be continued (``usable``: it has a checkpoint), one that
         its rung now ranks among those that go on; from the highest rung first (as ASHA),
         the best value first."""
-        continued = continued_numbers(trials)
+        continued = continuations(trials)
         found = []
         for trial in trials:
             if trial.state.name != "PRUNED" or trial.number in continued or trial.last_step is None:
@@ -123,6 +123,6 @@ class Hyperband:
         return max(found, key=lambda entry: entry[:3])[3] if found else None
 
 
-def continued_numbers(trials: list[Any]) -> set[int]:
-    """The trials a later trial continues."""
-    return {int(t.user_attrs[CONTINUES]) for t in trials if CONTINUES in t.user_attrs}
+def continuations(trials: list[Any]) -> dict[int, int]:
+    """Each trial a later one continues: its number, and the continuation's."""
+    return {int(t.user_attrs[CONTINUES]): t.number for t in trials if CONTINUES in t.user_attrs}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnspec.errors import CnnspecError
-from cnnspec.experiments.hyperband import BRACKET, CONTINUES, Hyperband, continued_numbers
+from cnnspec.experiments.hyperband import BRACKET, CONTINUES, Hyperband, continuations
 from cnnspec.graph.dag import Graph
 from cnnspec.graph.sampling import Infeasible, sampled_graph
 from cnnspec.graph.search_space import Dimension, dimensions
@@ -221,7 +221,7 @@ def next_trial(study: Any, setup: Setup, total: int, rejected: list[int]) -> tup
                     _take_over(setup, int(frozen.user_attrs[CONTINUES]), frozen.number)  # killed while copying
                 graph = sampled_graph(setup.graph, frozen.params, setup.tune.budget, f"trial {frozen.number}")
                 return optuna.trial.Trial(study, frozen._trial_id), graph, True
-        configurations = len(trials) - len(continued_numbers(trials))
+        configurations = len(trials) - len(continuations(trials))
         if counted(trials) >= total or (setup.tune.sampler == "grid" and configurations >= grid_points(dims)):
             return None
         if isinstance(study.pruner, Hyperband) and setup.tune.promote:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cnnspec.experiments.hyperband import CONTINUES
+from cnnspec.experiments.hyperband import CONTINUES, continuations
 from cnnspec.experiments.study import FROM_EPOCH, REASON, Setup, folder_of, open_study, state_of
 from cnnspec.graph.sampling import folded_spec
 from cnnspec.runs.files import write_json, write_text
@@ -17,7 +17,7 @@ def trial_rows(study: Any, setup: Setup) -> list[dict[str, Any]]:
     """One row a trial: number, state, value, params, epochs, seconds, seed, reason, run."""
     rows = []
     trials = study.get_trials(deepcopy=False)
-    successors = {int(t.user_attrs[CONTINUES]): t.number for t in trials if CONTINUES in t.user_attrs}
+    successors = continuations(trials)
     for trial in trials:
         state = state_of(trial)
         value = trial.value if state == "complete" else None
